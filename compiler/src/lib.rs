@@ -1,0 +1,12 @@
+//! sparsec: a static graph compiler for SparseNet-style convolutional networks.
+//!
+//! The pipeline, one module per stage: [`frontend`] (text → syntax tree), [`lower`] (syntax
+//! tree → IR graph with shapes), [`stats`] (what the graph costs). Diagnostics from every stage
+//! are rendered in one place, [`diagnostics`]. The IR itself lives in the `ir` crate.
+
+pub mod diagnostics;
+pub mod frontend;
+pub mod lower;
+pub mod stats;
+
+pub use lower::compile_source;

@@ -1,0 +1,28 @@
+//! The sparsec graph IR: the one representation every stage after the front end works on.
+//!
+//! Owns tensor types ([`TensorType`]), the closed op set ([`Op`]), the graph ([`Graph`], a
+//! petgraph `StableDiGraph` with typed ids), the parameter table ([`Params`]), shape inference,
+//! the verifier ([`verify`]), the canonical text printer ([`print`]) and the reference
+//! interpreter ([`interp`]), which is the numerical oracle for every pass and backend.
+//!
+//! Must not know about the `.snet` syntax, diagnostics rendering, passes, memory planning or
+//! code generation: those live in the `sparsec` crate and only use the API here.
+
+mod graph;
+mod ids;
+
+pub mod op;
+mod params;
+pub mod print;
+mod span;
+mod types;
+pub mod verify;
+
+pub use graph::{Graph, Node, Scope};
+pub use ids::{NodeId, ParamId, ScopeId};
+pub use op::{
+    Access, BatchNorm, Combine, Conv2d, Linear, MAX_DIM, Op, Pool, PoolKind, Prologue, ShapeError,
+};
+pub use params::{Param, ParamKind, Params};
+pub use span::Span;
+pub use types::TensorType;
