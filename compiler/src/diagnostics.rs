@@ -108,6 +108,9 @@ pub struct Diagnostic {
     /// Secondary spans with their text.
     pub notes: Vec<(Span, String)>,
     pub help: Option<String>,
+    /// A consequence of an error already reported (a use of a binding whose definition
+    /// failed): kept out of the output.
+    pub follow_on: bool,
 }
 
 impl Diagnostic {
@@ -119,6 +122,7 @@ impl Diagnostic {
             label: String::new(),
             notes: Vec::new(),
             help: None,
+            follow_on: false,
         }
     }
 
@@ -129,6 +133,11 @@ impl Diagnostic {
 
     pub fn note(mut self, span: Span, text: impl Into<String>) -> Diagnostic {
         self.notes.push((span, text.into()));
+        self
+    }
+
+    pub fn follow_on(mut self) -> Diagnostic {
+        self.follow_on = true;
         self
     }
 

@@ -286,7 +286,7 @@ impl<'t> Parser<'t> {
 
     /// `{ op* }`; recovers inside the braces line by line.
     fn body(&mut self) -> Parsed<Vec<OpStmt>> {
-        self.expect(
+        let open = self.expect(
             TokenKind::LBrace,
             "`{`",
             "a body is a list of ops in braces: `{ relu() }`",
@@ -300,10 +300,36 @@ impl<'t> Parser<'t> {
                     return Some(ops);
                 }
                 TokenKind::Eof => {
-                    self.error_expected("`}`", "close the body with `}`");
+                    let at = self.source_len;
+                    self.diagnostics.push(
+                        Diagnostic::new(
+                            Code::UnclosedDelimiter,
+                            Span::new(at, at),
+                            "unclosed body: expected `}`, found end of file",
+                        )
+                        .label("expected `}` here")
+                        .note(open.span, "this `{` is never closed")
+                        .help("close the body with `}`"),
+                    );
                     return Some(ops);
                 }
                 _ => {}
+            }
+            if self.peek().line_start && self.starts_item() && self.peek_at(1).kind != TokenKind::Eq
+            {
+                // A top-level item where an op should be: the body was never closed.
+                let at = self.prev_end();
+                self.diagnostics.push(
+                    Diagnostic::new(
+                        Code::UnclosedDelimiter,
+                        Span::new(at, at),
+                        "unclosed body: expected `}`",
+                    )
+                    .label("expected `}` here")
+                    .note(open.span, "this `{` is never closed")
+                    .help("close the body with `}` before the next item"),
+                );
+                return Some(ops);
             }
             let before = self.pos;
             match self.op_stmt() {
@@ -318,11 +344,6 @@ impl<'t> Parser<'t> {
                         && self.peek().kind != TokenKind::RBrace
                     {
                         self.bump();
-                    }
-                    if self.starts_item() && self.peek_at(1).kind != TokenKind::Eq {
-                        // A top-level keyword: the body was never closed.
-                        self.error_expected("`}`", "close the body with `}` before the next item");
-                        return Some(ops);
                     }
                 }
             }

@@ -18,6 +18,9 @@ pub enum Value {
     Real(f64),
     Str(String),
     Bool(bool),
+    /// The value of a binding whose definition failed (already reported); every use of it is
+    /// a follow-on error that is not shown.
+    Poison,
 }
 
 impl Value {
@@ -27,6 +30,7 @@ impl Value {
             Value::Real(_) => "real",
             Value::Str(_) => "string",
             Value::Bool(_) => "boolean",
+            Value::Poison => "invalid value",
         }
     }
 }
@@ -38,6 +42,7 @@ impl fmt::Display for Value {
             Value::Real(v) => write!(f, "{v:?}"),
             Value::Str(s) => write!(f, "\"{s}\""),
             Value::Bool(b) => write!(f, "{b}"),
+            Value::Poison => write!(f, "<invalid>"),
         }
     }
 }
@@ -82,9 +87,16 @@ pub fn eval(expr: &Expr, scope: &Scope) -> Eval<Value> {
             expr.span,
             "invalid expression",
         )),
-        ExprKind::Name(name) => scope
-            .lookup(name)
-            .ok_or_else(|| unknown_name(name, expr.span, scope)),
+        ExprKind::Name(name) => match scope.lookup(name) {
+            Some(Value::Poison) => Err(Diagnostic::new(
+                Code::UnknownName,
+                expr.span,
+                format!("`{name}` has no value"),
+            )
+            .follow_on()),
+            Some(v) => Ok(v),
+            None => Err(unknown_name(name, expr.span, scope)),
+        },
         ExprKind::Neg(inner) => match eval(inner, scope)? {
             Value::Int(v) => v
                 .checked_neg()

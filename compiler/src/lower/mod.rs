@@ -33,7 +33,7 @@ pub fn compile_source(default_name: &str, source: &str) -> (Option<Graph>, Vec<D
     diagnostics.extend(errors);
     // The same mistake reached twice (a unit used by several layers) is reported once.
     let mut seen = std::collections::HashSet::new();
-    diagnostics.retain(|d| seen.insert((d.span, d.code, d.message.clone())));
+    diagnostics.retain(|d| !d.follow_on && seen.insert((d.span, d.code, d.message.clone())));
     if diagnostics.is_empty() {
         (graph, diagnostics)
     } else {
@@ -54,6 +54,7 @@ pub fn lower(program: &Program, default_name: &str) -> (Option<Graph>, Vec<Diagn
         current: None,
         poisoned: false,
         input_span: None,
+        stage_before_input: false,
         model_span: None,
         blocks: 0,
         transitions: 0,
@@ -63,7 +64,7 @@ pub fn lower(program: &Program, default_name: &str) -> (Option<Graph>, Vec<Diagn
     for item in &program.items {
         l.item(item);
     }
-    if l.input_span.is_none() {
+    if l.input_span.is_none() && !l.stage_before_input {
         l.diagnostics.push(
             Diagnostic::new(
                 Code::MissingInput,
@@ -122,6 +123,8 @@ struct Lowering<'p> {
     /// An earlier stage failed: later stages are still name-checked but not shape-checked.
     poisoned: bool,
     input_span: Option<Span>,
+    /// A stage came before `input` (reported once).
+    stage_before_input: bool,
     model_span: Option<Span>,
     blocks: u32,
     transitions: u32,
@@ -176,7 +179,12 @@ impl<'p> Lowering<'p> {
                     Ok(v) => {
                         self.lets.insert(name.name.clone(), (v, name.span));
                     }
-                    Err(d) => self.diagnostics.push(d),
+                    Err(d) => {
+                        self.diagnostics.push(d);
+                        // Later uses of the name are follow-on errors, not new ones.
+                        self.lets
+                            .insert(name.name.clone(), (Value::Poison, name.span));
+                    }
                 }
             }
             ItemKind::Unit { name, body } => {
@@ -263,7 +271,7 @@ impl<'p> Lowering<'p> {
                 .label("no input to read yet")
                 .help("declare `input [channels, height, width]` first"),
             );
-            self.input_span = Some(Span::new(0, 0));
+            self.stage_before_input = true;
             self.poisoned = true;
         }
         self.stages += 1;

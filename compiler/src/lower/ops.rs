@@ -211,12 +211,25 @@ impl Lowering<'_> {
                 self.window_fits(x, kernel, pad, stmt.span)?;
                 let t = self.graph.node(x).ty;
                 for (dim, size) in [("height", t.height), ("width", t.width)] {
-                    let span_total = u64::from(size) + 2 * u64::from(pad) - u64::from(kernel);
-                    if span_total % u64::from(stride) != 0 {
+                    // PyTorch floors the output size; refuse when that drops real input rows.
+                    let padded = u64::from(size) + 2 * u64::from(pad);
+                    let out = (padded - u64::from(kernel)) / u64::from(stride) + 1;
+                    let covered = (out - 1) * u64::from(stride) + u64::from(kernel);
+                    let real_end = u64::from(pad) + u64::from(size);
+                    if covered < real_end {
+                        let left = real_end - covered;
                         self.diagnostics.push(
-                            Diagnostic::new(Code::PoolNotDivisible, stmt.span, format!("the input {dim} {size} is not divisible by this pool"))
-                                .label(format!("a {kernel}x{kernel} window with stride {stride} and padding {pad} leaves {} of {size} rows unread", span_total % u64::from(stride)))
-                                .help(format!("the input here is {t}; change the input size, the padding or the stride so that (size + 2*pad - kernel) is a multiple of the stride")),
+                            Diagnostic::new(
+                                Code::PoolNotDivisible,
+                                stmt.span,
+                                format!("the input {dim} {size} is not divisible by this pool"),
+                            )
+                            .label(format!(
+                                "a {kernel}x{kernel} window with stride {stride} and padding {pad} never reads the last {left} of {size} rows"
+                            ))
+                            .help(format!(
+                                "the input here is {t}; choose sizes so that every input row is pooled (size + 2*pad - kernel divisible by the stride)"
+                            )),
                         );
                         return None;
                     }
@@ -373,7 +386,8 @@ impl Lowering<'_> {
             bound[slot] = Some(a);
         }
         for (i, (n, default)) in sig.iter().enumerate() {
-            if bound[i].is_none() && default.is_none() {
+            // After a misspelt argument, "missing" would only repeat the same mistake.
+            if ok && bound[i].is_none() && default.is_none() {
                 self.diagnostics.push(
                     Diagnostic::new(
                         Code::MissingArgument,

@@ -1,0 +1,76 @@
+//! Snapshot tests: the printed IR of every example model and the rendered diagnostics of every
+//! invalid fixture. The text is the test API: `cargo insta review` after an intended change.
+
+use std::path::Path;
+
+/// Compiles a file; returns the printed IR or the rendered diagnostics.
+fn compile(path: &Path) -> Result<String, String> {
+    let source = std::fs::read_to_string(path).expect("fixture is readable");
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("utf-8 file name");
+    let stem = name.trim_end_matches(".snet");
+    let (graph, errors) = sparsec::compile_source(stem, &source);
+    match graph {
+        Some(g) if errors.is_empty() => {
+            if let Err(e) = ir::verify::verify(&g) {
+                panic!("{name}: the lowered graph fails verification: {e:?}");
+            }
+            Ok(ir::print::print(&g))
+        }
+        _ => Err(sparsec::diagnostics::render(
+            &format!("fixtures/errors/{name}"),
+            &source,
+            &errors,
+        )),
+    }
+}
+
+#[test]
+fn emit_ir() {
+    insta::glob!("../../examples/models", "*.snet", |path| {
+        let ir =
+            compile(path).unwrap_or_else(|e| panic!("{} fails to compile:\n{e}", path.display()));
+        insta::assert_snapshot!(ir);
+    });
+}
+
+#[test]
+fn diagnostics() {
+    insta::glob!("fixtures/errors", "*.snet", |path| {
+        let rendered = match compile(path) {
+            Ok(_) => panic!("{} compiled, but it is an invalid fixture", path.display()),
+            Err(e) => e,
+        };
+        assert!(rendered.contains("error[E"), "{rendered}");
+        assert!(
+            rendered.contains("help:"),
+            "every diagnostic has a help line:\n{rendered}"
+        );
+        insta::assert_snapshot!(rendered);
+    });
+}
+
+/// Every stored snapshot belongs to an example or a fixture that still exists (what
+/// `cargo insta test --unreferenced=reject` checks, without needing cargo-insta installed).
+#[test]
+fn no_orphan_snapshots() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots");
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/models");
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/errors");
+    for entry in std::fs::read_dir(dir).expect("snapshot dir") {
+        let name = entry.expect("entry").file_name().into_string().expect("utf-8");
+        assert!(!name.ends_with(".new"), "pending snapshot {name}: run `cargo insta review`");
+        let (prefix, file) = name
+            .trim_end_matches(".snap")
+            .split_once('@')
+            .unwrap_or_else(|| panic!("unexpected file {name} in tests/snapshots"));
+        let source_dir = match prefix {
+            "snapshots__emit_ir" => &examples,
+            "snapshots__diagnostics" => &fixtures,
+            _ => panic!("snapshot {name} has no test"),
+        };
+        assert!(source_dir.join(file).exists(), "snapshot {name} has no source file");
+    }
+}
