@@ -1,11 +1,11 @@
 //! The `sparsec` command line: argument parsing, file I/O and exit codes only. Every piece of
-//! work is a library call; errors are rendered by `diagnostics` (source errors) or printed with
-//! their context chain (anyhow, I/O).
+//! work is a library call (`driver`); source errors arrive rendered like rustc's.
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use sparsec::{diagnostics, stats};
-use std::path::{Path, PathBuf};
+use sparsec::driver::{self, DriverError, WeightsSource};
+use sparsec::{plan, stats};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -28,15 +28,35 @@ struct CompileArgs {
     /// The `.snet` model to compile.
     #[arg(required = true)]
     model: Option<PathBuf>,
-    /// Print a stage of the compilation to standard output instead of a summary.
+    /// Print a stage of the compilation to standard output.
     #[arg(long, value_enum)]
     emit: Option<Emit>,
+    /// Weights as safetensors, under the model's parameter names (official PyTorch names by
+    /// default). Without it (and without --random-weights), random weights with seed 0 serve
+    /// the stages that need data; no count or plan depends on the values.
+    #[arg(long, conflicts_with = "random_weights")]
+    weights: Option<PathBuf>,
+    /// Deterministic random weights from this seed (benchmarks).
+    #[arg(long, value_name = "SEED")]
+    random_weights: Option<u64>,
+    /// Batch size the memory plan is made for.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    batch: u64,
+    /// Print each pass's time and rewrite count to standard error.
+    #[arg(long)]
+    timings: bool,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Emit {
     /// The graph IR as lowered from the source, with shapes.
     Ir,
+    /// The IR after the optimisation pipeline.
+    OptIr,
+    /// Schedule, buffer lifetimes and arena offsets.
+    Plan,
+    /// An SVG of live memory over the schedule and the arena's blocks.
+    MemorySvg,
 }
 
 #[derive(Subcommand)]
@@ -48,76 +68,81 @@ enum Command {
         #[arg(long)]
         json: bool,
         /// Batch size for the byte counts.
-        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=65_536))]
         batch: u64,
     },
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(cli) {
-        Ok(code) => code,
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            match e.downcast_ref::<DriverError>() {
+                // Rendered diagnostics already end with the summary line.
+                Some(DriverError::Source { .. }) => eprintln!("{e}"),
+                _ => eprintln!("error: {e:#}"),
+            }
             ExitCode::FAILURE
         }
     }
 }
 
-fn run(cli: Cli) -> Result<ExitCode> {
-    match cli.command {
-        Some(Command::Stats { model, json, batch }) => {
-            let Some(graph) = load(&model)? else {
-                return Ok(ExitCode::FAILURE);
-            };
-            let s = stats::stats(&graph, batch);
-            if json {
-                println!("{}", serde_json::to_string_pretty(&s)?);
-            } else {
-                print!("{}", stats::render(&s));
-            }
+fn run(cli: Cli) -> Result<()> {
+    if let Some(Command::Stats { model, json, batch }) = cli.command {
+        let graph = driver::load(&model)?;
+        let s = stats::full(&graph, batch)?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&s)?);
+        } else {
+            print!("{}", stats::render(&s));
         }
-        None => {
-            let model = cli.compile.model.context("no model given")?;
-            let Some(graph) = load(&model)? else {
-                return Ok(ExitCode::FAILURE);
-            };
-            match cli.compile.emit {
-                Some(Emit::Ir) => print!("{}", ir::print::print(&graph)),
-                None => {
-                    let s = stats::stats(&graph, 1);
-                    eprintln!(
-                        "checked {}: {} nodes, {} parameters, {} multiply-adds per image",
-                        model.display(),
-                        graph.node_count(),
-                        stats::group(s.params),
-                        stats::group(s.macs_per_image)
-                    );
-                }
-            }
+        return Ok(());
+    }
+    let args = cli.compile;
+    let model = args.model.context("no model given")?;
+    let graph = driver::load(&model)?;
+    if args.emit == Some(Emit::Ir) {
+        print!("{}", ir::print::print(&graph));
+        return Ok(());
+    }
+    let weights = match (&args.weights, args.random_weights) {
+        (Some(path), _) => WeightsSource::Safetensors(path.clone()),
+        (None, Some(seed)) => WeightsSource::Random(seed),
+        (None, None) => WeightsSource::Random(0),
+    };
+    let raw = graph.clone();
+    let opt = driver::optimize(graph, &weights, args.batch, cfg!(debug_assertions))?;
+    if args.timings {
+        let total: f64 = opt.timings.iter().map(|t| t.time.as_secs_f64()).sum();
+        for t in &opt.timings {
+            eprintln!(
+                "{:<22} {:>9.3} ms  {:>6} rewrites",
+                t.name,
+                t.time.as_secs_f64() * 1e3,
+                t.rewrites
+            );
+        }
+        eprintln!("{:<22} {:>9.3} ms", "total", total * 1e3);
+    }
+    match args.emit {
+        Some(Emit::OptIr) => print!("{}", ir::print::print(&opt.graph)),
+        Some(Emit::Plan) => print!("{}", plan::memory::print(&opt.graph, &opt.plan)),
+        Some(Emit::MemorySvg) => {
+            let raw_liveness = plan::liveness::analyze(&raw).context("the graph has a cycle")?;
+            print!(
+                "{}",
+                plan::svg::memory_svg(&raw.name, &raw_liveness, &opt.plan)
+            );
+        }
+        Some(Emit::Ir) | None => {
+            eprintln!(
+                "checked {}: {} nodes after optimisation, arena {} bytes at batch {}",
+                model.display(),
+                opt.graph.node_count(),
+                stats::group(opt.plan.arena.arena_bytes),
+                args.batch
+            );
         }
     }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Reads, parses and lowers a model; renders diagnostics and returns `None` on source errors.
-fn load(path: &Path) -> Result<Option<ir::Graph>> {
-    let source = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read `{}`", path.display()))?;
-    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("model");
-    let (graph, errors) = sparsec::compile_source(stem, &source);
-    if !errors.is_empty() {
-        eprint!(
-            "{}",
-            diagnostics::render(&path.display().to_string(), &source, &errors)
-        );
-        let n = errors.len();
-        eprintln!(
-            "error: could not compile `{}` due to {n} previous error{}",
-            path.display(),
-            if n == 1 { "" } else { "s" }
-        );
-        return Ok(None);
-    }
-    Ok(graph)
+    Ok(())
 }

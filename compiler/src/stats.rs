@@ -24,6 +24,15 @@ pub struct Stats {
     /// The batch size the byte counts are for.
     pub batch: u64,
     pub naive_activation_bytes: u64,
+    /// Multiply-accumulates per image of the optimised graph (transitions pool first).
+    pub optimized_macs_per_image: u64,
+    /// Peak live bytes of the unoptimised graph when every tensor is freed after its last
+    /// reader but every concatenation, BN and ReLU output is materialised (a framework's floor).
+    pub materialising_peak_bytes: u64,
+    /// The planned arena of the optimised graph.
+    pub arena_bytes: u64,
+    /// Maximum over the schedule of the aligned bytes live at once in the optimised graph.
+    pub lower_bound_bytes: u64,
     pub scopes: Vec<ScopeStats>,
 }
 
@@ -49,6 +58,7 @@ pub fn node_macs(graph: &Graph, id: ir::NodeId) -> u64 {
     }
 }
 
+/// Costs of the unoptimised graph only (the memory-plan fields are left 0; see [`full`]).
 pub fn stats(graph: &Graph, batch: u64) -> Stats {
     let order = graph
         .topo_order()
@@ -111,11 +121,36 @@ pub fn stats(graph: &Graph, batch: u64) -> Stats {
         depth: max_depth,
         batch,
         naive_activation_bytes: sum(|s| s.naive_activation_bytes),
+        optimized_macs_per_image: 0,
+        materialising_peak_bytes: 0,
+        arena_bytes: 0,
+        lower_bound_bytes: 0,
         scopes: scopes
             .into_iter()
             .filter(|s| s.params + s.macs_per_image + s.naive_activation_bytes > 0)
             .collect(),
     }
+}
+
+/// Costs of the graph plus those of its optimised form and memory plan. Optimising needs
+/// parameter data; values do not change any count, so random weights serve.
+pub fn full(graph: &Graph, batch: u64) -> Result<Stats, crate::driver::DriverError> {
+    let mut s = stats(graph, batch);
+    let opt = crate::driver::optimize(
+        graph.clone(),
+        &crate::driver::WeightsSource::Random(0),
+        batch,
+        cfg!(debug_assertions),
+    )?;
+    s.optimized_macs_per_image = opt
+        .graph
+        .node_ids()
+        .map(|n| node_macs(&opt.graph, n))
+        .fold(0, u64::saturating_add);
+    s.materialising_peak_bytes = crate::driver::materialising_peak_bytes(graph, batch)?;
+    s.arena_bytes = opt.plan.arena.arena_bytes;
+    s.lower_bound_bytes = opt.plan.arena.lower_bound_bytes;
+    Ok(s)
 }
 
 /// Human-readable table.
@@ -153,6 +188,31 @@ pub fn render(s: &Stats) -> String {
         group(s.naive_activation_bytes),
         s.batch
     );
+    if s.arena_bytes > 0 {
+        let saved =
+            100.0 * (1.0 - s.optimized_macs_per_image as f64 / s.macs_per_image.max(1) as f64);
+        let _ = writeln!(
+            out,
+            "  optimised MACs / image {} ({saved:.2}% fewer: transitions pool first)",
+            group(s.optimized_macs_per_image)
+        );
+        let _ = writeln!(
+            out,
+            "  concat-materialising   {} bytes peak (a framework freeing after last use)",
+            group(s.materialising_peak_bytes)
+        );
+        let _ = writeln!(
+            out,
+            "  lower bound            {} bytes (peak of aligned live bytes, optimised)",
+            group(s.lower_bound_bytes)
+        );
+        let _ = writeln!(
+            out,
+            "  arena                  {} bytes ({:.4} x lower bound)",
+            group(s.arena_bytes),
+            s.arena_bytes as f64 / s.lower_bound_bytes.max(1) as f64
+        );
+    }
     let _ = writeln!(
         out,
         "\n  {:<14} {:>12} {:>16} {:>6} {:>16}",

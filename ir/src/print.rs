@@ -78,12 +78,22 @@ pub fn node_line(graph: &Graph, numbering: &Numbering, id: NodeId) -> String {
         }
         if let Some(pro) = access.and_then(|a| a.prologue) {
             let relu = if pro.relu { ", relu" } else { "" };
-            let _ = write!(
-                s,
-                " pre(scale={}, shift={}{relu})",
-                p(pro.scale),
-                p(pro.shift)
-            );
+            let scale = &graph.params.get(pro.scale).name;
+            let shift = &graph.params.get(pro.shift).name;
+            match (scale.strip_suffix(".scale"), shift.strip_suffix(".shift")) {
+                // A folded batch norm `P`: print its module once.
+                (Some(a), Some(b)) if a == b => {
+                    let _ = write!(s, " pre(@{a}.{{scale,shift}}{relu})");
+                }
+                _ => {
+                    let _ = write!(
+                        s,
+                        " pre(scale={}, shift={}{relu})",
+                        p(pro.scale),
+                        p(pro.shift)
+                    );
+                }
+            }
         }
     };
     match &node.op {

@@ -1,0 +1,117 @@
+//! The compilation driver: the one place that strings the stages together (read → parse →
+//! lower → bind weights → optimise → plan), shared by the CLI, the tests and the benchmarks so
+//! they all compile models the same way.
+//!
+//! Owns the order of stages and the errors that cross them. Must not implement any stage.
+
+use crate::diagnostics::{self, Diagnostic};
+use crate::passes::{self, PassError, PassTiming};
+use crate::plan::liveness;
+use crate::plan::memory::{self, MemoryPlan};
+use crate::weights::{self, WeightsError};
+use ir::Graph;
+use std::path::{Path, PathBuf};
+
+/// Where parameter data comes from.
+#[derive(Clone, Debug)]
+pub enum WeightsSource {
+    /// A safetensors file with the model's parameter names (the official PyTorch names by
+    /// default).
+    Safetensors(PathBuf),
+    /// Deterministic random "trained-looking" weights (benchmarks, structure-only output).
+    Random(u64),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error("cannot read `{path}`: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Source errors, already rendered like rustc's.
+    #[error("{rendered}could not compile `{path}` due to {count} previous error{}", if *.count == 1 { "" } else { "s" })]
+    Source {
+        path: PathBuf,
+        rendered: String,
+        count: usize,
+        diagnostics: Vec<Diagnostic>,
+    },
+    #[error("weights from `{path}`: {source}")]
+    Weights { path: PathBuf, source: WeightsError },
+    #[error(transparent)]
+    Pass(#[from] PassError),
+    #[error("the graph has a cycle")]
+    Cycle,
+}
+
+/// A model parsed and lowered from a file.
+pub fn load(path: &Path) -> Result<Graph, DriverError> {
+    let source = std::fs::read_to_string(path).map_err(|source| DriverError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("model");
+    let (graph, errors) = crate::compile_source(stem, &source);
+    match graph {
+        Some(g) if errors.is_empty() => Ok(g),
+        _ => Err(DriverError::Source {
+            path: path.to_path_buf(),
+            rendered: diagnostics::render(&path.display().to_string(), &source, &errors),
+            count: errors.len(),
+            diagnostics: errors,
+        }),
+    }
+}
+
+/// Binds parameter data.
+pub fn bind(graph: &mut Graph, source: &WeightsSource) -> Result<(), DriverError> {
+    match source {
+        WeightsSource::Random(seed) => {
+            weights::bind_random(graph, *seed);
+            Ok(())
+        }
+        WeightsSource::Safetensors(path) => {
+            let bytes = std::fs::read(path).map_err(|source| DriverError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            weights::bind_safetensors(graph, &bytes).map_err(|source| DriverError::Weights {
+                path: path.clone(),
+                source,
+            })
+        }
+    }
+}
+
+/// Everything the back half needs: the optimised graph and its memory plan.
+pub struct Optimized {
+    pub graph: Graph,
+    pub timings: Vec<PassTiming>,
+    pub plan: MemoryPlan,
+}
+
+/// Binds weights, runs the pass pipeline (verifying between passes when `verify`), and plans
+/// memory at `batch`.
+pub fn optimize(
+    mut graph: Graph,
+    weights: &WeightsSource,
+    batch: u64,
+    verify: bool,
+) -> Result<Optimized, DriverError> {
+    bind(&mut graph, weights)?;
+    let timings = passes::optimize(&mut graph, verify)?;
+    let plan = memory::plan(&graph, batch).ok_or(DriverError::Cycle)?;
+    Ok(Optimized {
+        graph,
+        timings,
+        plan,
+    })
+}
+
+/// Peak live bytes of an unoptimised graph under a free-after-last-use executor: what a
+/// framework that materialises every concatenation (and BN, ReLU output) holds at its peak.
+pub fn materialising_peak_bytes(graph: &Graph, batch: u64) -> Result<u64, DriverError> {
+    let l = liveness::analyze(graph).ok_or(DriverError::Cycle)?;
+    Ok(liveness::peak_live_bytes(&l) * batch)
+}

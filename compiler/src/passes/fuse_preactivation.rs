@@ -1,0 +1,71 @@
+//! Pre-activation fusion: a batch norm (optionally followed by a ReLU) that feeds a reader op
+//! (conv, pool, linear) becomes that reader's input prologue: per input channel
+//! `x * scale + shift`, then ReLU, applied as the reader loads its input. In SparseNet every
+//! layer normalises the same stored tensors with its own BN parameters, so nothing normalised
+//! is ever stored: the BN and ReLU nodes die once all their readers are rewritten.
+//!
+//! Run after `fold_batch_norm` and `fuse_relu_epilogue`, before `eliminate_concat` (readers
+//! must still have their single operand). Must not touch a reader that already has a prologue,
+//! nor the batch norm itself (other readers, e.g. an output, keep reading it).
+
+use super::{PassError, batch_norm_affine, module_name, to_f32};
+use ir::op::Prologue;
+use ir::{Graph, NodeId, Op, ParamId};
+use std::collections::HashMap;
+
+const PASS: &str = "fuse-preactivation";
+
+pub fn run(graph: &mut Graph) -> Result<usize, PassError> {
+    let mut fused = 0;
+    // One scale/shift pair per batch norm, shared by all its readers.
+    let mut affine: HashMap<NodeId, (ParamId, ParamId)> = HashMap::new();
+    for reader in graph.topo_order().unwrap_or_default() {
+        let Some(access) = graph.node(reader).op.access() else {
+            continue;
+        };
+        if access.prologue.is_some() {
+            continue;
+        }
+        let [input] = graph.operands(reader)[..] else {
+            continue;
+        };
+        let (bn_id, relu) = match &graph.node(input).op {
+            Op::Relu => match graph.operands(input)[..] {
+                [bn] if matches!(graph.node(bn).op, Op::BatchNorm(_)) => (bn, true),
+                _ => continue,
+            },
+            Op::BatchNorm(_) => (input, false),
+            _ => continue,
+        };
+        let Op::BatchNorm(bn) = &graph.node(bn_id).op else {
+            continue;
+        };
+        let [source] = graph.operands(bn_id)[..] else {
+            continue;
+        };
+        let (scale, shift) = match affine.get(&bn_id) {
+            Some(&pair) => pair,
+            None => {
+                let bn = bn.clone();
+                let (s, t) = batch_norm_affine(graph, &bn, PASS)?;
+                let name = module_name(graph, bn.gamma);
+                let scale =
+                    graph
+                        .params
+                        .add_derived(&format!("{name}.scale"), vec![s.len()], to_f32(&s));
+                let shift =
+                    graph
+                        .params
+                        .add_derived(&format!("{name}.shift"), vec![t.len()], to_f32(&t));
+                affine.insert(bn_id, (scale, shift));
+                (scale, shift)
+            }
+        };
+        if let Some(a) = graph.node_mut(reader).op.access_mut() {
+            a.prologue = Some(Prologue { scale, shift, relu });
+        }
+        graph.set_operands(reader, &[source]);
+        fused += 1;
+    }
+    Ok(fused)
+}
