@@ -18,8 +18,10 @@ pub enum WeightsSource {
     /// A safetensors file with the model's parameter names (the official PyTorch names by
     /// default).
     Safetensors(PathBuf),
-    /// Deterministic random "trained-looking" weights (benchmarks, structure-only output).
+    /// Deterministic random "trained-looking" weights (benchmarks).
     Random(u64),
+    /// No data: the structure only (IR, plan, statistics); derived parameters stay unbound.
+    None,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -30,7 +32,7 @@ pub enum DriverError {
         source: std::io::Error,
     },
     /// Source errors, already rendered like rustc's.
-    #[error("{rendered}could not compile `{path}` due to {count} previous error{}", if *.count == 1 { "" } else { "s" })]
+    #[error("{rendered}error: could not compile `{path}` due to {count} previous error{}", if *.count == 1 { "" } else { "s" })]
     Source {
         path: PathBuf,
         rendered: String,
@@ -67,6 +69,7 @@ pub fn load(path: &Path) -> Result<Graph, DriverError> {
 /// Binds parameter data.
 pub fn bind(graph: &mut Graph, source: &WeightsSource) -> Result<(), DriverError> {
     match source {
+        WeightsSource::None => Ok(()),
         WeightsSource::Random(seed) => {
             weights::bind_random(graph, *seed);
             Ok(())

@@ -5,8 +5,12 @@
 //! are rendered in one place, [`diagnostics`]. The IR itself lives in the `ir` crate.
 
 pub mod diagnostics;
+pub mod driver;
 pub mod frontend;
 pub mod lower;
+pub mod passes;
+pub mod plan;
 pub mod stats;
+pub mod weights;
 
 pub use lower::compile_source;

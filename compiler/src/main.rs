@@ -32,8 +32,8 @@ struct CompileArgs {
     #[arg(long, value_enum)]
     emit: Option<Emit>,
     /// Weights as safetensors, under the model's parameter names (official PyTorch names by
-    /// default). Without it (and without --random-weights), random weights with seed 0 serve
-    /// the stages that need data; no count or plan depends on the values.
+    /// default). Not needed for the IR, the plan or statistics: no count or plan depends on
+    /// the values.
     #[arg(long, conflicts_with = "random_weights")]
     weights: Option<PathBuf>,
     /// Deterministic random weights from this seed (benchmarks).
@@ -108,7 +108,7 @@ fn run(cli: Cli) -> Result<()> {
     let weights = match (&args.weights, args.random_weights) {
         (Some(path), _) => WeightsSource::Safetensors(path.clone()),
         (None, Some(seed)) => WeightsSource::Random(seed),
-        (None, None) => WeightsSource::Random(0),
+        (None, None) => WeightsSource::None,
     };
     let raw = graph.clone();
     let opt = driver::optimize(graph, &weights, args.batch, cfg!(debug_assertions))?;

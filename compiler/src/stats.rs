@@ -51,7 +51,8 @@ pub fn node_macs(graph: &Graph, id: ir::NodeId) -> u64 {
     match &node.op {
         Op::Conv2d(c) => {
             let cin = graph.params.get(c.weight).shape[1] as u64;
-            node.ty.elements() * cin * u64::from(c.kernel[0]) * u64::from(c.kernel[1])
+            let window = cin * u64::from(c.kernel[0]) * u64::from(c.kernel[1]);
+            node.ty.elements().saturating_mul(window)
         }
         Op::Linear(l) => graph.params.get(l.weight).elements(),
         _ => 0,
@@ -79,14 +80,15 @@ pub fn stats(graph: &Graph, batch: u64) -> Stats {
         let node = graph.node(id);
         let s = &mut scopes[node.scope.index()];
         let weighted = matches!(node.op, Op::Conv2d(_) | Op::Linear(_));
-        s.params += node
-            .op
-            .params()
-            .iter()
-            .map(|&p| graph.params.get(p))
-            .filter(|p| p.kind.is_trainable())
-            .map(|p| p.elements())
-            .sum::<u64>();
+        s.params = s.params.saturating_add(
+            node.op
+                .params()
+                .iter()
+                .map(|&p| graph.params.get(p))
+                .filter(|p| p.kind.is_trainable())
+                .map(|p| p.elements())
+                .fold(0u64, u64::saturating_add),
+        );
         s.macs_per_image = s.macs_per_image.saturating_add(node_macs(graph, id));
         s.convs += u64::from(matches!(node.op, Op::Conv2d(_)));
         if !matches!(node.op, Op::Output { .. }) {
@@ -133,12 +135,12 @@ pub fn stats(graph: &Graph, batch: u64) -> Stats {
 }
 
 /// Costs of the graph plus those of its optimised form and memory plan. Optimising needs
-/// parameter data; values do not change any count, so random weights serve.
+/// no parameter data: derived parameters stay unbound.
 pub fn full(graph: &Graph, batch: u64) -> Result<Stats, crate::driver::DriverError> {
     let mut s = stats(graph, batch);
     let opt = crate::driver::optimize(
         graph.clone(),
-        &crate::driver::WeightsSource::Random(0),
+        &crate::driver::WeightsSource::None,
         batch,
         cfg!(debug_assertions),
     )?;

@@ -60,17 +60,27 @@ fn no_orphan_snapshots() {
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/models");
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/errors");
     for entry in std::fs::read_dir(dir).expect("snapshot dir") {
-        let name = entry.expect("entry").file_name().into_string().expect("utf-8");
-        assert!(!name.ends_with(".new"), "pending snapshot {name}: run `cargo insta review`");
+        let name = entry
+            .expect("entry")
+            .file_name()
+            .into_string()
+            .expect("utf-8");
+        assert!(
+            !name.ends_with(".new"),
+            "pending snapshot {name}: run `cargo insta review`"
+        );
         let (prefix, file) = name
             .trim_end_matches(".snap")
             .split_once('@')
             .unwrap_or_else(|| panic!("unexpected file {name} in tests/snapshots"));
         let source_dir = match prefix {
-            "snapshots__emit_ir" => &examples,
+            "snapshots__emit_ir" | "optimize__emit_opt_ir" | "optimize__emit_plan" => &examples,
             "snapshots__diagnostics" => &fixtures,
             _ => panic!("snapshot {name} has no test"),
         };
-        assert!(source_dir.join(file).exists(), "snapshot {name} has no source file");
+        assert!(
+            source_dir.join(file).exists(),
+            "snapshot {name} has no source file"
+        );
     }
 }

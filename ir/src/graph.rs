@@ -92,6 +92,11 @@ impl Graph {
     ) -> Result<NodeId, ShapeError> {
         let types: Vec<TensorType> = operands.iter().map(|&o| self.node(o).ty).collect();
         let ty = op.infer(&types, &self.params)?;
+        if ty.elements() > crate::op::MAX_ELEMENTS {
+            return Err(ShapeError::TooLarge {
+                what: format!("a {ty} tensor ({} elements per image)", ty.elements()),
+            });
+        }
         let is_output = matches!(op, Op::Output { .. });
         let id = NodeId(self.graph.add_node(Node {
             op,

@@ -11,6 +11,7 @@
 mod graph;
 mod ids;
 
+pub mod interp;
 pub mod op;
 mod params;
 pub mod print;

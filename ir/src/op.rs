@@ -161,8 +161,11 @@ pub enum ShapeError {
     TooLarge { what: String },
 }
 
-/// Largest channel count or spatial size the IR accepts; keeps all byte counts far inside u64.
+/// Largest channel count or spatial size the IR accepts.
 pub const MAX_DIM: u32 = 1 << 20;
+/// Largest tensor (elements per image) and parameter the IR accepts: 16 GiB of float32. With
+/// these bounds every byte count of a model at any supported batch fits in u64.
+pub const MAX_ELEMENTS: u64 = 1 << 32;
 
 impl Op {
     /// Short mnemonic used by the printer and in errors.
@@ -271,6 +274,13 @@ impl Op {
                 }
                 let (h, w) = window(x, c.kernel, c.stride, c.pad)?;
                 let [kh, kw] = c.kernel;
+                let window = u64::from(kh) * u64::from(kw);
+                let weights = u64::from(c.out_channels).saturating_mul(u64::from(x.channels));
+                if weights.saturating_mul(window) > MAX_ELEMENTS {
+                    return Err(ShapeError::TooLarge {
+                        what: "the convolution's weight tensor".into(),
+                    });
+                }
                 let weight = [
                     c.out_channels as usize,
                     x.channels as usize,

@@ -75,8 +75,14 @@ impl Params {
         Ok(id)
     }
 
-    /// Adds a derived parameter with data, making the name unique by suffixing `#n` if needed.
-    pub fn add_derived(&mut self, name: &str, shape: Vec<usize>, data: Vec<f32>) -> ParamId {
+    /// Adds a derived parameter, making the name unique by suffixing `#n` if needed. `data` is
+    /// `None` when the parameters it derives from are unbound (structure-only compilation).
+    pub fn add_derived(
+        &mut self,
+        name: &str,
+        shape: Vec<usize>,
+        data: Option<Vec<f32>>,
+    ) -> ParamId {
         let mut unique = name.to_string();
         let mut n = 1;
         while self.by_name.contains_key(&unique) {
@@ -86,7 +92,7 @@ impl Params {
         let id = self
             .add(unique, shape, ParamKind::Derived)
             .unwrap_or_else(|id| id);
-        self.entries[id.index()].data = Some(data.into());
+        self.entries[id.index()].data = data.map(Into::into);
         id
     }
 

@@ -315,7 +315,9 @@ impl<'t> Parser<'t> {
                 }
                 _ => {}
             }
-            if self.peek().line_start && self.starts_item() && self.peek_at(1).kind != TokenKind::Eq
+            if self.peek().line_start
+                && self.starts_item()
+                && !matches!(self.peek_at(1).kind, TokenKind::Eq | TokenKind::Dot)
             {
                 // A top-level item where an op should be: the body was never closed.
                 let at = self.prev_end();
@@ -561,7 +563,10 @@ impl<'t> Parser<'t> {
                 });
             }
             _ => {
-                self.error_expected("an expression", "expressions are numbers, names, calls like `floor(x)`, lists `[1, 2]` and arithmetic");
+                self.error_expected(
+                    "an expression",
+                    "expressions are numbers, names, strings, calls like `floor(x)` and arithmetic",
+                );
                 return None;
             }
         };

@@ -238,7 +238,7 @@ pub fn eval(expr: &Expr, scope: &Scope) -> Eval<Value> {
             Err(
                 Diagnostic::new(Code::WrongType, expr.span, "a list is not a value here")
                     .label("unexpected list")
-                    .help("lists are only taken by `offsets(...)`"),
+                    .help("lists are not values in .snet: write offsets as `offsets(1, 2, 4)`"),
             )
         }
     }

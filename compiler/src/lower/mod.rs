@@ -717,6 +717,22 @@ impl<'p> Lowering<'p> {
         growth: u32,
         layer: usize,
     ) -> Option<NodeId> {
+        if sources.is_empty() {
+            self.diagnostics.push(
+                Diagnostic::new(
+                    Code::OffsetBeforeStart,
+                    span,
+                    format!(
+                        "layer {layer} reads nothing: every offset reaches before the block start"
+                    ),
+                )
+                .label(format!(
+                    "layer {layer} has no earlier output at these offsets"
+                ))
+                .help("include offset 1 (the previous layer) so every layer has an input"),
+            );
+            return None;
+        }
         let pieces: Option<Vec<NodeId>> = sources.iter().map(|&j| ys[j]).collect();
         let pieces = pieces?;
         if let [one] = pieces.as_slice() {

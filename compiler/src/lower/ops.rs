@@ -210,6 +210,27 @@ impl Lowering<'_> {
                 let x = x?;
                 self.window_fits(x, kernel, pad, stmt.span)?;
                 let t = self.graph.node(x).ty;
+                if stride > kernel || 2 * pad > kernel {
+                    let (what, help) = if stride > kernel {
+                        (
+                            format!(
+                                "a stride of {stride} skips rows between {kernel}x{kernel} windows"
+                            ),
+                            "use a stride no larger than the pool size",
+                        )
+                    } else {
+                        (
+                            format!("padding {pad} is more than half the {kernel}x{kernel} window"),
+                            "PyTorch requires pad <= kernel / 2: border windows would read only padding",
+                        )
+                    };
+                    self.diagnostics.push(
+                        Diagnostic::new(Code::OutOfRange, stmt.span, what)
+                            .label("invalid pool window")
+                            .help(help),
+                    );
+                    return None;
+                }
                 for (dim, size) in [("height", t.height), ("width", t.width)] {
                     // PyTorch floors the output size; refuse when that drops real input rows.
                     let padded = u64::from(size) + 2 * u64::from(pad);

@@ -40,9 +40,11 @@ pub fn run(graph: &mut Graph) -> Result<usize, PassError> {
 
 /// The leaves of a tree of same-kind combine nodes, in order.
 fn flatten(graph: &Graph, node: NodeId, combine: Combine) -> Vec<NodeId> {
-    let same = |n: NodeId| match (&graph.node(n).op, combine) {
-        (Op::Concat, Combine::Concat) | (Op::Add, Combine::Sum) => true,
-        _ => false,
+    let same = |n: NodeId| {
+        matches!(
+            (&graph.node(n).op, combine),
+            (Op::Concat, Combine::Concat) | (Op::Add, Combine::Sum)
+        )
     };
     let mut out = Vec::new();
     let mut stack = vec![node];

@@ -2,16 +2,14 @@
 //! scaled per output channel, `bias = (bias - mean) * scale + beta`. In SparseNet this is the
 //! bottleneck's conv1 → bn2.
 //!
-//! Preconditions: weights bound. Only when the conv has no ReLU epilogue and the batch norm is
+//! Works with or without bound weights (unbound in, unbound out). Only when the conv has no ReLU epilogue and the batch norm is
 //! its only reader (another reader needs the un-normalised tensor). Must not touch a batch norm
 //! that reads anything else: pre-activation BNs become reader prologues in
 //! `fuse_preactivation`. The original parameters stay in the table, unreferenced; the folded
 //! ones are derived tensors named `P.conv1.weight+bn2` and `P.conv1.bias+bn2`.
 
-use super::{PassError, batch_norm_affine, data, module_name, to_f32};
+use super::{PassError, batch_norm_affine, module_name, to_f32};
 use ir::{Graph, Op};
-
-const PASS: &str = "fold-batch-norm";
 
 pub fn run(graph: &mut Graph) -> Result<usize, PassError> {
     let mut folded = 0;
@@ -30,31 +28,7 @@ pub fn run(graph: &mut Graph) -> Result<usize, PassError> {
             continue;
         }
         let conv = conv.clone();
-        let (scale, shift) = batch_norm_affine(graph, &bn, PASS)?;
-        let w = data(graph, conv.weight, PASS)?;
-        let per_out = w.len() / scale.len().max(1);
-        let weight: Vec<f64> = w
-            .iter()
-            .enumerate()
-            .map(|(i, &x)| f64::from(x) * scale[i / per_out])
-            .collect();
-        let old_bias = match conv.bias {
-            Some(b) => data(graph, b, PASS)?
-                .iter()
-                .map(|&x| f64::from(x))
-                .collect(),
-            None => vec![0.0; scale.len()],
-        };
-        let mean = data(graph, bn.mean, PASS)?;
-        let beta = data(graph, bn.beta, PASS)?;
-        // bn(conv(x) + b) = (conv(x) + b - mean) * s + beta = conv_s(x) + (b - mean) * s + beta
-        let bias: Vec<f64> = (0..scale.len())
-            .map(|o| (old_bias[o] - f64::from(mean[o])) * scale[o] + f64::from(beta[o]))
-            .collect();
-        // `shift` equals `beta - mean * scale`; the bias above adds `b * scale` to it.
-        debug_assert!(
-            conv.bias.is_some() || (bias[0] - shift[0]).abs() < 1e-9 * (1.0 + shift[0].abs())
-        );
+        let folded_data = fold(graph, &conv, &bn);
         // `P.conv1.weight` folded with `P.bn2` is `P.conv1.weight+bn2`.
         let conv_module = module_name(graph, conv.weight);
         let bn_module = module_name(graph, bn.gamma);
@@ -69,10 +43,10 @@ pub fn run(graph: &mut Graph) -> Result<usize, PassError> {
         let w_name = format!("{}+{bn_short}", graph.params.get(conv.weight).name);
         let b_name = format!("{conv_module}.bias+{bn_short}");
         let w_shape = graph.params.get(conv.weight).shape.clone();
-        let new_w = graph.params.add_derived(&w_name, w_shape, to_f32(&weight));
-        let new_b = graph
-            .params
-            .add_derived(&b_name, vec![bias.len()], to_f32(&bias));
+        let out = w_shape[0];
+        let (weight, bias) = folded_data.unzip();
+        let new_w = graph.params.add_derived(&w_name, w_shape, weight);
+        let new_b = graph.params.add_derived(&b_name, vec![out], bias);
         if let Op::Conv2d(c) = &mut graph.node_mut(conv_id).op {
             c.weight = new_w;
             c.bias = Some(new_b);
@@ -82,4 +56,32 @@ pub fn run(graph: &mut Graph) -> Result<usize, PassError> {
         folded += 1;
     }
     Ok(folded)
+}
+
+/// The folded weights and bias, or `None` when any input parameter is unbound.
+fn fold(graph: &Graph, conv: &ir::Conv2d, bn: &ir::BatchNorm) -> Option<(Vec<f32>, Vec<f32>)> {
+    let (scale, _) = batch_norm_affine(graph, bn)?;
+    let w = graph.params.data(conv.weight)?;
+    let per_out = w.len() / scale.len().max(1);
+    let weight: Vec<f64> = w
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| f64::from(x) * scale[i / per_out])
+        .collect();
+    let old_bias: Vec<f64> = match conv.bias {
+        Some(b) => graph
+            .params
+            .data(b)?
+            .iter()
+            .map(|&x| f64::from(x))
+            .collect(),
+        None => vec![0.0; scale.len()],
+    };
+    let mean = graph.params.data(bn.mean)?;
+    let beta = graph.params.data(bn.beta)?;
+    // bn(conv(x) + b) = (conv(x) + b - mean) * s + beta = conv_s(x) + (b - mean) * s + beta
+    let bias: Vec<f64> = (0..scale.len())
+        .map(|o| (old_bias[o] - f64::from(mean[o])) * scale[o] + f64::from(beta[o]))
+        .collect();
+    Some((to_f32(&weight), to_f32(&bias)))
 }

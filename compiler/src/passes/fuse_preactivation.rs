@@ -13,8 +13,6 @@ use ir::op::Prologue;
 use ir::{Graph, NodeId, Op, ParamId};
 use std::collections::HashMap;
 
-const PASS: &str = "fuse-preactivation";
-
 pub fn run(graph: &mut Graph) -> Result<usize, PassError> {
     let mut fused = 0;
     // One scale/shift pair per batch norm, shared by all its readers.
@@ -47,16 +45,14 @@ pub fn run(graph: &mut Graph) -> Result<usize, PassError> {
             Some(&pair) => pair,
             None => {
                 let bn = bn.clone();
-                let (s, t) = batch_norm_affine(graph, &bn, PASS)?;
+                let channels = graph.params.get(bn.gamma).shape.clone();
+                let (s, t) = batch_norm_affine(graph, &bn)
+                    .map(|(s, t)| (to_f32(&s), to_f32(&t)))
+                    .unzip();
                 let name = module_name(graph, bn.gamma);
-                let scale =
-                    graph
-                        .params
-                        .add_derived(&format!("{name}.scale"), vec![s.len()], to_f32(&s));
-                let shift =
-                    graph
-                        .params
-                        .add_derived(&format!("{name}.shift"), vec![t.len()], to_f32(&t));
+                let params = &mut graph.params;
+                let scale = params.add_derived(&format!("{name}.scale"), channels.clone(), s);
+                let shift = params.add_derived(&format!("{name}.shift"), channels, t);
                 affine.insert(bn_id, (scale, shift));
                 (scale, shift)
             }

@@ -3,8 +3,9 @@
 //! pass recorded for `--timings`.
 //!
 //! Every pass is a plain function `fn(&mut Graph) -> Result<usize, PassError>` returning how
-//! many rewrites it made. Passes that compute new weights (folding, prologues) need bound
-//! parameter data: bind weights (`weights::bind_*`) before optimising.
+//! many rewrites it made. Passes that compute new weights (folding, prologues) do so when the
+//! parameters are bound and leave the derived parameters unbound otherwise, so the structure
+//! (IR, plan, statistics) never needs weights; code generation does.
 
 mod dead_code;
 mod eliminate_concat;
@@ -19,8 +20,6 @@ use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PassError {
-    #[error("pass `{pass}` needs the data of parameter `{param}`: bind weights before optimising")]
-    Unbound { pass: &'static str, param: String },
     #[error("the IR fails verification after pass `{pass}`:\n{errors}")]
     Verify { pass: &'static str, errors: String },
     #[error("pass `{pass}` built an ill-typed node: {error}")]
@@ -86,24 +85,13 @@ fn check(graph: &Graph, pass: &'static str) -> Result<(), PassError> {
     })
 }
 
-/// The data of a parameter, or the error naming it.
-fn data<'g>(graph: &'g Graph, id: ir::ParamId, pass: &'static str) -> Result<&'g [f32], PassError> {
-    graph.params.data(id).ok_or_else(|| PassError::Unbound {
-        pass,
-        param: graph.params.get(id).name.clone(),
-    })
-}
-
-/// `scale = gamma / sqrt(var + eps)`, `shift = beta - mean * scale`, in f64.
-fn batch_norm_affine(
-    graph: &Graph,
-    bn: &ir::BatchNorm,
-    pass: &'static str,
-) -> Result<(Vec<f64>, Vec<f64>), PassError> {
-    let gamma = data(graph, bn.gamma, pass)?;
-    let beta = data(graph, bn.beta, pass)?;
-    let mean = data(graph, bn.mean, pass)?;
-    let var = data(graph, bn.var, pass)?;
+/// `scale = gamma / sqrt(var + eps)`, `shift = beta - mean * scale`, in f64; `None` when the
+/// batch norm's parameters are unbound.
+fn batch_norm_affine(graph: &Graph, bn: &ir::BatchNorm) -> Option<(Vec<f64>, Vec<f64>)> {
+    let gamma = graph.params.data(bn.gamma)?;
+    let beta = graph.params.data(bn.beta)?;
+    let mean = graph.params.data(bn.mean)?;
+    let var = graph.params.data(bn.var)?;
     let scale: Vec<f64> = gamma
         .iter()
         .zip(var)
@@ -115,7 +103,7 @@ fn batch_norm_affine(
         .zip(&scale)
         .map(|((&b, &m), &s)| f64::from(b) - f64::from(m) * s)
         .collect();
-    Ok((scale, shift))
+    Some((scale, shift))
 }
 
 /// The prefix of a batch norm's parameter names (`...bn1` of `...bn1.weight`).
