@@ -45,6 +45,24 @@ pub enum DriverError {
     Pass(#[from] PassError),
     #[error("the graph has a cycle")]
     Cycle,
+    #[error(transparent)]
+    Backend(#[from] crate::backend::BackendError),
+    #[error(transparent)]
+    Artifact(#[from] crate::artifact::ArtifactError),
+}
+
+/// Compiles a loaded graph for the CPU: weights bound, optimised, planned at batch 1 (the
+/// runtime scales offsets with the batch), code generated, packaged as model.bin bytes.
+pub fn compile_cpu(
+    graph: Graph,
+    weights: &WeightsSource,
+    max_batch: u32,
+    verify: bool,
+) -> Result<(Optimized, Vec<u8>), DriverError> {
+    let opt = optimize(graph, weights, 1, verify)?;
+    let program = crate::backend::cpu::compile(&opt.graph, &opt.plan)?;
+    let bytes = crate::artifact::write_cpu(&opt.graph, &opt.plan, &program, max_batch)?;
+    Ok((opt, bytes))
 }
 
 /// A model parsed and lowered from a file.

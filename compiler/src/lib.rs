@@ -4,6 +4,8 @@
 //! tree → IR graph with shapes), [`stats`] (what the graph costs). Diagnostics from every stage
 //! are rendered in one place, [`diagnostics`]. The IR itself lives in the `ir` crate.
 
+pub mod artifact;
+pub mod backend;
 pub mod diagnostics;
 pub mod driver;
 pub mod frontend;

@@ -1,0 +1,308 @@
+//! The CPU backend: turns the optimised graph and its memory plan into kernel calls (one
+//! `abi` descriptor per step, in the constant section), the weights section (folded, packed
+//! for the kernels, 64-byte aligned) and Cranelift machine code that runs the schedule.
+//!
+//! Layout: activations are NCHW float32; a buffer of `B` bytes per image at plan offset `o`
+//! (planned at batch 1) lives at `o * batch` for a batch, so one plan serves every batch size
+//! up to the maximum (offsets and sizes scale together; 64-byte alignment is kept).
+//! Must not change the graph or the plan.
+
+pub mod codegen;
+
+use super::BackendError;
+use crate::plan::memory::MemoryPlan;
+use codegen::{BufferRef, CallPlan};
+use ir::op::{Access, Combine, PoolKind};
+use ir::{Graph, NodeId, Op, ParamId};
+use runtime::abi;
+use runtime::cpu::kernels;
+use runtime::format::{Descriptor, Step, StepKind};
+
+/// Sections and tables the artifact writer needs.
+pub struct CpuProgram {
+    pub weights: Vec<u8>,
+    pub consts: Vec<u8>,
+    pub steps: Vec<Step>,
+    pub code: codegen::Compiled,
+    pub scratch_bytes: u64,
+}
+
+/// An aligned byte section being filled.
+#[derive(Default)]
+struct SectionBuilder {
+    bytes: Vec<u8>,
+}
+
+impl SectionBuilder {
+    fn push_f32(&mut self, data: &[f32]) -> u64 {
+        self.align(64);
+        let at = self.bytes.len() as u64;
+        for v in data {
+            self.bytes.extend_from_slice(&v.to_le_bytes());
+        }
+        at
+    }
+
+    fn align(&mut self, to: usize) {
+        while !self.bytes.len().is_multiple_of(to) {
+            self.bytes.push(0);
+        }
+    }
+
+    /// Appends a descriptor in the byte layout the runtime reads (`format::Descriptor`).
+    fn push_desc<D: Descriptor>(&mut self, desc: &D) -> u64 {
+        self.align(64);
+        let at = self.bytes.len() as u64;
+        desc.encode(&mut self.bytes);
+        at
+    }
+}
+
+struct Lowering<'g> {
+    graph: &'g Graph,
+    plan: &'g MemoryPlan,
+    weights: SectionBuilder,
+    consts: SectionBuilder,
+    numbering: ir::print::Numbering,
+}
+
+impl Lowering<'_> {
+    fn data(&self, id: ParamId) -> Result<&[f32], BackendError> {
+        self.graph
+            .params
+            .data(id)
+            .ok_or_else(|| BackendError::Unbound(self.graph.params.get(id).name.clone()))
+    }
+
+    fn param(&mut self, id: ParamId) -> Result<u64, BackendError> {
+        let data = self.data(id)?.to_vec();
+        Ok(self.weights.push_f32(&data))
+    }
+
+    fn buffer(&self, node: NodeId) -> Result<BufferRef, BackendError> {
+        let b = self
+            .plan
+            .liveness
+            .buffer(node)
+            .ok_or_else(|| BackendError::Unsupported {
+                node: self.numbering.name(node),
+                op: self.graph.node(node).op.mnemonic(),
+                reason: "its value has no buffer".into(),
+            })?;
+        let buf = &self.plan.liveness.buffers[b.0 as usize];
+        Ok(BufferRef {
+            offset_per_image: self.plan.arena.offsets[b.0 as usize],
+            bytes_per_image: buf.bytes_per_image,
+        })
+    }
+
+    /// Prologue flags and parameter offsets of a reader.
+    fn access(&mut self, access: &Access) -> Result<(u32, u32, u64, u64), BackendError> {
+        let combine = match access.combine {
+            Combine::Concat => abi::COMBINE_CONCAT,
+            Combine::Sum => abi::COMBINE_SUM,
+        };
+        let Some(p) = access.prologue else {
+            return Ok((combine, 0, 0, 0));
+        };
+        let mut flags = abi::FLAG_PROLOGUE;
+        if p.relu {
+            flags |= abi::FLAG_PROLOGUE_RELU;
+        }
+        let scale = self.param(p.scale)?;
+        let shift = self.param(p.shift)?;
+        Ok((combine, flags, scale, shift))
+    }
+}
+
+/// Lowers the optimised graph to kernel calls, sections and machine code.
+pub fn compile(graph: &Graph, plan: &MemoryPlan) -> Result<CpuProgram, BackendError> {
+    let mut l = Lowering {
+        graph,
+        plan,
+        weights: SectionBuilder::default(),
+        consts: SectionBuilder::default(),
+        numbering: ir::print::Numbering::new(graph, &plan.liveness.schedule),
+    };
+    let mut calls = Vec::new();
+    let mut steps = Vec::new();
+    let mut scratch = 0u64;
+    for &id in &plan.liveness.schedule {
+        let node = graph.node(id);
+        let operands = graph.operands(id);
+        let pieces: Vec<(BufferRef, u64)> = operands
+            .iter()
+            .map(|&o| Ok((l.buffer(o)?, u64::from(graph.node(o).ty.channels))))
+            .collect::<Result<_, BackendError>>()?;
+        let x = match operands.first() {
+            Some(&o) => ir::op::combine(
+                node.op.access().map_or(Combine::Concat, |a| a.combine),
+                "reader",
+                &operands
+                    .iter()
+                    .map(|&o2| graph.node(o2).ty)
+                    .collect::<Vec<_>>(),
+            )
+            .unwrap_or(graph.node(o).ty),
+            None => node.ty,
+        };
+        let n_pieces = u32::try_from(pieces.len()).map_err(|_| BackendError::TooLarge {
+            what: "pieces".into(),
+        })?;
+        let unsupported = |reason: &str| BackendError::Unsupported {
+            node: l.numbering.name(id),
+            op: node.op.mnemonic(),
+            reason: reason.into(),
+        };
+        let (kind, kernel, desc_offset, flops) = match &node.op {
+            Op::Input { .. } | Op::Output { .. } => continue,
+            Op::Conv2d(c) => {
+                let (combine, mut flags, scale_off, shift_off) = l.access(&c.access)?;
+                let mut desc = abi::ConvDesc {
+                    in_channels: x.channels,
+                    in_h: x.height,
+                    in_w: x.width,
+                    out_channels: c.out_channels,
+                    out_h: node.ty.height,
+                    out_w: node.ty.width,
+                    kernel_h: c.kernel[0],
+                    kernel_w: c.kernel[1],
+                    stride_h: c.stride[0],
+                    stride_w: c.stride[1],
+                    pad_h: c.pad[0],
+                    pad_w: c.pad[1],
+                    combine,
+                    flags: 0,
+                    n_pieces,
+                    reserved: 0,
+                    weight_off: 0,
+                    bias_off: 0,
+                    scale_off,
+                    shift_off,
+                };
+                let packed = kernels::pack_conv_weights(&desc, l.data(c.weight)?);
+                desc.weight_off = l.weights.push_f32(&packed);
+                if let Some(b) = c.bias {
+                    flags |= abi::FLAG_BIAS;
+                    desc.bias_off = l.param(b)?;
+                }
+                if c.relu {
+                    flags |= abi::FLAG_RELU;
+                }
+                desc.flags = flags;
+                scratch = scratch.max(kernels::conv_scratch_bytes(&desc));
+                let at = l.consts.push_desc(&desc);
+                let flops = 2 * crate::stats::node_macs(graph, id);
+                (StepKind::Conv, abi::KERNEL_CONV, at, flops)
+            }
+            Op::Pool(p) => {
+                let (combine, mut flags, scale_off, shift_off) = l.access(&p.access)?;
+                if p.global {
+                    flags |= abi::FLAG_GLOBAL;
+                }
+                let kind = match p.kind {
+                    PoolKind::Avg => abi::POOL_AVG,
+                    PoolKind::Max => abi::POOL_MAX,
+                };
+                let desc = abi::PoolDesc {
+                    channels: x.channels,
+                    in_h: x.height,
+                    in_w: x.width,
+                    out_h: node.ty.height,
+                    out_w: node.ty.width,
+                    kernel_h: p.kernel[0],
+                    kernel_w: p.kernel[1],
+                    stride_h: p.stride[0],
+                    stride_w: p.stride[1],
+                    pad_h: p.pad[0],
+                    pad_w: p.pad[1],
+                    kind,
+                    combine,
+                    flags,
+                    n_pieces,
+                    reserved: 0,
+                    scale_off,
+                    shift_off,
+                };
+                scratch = scratch.max(kernels::pool_scratch_bytes(&desc));
+                let at = l.consts.push_desc(&desc);
+                (
+                    StepKind::Pool,
+                    abi::KERNEL_POOL,
+                    at,
+                    node.ty.elements() * u64::from(p.kernel[0] * p.kernel[1]),
+                )
+            }
+            Op::Linear(lin) => {
+                let (combine, mut flags, scale_off, shift_off) = l.access(&lin.access)?;
+                if lin.global_pool {
+                    flags |= abi::FLAG_GLOBAL;
+                }
+                let weight_off = l.param(lin.weight)?;
+                let bias_off = match lin.bias {
+                    Some(b) => {
+                        flags |= abi::FLAG_BIAS;
+                        l.param(b)?
+                    }
+                    None => 0,
+                };
+                let desc = abi::LinearDesc {
+                    in_channels: x.channels,
+                    in_h: x.height,
+                    in_w: x.width,
+                    out_features: lin.out_features,
+                    combine,
+                    flags,
+                    n_pieces,
+                    reserved: 0,
+                    weight_off,
+                    bias_off,
+                    scale_off,
+                    shift_off,
+                };
+                scratch = scratch.max(kernels::linear_scratch_bytes(&desc));
+                let at = l.consts.push_desc(&desc);
+                (
+                    StepKind::Linear,
+                    abi::KERNEL_LINEAR,
+                    at,
+                    2 * crate::stats::node_macs(graph, id),
+                )
+            }
+            Op::BatchNorm(_) | Op::Relu | Op::Concat | Op::Add => {
+                return Err(unsupported(
+                    "the optimiser leaves no such node in a model it compiles; run the pass pipeline first",
+                ));
+            }
+        };
+        let output = l.buffer(id)?;
+        let buffer_index = |n: NodeId| l.plan.liveness.buffer(n).map_or(0, |b| b.0);
+        steps.push(Step {
+            kind,
+            label: format!(
+                "{} {} {}",
+                l.numbering.name(id),
+                node.op.mnemonic(),
+                graph.scope(node.scope).name
+            ),
+            desc_offset,
+            output: buffer_index(id),
+            pieces: operands.iter().map(|&o| buffer_index(o)).collect(),
+            flops_per_image: flops,
+        });
+        calls.push(CallPlan {
+            kernel,
+            desc_offset,
+            output,
+            pieces,
+        });
+    }
+    let code = codegen::compile(&calls)?;
+    Ok(CpuProgram {
+        weights: l.weights.bytes,
+        consts: l.consts.bytes,
+        steps,
+        code,
+        scratch_bytes: scratch,
+    })
+}

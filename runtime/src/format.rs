@@ -1,0 +1,1632 @@
+//! The byte layout of `model.bin`: its types, the [`Writer`] the compiler uses, and
+//! [`ModelFile::parse`], which validates a file completely before handing it out. This module
+//! only reads and writes bytes: it never executes, maps or allocates executable memory, and it
+//! does not judge descriptor contents (the executors do, with `cpu::kernels::validate_*`).
+//!
+//! Layout (all integers little-endian; `docs/model-bin.md` is the full description):
+//!
+//! ```text
+//! 0        header (64 bytes): magic, version, header length, manifest length,
+//!          file length, checksum, 24 reserved zero bytes
+//! 64       manifest (postcard), then zero padding up to the next multiple of 64
+//! data_base  the data area: every section starts at a multiple of 64 from here
+//! ```
+//!
+//! Section offsets in the manifest are **relative to `data_base`**, the first multiple of 64 at
+//! or after the end of the manifest. This keeps the manifest independent of its own length (no
+//! fix-point when writing), and because `data_base` is itself a multiple of 64, a section whose
+//! relative offset is a multiple of 64 is also 64-byte aligned in the file (and in any copy of
+//! the file placed at a 64-aligned address).
+
+use std::fmt;
+use std::mem::{offset_of, size_of};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use xxhash_rust::xxh3::Xxh3Default;
+
+use crate::abi::{ConvDesc, LinearDesc, PoolDesc};
+use crate::error::LoadError;
+
+/// The first 8 bytes of every `model.bin`.
+pub const MAGIC: [u8; 8] = *b"SPARSEC\0";
+/// The layout version this runtime reads and writes. Any change to the layout, the manifest
+/// types or the descriptor structs in `abi.rs` bumps it.
+pub const FORMAT_VERSION: u32 = 1;
+/// Size of the fixed header.
+pub const HEADER_BYTES: usize = 64;
+/// Alignment of the data area and of every section (relative and absolute), and of every
+/// buffer's `offset_per_image`.
+pub const SECTION_ALIGN: u64 = 64;
+/// Alignment of a descriptor inside the constant section.
+pub const DESC_ALIGN: u64 = 8;
+
+// Header field offsets.
+const AT_VERSION: usize = 8;
+const AT_HEADER_LEN: usize = 12;
+const AT_MANIFEST_LEN: usize = 16;
+const AT_FILE_LEN: usize = 24;
+const AT_CHECKSUM: usize = 32;
+const AT_RESERVED: usize = 40;
+
+/// Everything about a compiled model except the bulk bytes, which live in sections.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// The sparsec version that wrote the file (informational).
+    pub compiler_version: String,
+    /// The model's name (informational).
+    pub model_name: String,
+    /// What the code was compiled for.
+    pub target: Target,
+    /// The model's inputs, in call order.
+    pub inputs: Vec<TensorSpec>,
+    /// The model's outputs, in result order.
+    pub outputs: Vec<TensorSpec>,
+    /// The largest batch the code was compiled and checked for (at least 1).
+    pub max_batch: u32,
+    /// The arena for batch `B` is `arena_bytes_per_image * B` bytes: every buffer's offset and
+    /// size scale with `B`.
+    pub arena_bytes_per_image: u64,
+    /// Scratch memory per session, independent of the batch.
+    pub scratch_bytes: u64,
+    /// Every activation buffer in the arena.
+    pub buffers: Vec<BufferSpec>,
+    /// The kernel calls, in execution order.
+    pub steps: Vec<Step>,
+    /// Packed weights (read by kernels through each descriptor's `*_off` fields).
+    pub weights: Section,
+    /// Constants: the `abi` descriptors, found by each step's `desc_offset`.
+    pub consts: Section,
+    /// Generated CPU code, when compiled for [`Backend::Cpu`].
+    pub cpu_code: Option<CpuCode>,
+    /// CUDA code, when compiled for [`Backend::Cuda`].
+    pub cuda: Option<CudaCode>,
+}
+
+/// The machine the code needs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Target {
+    /// Which executor runs the model.
+    pub backend: Backend,
+    /// `std::env::consts::ARCH` of the machine, e.g. `"x86_64"`.
+    pub arch: String,
+    /// The CPU features the code needs, e.g. `["sse4.1", "avx2", "fma"]`; see
+    /// [`KNOWN_X86_FEATURES`].
+    pub features: Vec<String>,
+}
+
+/// Which executor runs the model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Backend {
+    /// Generated native code calling the runtime's CPU kernels.
+    Cpu,
+    /// CUDA kernels.
+    Cuda,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Cpu => "CPU",
+            Backend::Cuda => "CUDA",
+        })
+    }
+}
+
+/// A model input or output: one f32 tensor of `shape` per image.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TensorSpec {
+    /// The name from the source model.
+    pub name: String,
+    /// Per image `[C, H, W]`.
+    pub shape: [u32; 3],
+    /// Index into [`Manifest::buffers`]; that buffer's `bytes_per_image` is `C * H * W * 4`.
+    pub buffer: u32,
+}
+
+/// One activation buffer. For batch `B` it lives at `arena + offset_per_image * B` and holds
+/// `bytes_per_image * B` bytes laid out `[B, C, H, W]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BufferSpec {
+    /// A multiple of [`SECTION_ALIGN`], so the buffer is 64-byte aligned for every batch.
+    pub offset_per_image: u64,
+    /// A multiple of 4 (f32 elements); `offset_per_image + bytes_per_image` is at most
+    /// [`Manifest::arena_bytes_per_image`].
+    pub bytes_per_image: u64,
+}
+
+impl BufferSpec {
+    /// The buffer's byte offset in the arena for `batch` images (`None` on overflow).
+    pub fn offset(&self, batch: u64) -> Option<u64> {
+        self.offset_per_image.checked_mul(batch)
+    }
+
+    /// The buffer's size in bytes for `batch` images (`None` on overflow).
+    pub fn bytes(&self, batch: u64) -> Option<u64> {
+        self.bytes_per_image.checked_mul(batch)
+    }
+}
+
+/// One kernel call (made for every image of the batch by the generated code).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Step {
+    /// Which kernel, and so which descriptor type is at `desc_offset`.
+    pub kind: StepKind,
+    /// The source layer's name, for errors and profiles.
+    pub label: String,
+    /// Byte offset into the constant section of the `abi` descriptor ([`ConvDesc`],
+    /// [`PoolDesc`] or [`LinearDesc`] by `kind`), a multiple of [`DESC_ALIGN`].
+    pub desc_offset: u64,
+    /// The buffer written.
+    pub output: u32,
+    /// The buffers read, in piece order (at least one).
+    pub pieces: Vec<u32>,
+    /// Floating-point operations per image (for reports).
+    pub flops_per_image: u64,
+}
+
+/// The kernel a [`Step`] calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum StepKind {
+    /// [`ConvDesc`].
+    Conv,
+    /// [`PoolDesc`].
+    Pool,
+    /// [`LinearDesc`].
+    Linear,
+}
+
+impl StepKind {
+    /// The size in bytes of this kind's descriptor.
+    pub const fn descriptor_bytes(self) -> u64 {
+        match self {
+            StepKind::Conv => size_of::<ConvDesc>() as u64,
+            StepKind::Pool => size_of::<PoolDesc>() as u64,
+            StepKind::Linear => size_of::<LinearDesc>() as u64,
+        }
+    }
+}
+
+/// A byte range of the data area.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Section {
+    /// Offset **relative to the start of the data area** (see the module docs), a multiple of
+    /// [`SECTION_ALIGN`]. [`ModelFile::section`] adds the base.
+    pub offset: u64,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+/// Generated CPU code.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CpuCode {
+    /// Position-independent machine code (no relocations).
+    pub code: Section,
+    /// Offset of the `abi::Forward` entry point within `code`.
+    pub entry_offset: u64,
+}
+
+/// CUDA code: one blob per architecture.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CudaCode {
+    /// The NVRTC version that compiled the blobs.
+    pub nvrtc_version: String,
+    /// `(arch, bytes)`: arch like `"sm_90"` for a cubin or `"ptx"` for PTX text.
+    pub blobs: Vec<(String, Section)>,
+}
+
+impl Manifest {
+    /// The arena size in bytes for `batch` images (`None` on overflow).
+    pub fn arena_bytes(&self, batch: u64) -> Option<u64> {
+        self.arena_bytes_per_image.checked_mul(batch)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Descriptors
+
+/// An `abi` descriptor struct, decoded from and encoded to its little-endian file bytes field by
+/// field at the field offsets of its `#[repr(C)]` layout (taken with `offset_of!`, so the bytes
+/// in the file are exactly the in-memory struct on a little-endian machine). No `unsafe`.
+///
+/// Every descriptor's size is a multiple of [`DESC_ALIGN`] (96, 80 and 64 bytes), so a
+/// compiler that encodes descriptors back to back into the constant section, starting at 0,
+/// keeps every `desc_offset` aligned.
+pub trait Descriptor: Copy + Sized {
+    /// The step kind that uses this descriptor.
+    const KIND: StepKind;
+    /// `size_of::<Self>()`: the number of bytes in the file.
+    const SIZE: usize;
+    /// Decodes the first [`Self::SIZE`] bytes; `None` if there are fewer.
+    fn decode(bytes: &[u8]) -> Option<Self>;
+    /// Appends the [`Self::SIZE`] bytes of `self`.
+    fn encode(&self, out: &mut Vec<u8>);
+}
+
+/// A step's descriptor, by kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepDesc {
+    Conv(ConvDesc),
+    Pool(PoolDesc),
+    Linear(LinearDesc),
+}
+
+fn read_array<const N: usize>(bytes: &[u8], at: usize) -> Option<[u8; N]> {
+    bytes.get(at..at.checked_add(N)?)?.try_into().ok()
+}
+
+macro_rules! descriptor {
+    ($ty:ident, $kind:expr, { $($field:ident: $fty:ty),* $(,)? }) => {
+        // Every field is listed (the struct literal below would not compile otherwise) and the
+        // fields cover the struct without padding, so `encode` writes every byte.
+        const _: () = assert!(0 $(+ size_of::<$fty>())* == size_of::<$ty>());
+        const _: () = assert!(size_of::<$ty>().is_multiple_of(DESC_ALIGN as usize));
+
+        impl Descriptor for $ty {
+            const KIND: StepKind = $kind;
+            const SIZE: usize = size_of::<$ty>();
+
+            fn decode(bytes: &[u8]) -> Option<Self> {
+                let bytes = bytes.get(..Self::SIZE)?;
+                Some($ty {
+                    $($field: <$fty>::from_le_bytes(read_array(bytes, offset_of!($ty, $field))?),)*
+                })
+            }
+
+            fn encode(&self, out: &mut Vec<u8>) {
+                let start = out.len();
+                out.resize(start + Self::SIZE, 0);
+                $(
+                    let at = start + offset_of!($ty, $field);
+                    // In bounds: offset_of + size_of <= SIZE for every field of the struct.
+                    out[at..at + size_of::<$fty>()].copy_from_slice(&self.$field.to_le_bytes());
+                )*
+            }
+        }
+    };
+}
+
+descriptor!(ConvDesc, StepKind::Conv, {
+    in_channels: u32, in_h: u32, in_w: u32, out_channels: u32, out_h: u32, out_w: u32,
+    kernel_h: u32, kernel_w: u32, stride_h: u32, stride_w: u32, pad_h: u32, pad_w: u32,
+    combine: u32, flags: u32, n_pieces: u32, reserved: u32,
+    weight_off: u64, bias_off: u64, scale_off: u64, shift_off: u64,
+});
+descriptor!(PoolDesc, StepKind::Pool, {
+    channels: u32, in_h: u32, in_w: u32, out_h: u32, out_w: u32, kernel_h: u32, kernel_w: u32,
+    stride_h: u32, stride_w: u32, pad_h: u32, pad_w: u32, kind: u32, combine: u32, flags: u32,
+    n_pieces: u32, reserved: u32, scale_off: u64, shift_off: u64,
+});
+descriptor!(LinearDesc, StepKind::Linear, {
+    in_channels: u32, in_h: u32, in_w: u32, out_features: u32, combine: u32, flags: u32,
+    n_pieces: u32, reserved: u32, weight_off: u64, bias_off: u64, scale_off: u64, shift_off: u64,
+});
+
+// ---------------------------------------------------------------------------------------------
+// Writing
+
+/// Builds a `model.bin`: add the section bytes, put the returned [`Section`]s into the
+/// [`Manifest`], then [`Writer::finish`].
+///
+/// ```
+/// use runtime::format::{Backend, Manifest, ModelFile, Target, Writer};
+///
+/// let mut w = Writer::new();
+/// let weights = w.add_section(&[1, 2, 3]);
+/// let consts = w.add_section(&[]);
+/// let manifest = Manifest {
+///     compiler_version: "0.1.0".into(),
+///     model_name: "empty".into(),
+///     target: Target { backend: Backend::Cpu, arch: "x86_64".into(), features: vec![] },
+///     inputs: vec![],
+///     outputs: vec![],
+///     max_batch: 1,
+///     arena_bytes_per_image: 0,
+///     scratch_bytes: 0,
+///     buffers: vec![],
+///     steps: vec![],
+///     weights,
+///     consts,
+///     cpu_code: None,
+///     cuda: None,
+/// };
+/// let bytes = w.finish(&manifest)?; // checked by `ModelFile::parse` already
+/// let file = ModelFile::parse(&bytes)?;
+/// assert_eq!(file.weights(), &[1, 2, 3]);
+/// assert_eq!(file.manifest, manifest);
+/// # Ok::<(), runtime::error::LoadError>(())
+/// ```
+#[derive(Debug, Default, Clone)]
+pub struct Writer {
+    data: Vec<u8>,
+}
+
+impl Writer {
+    /// An empty data area.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends `bytes` to the data area at the next multiple of [`SECTION_ALIGN`] and returns
+    /// where they went (offset relative to the data area, as the manifest stores it).
+    pub fn add_section(&mut self, bytes: &[u8]) -> Section {
+        pad_to_align(&mut self.data);
+        let offset = self.data.len() as u64;
+        self.data.extend_from_slice(bytes);
+        Section {
+            offset,
+            len: bytes.len() as u64,
+        }
+    }
+
+    /// Lays out header, manifest, padding and the data area, computes the checksum, and then
+    /// checks the result with [`ModelFile::parse`]: the writer never produces a file the reader
+    /// would reject (target and descriptor contents aside), and says why in the same terms.
+    pub fn finish(self, manifest: &Manifest) -> Result<Vec<u8>, LoadError> {
+        let manifest_bytes =
+            postcard::to_allocvec(manifest).map_err(|e| LoadError::Manifest(e.to_string()))?;
+        let bytes = assemble(&manifest_bytes, &self.data);
+        ModelFile::parse(&bytes)?;
+        Ok(bytes)
+    }
+}
+
+fn pad_to_align(v: &mut Vec<u8>) {
+    let align = SECTION_ALIGN as usize;
+    v.resize(v.len().div_ceil(align) * align, 0);
+}
+
+/// Header + manifest bytes + padding + data area, with a correct checksum. No validation.
+fn assemble(manifest: &[u8], data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_BYTES + manifest.len() + data.len() + 64);
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&(HEADER_BYTES as u32).to_le_bytes());
+    out.extend_from_slice(&(manifest.len() as u64).to_le_bytes());
+    out.extend_from_slice(&0u64.to_le_bytes()); // file length, below
+    out.extend_from_slice(&0u64.to_le_bytes()); // checksum, below
+    out.resize(HEADER_BYTES, 0); // reserved
+    out.extend_from_slice(manifest);
+    pad_to_align(&mut out);
+    out.extend_from_slice(data);
+    let file_len = out.len() as u64;
+    out[AT_FILE_LEN..AT_FILE_LEN + 8].copy_from_slice(&file_len.to_le_bytes());
+    seal(&mut out);
+    out
+}
+
+/// Recomputes and stores the checksum of a buffer of at least [`HEADER_BYTES`] bytes (does
+/// nothing to a shorter one).
+fn seal(bytes: &mut [u8]) {
+    if let Some((header, body)) = bytes.split_first_chunk::<HEADER_BYTES>() {
+        let sum = checksum(header, body);
+        bytes[AT_CHECKSUM..AT_CHECKSUM + 8].copy_from_slice(&sum.to_le_bytes());
+    }
+}
+
+/// xxh3-64 of the whole file with the 8 checksum bytes taken as zero.
+fn checksum(header: &[u8; HEADER_BYTES], body: &[u8]) -> u64 {
+    let mut h = Xxh3Default::new();
+    h.update(&header[..AT_CHECKSUM]);
+    h.update(&[0u8; 8]);
+    h.update(&header[AT_CHECKSUM + 8..]);
+    h.update(body);
+    h.digest()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading
+
+/// Reads a file into memory (no validation: pass the bytes to [`ModelFile::parse`]).
+pub fn read(path: &Path) -> Result<Vec<u8>, LoadError> {
+    std::fs::read(path).map_err(|source| LoadError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// A validated `model.bin`: every index, offset and length in `manifest` has been checked
+/// against the file and against each other (see [`ModelFile::parse`]).
+#[derive(Clone)]
+pub struct ModelFile<'a> {
+    /// The decoded, validated manifest.
+    pub manifest: Manifest,
+    /// The whole file.
+    pub bytes: &'a [u8],
+    data_base: usize,
+}
+
+/// Shows the manifest and the sizes, not the (possibly many megabytes of) file bytes.
+impl fmt::Debug for ModelFile<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ModelFile")
+            .field("manifest", &self.manifest)
+            .field("file_len", &self.bytes.len())
+            .field("data_base", &self.data_base)
+            .finish()
+    }
+}
+
+fn le_u32(h: &[u8; HEADER_BYTES], at: usize) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&h[at..at + 4]); // `at` is one of the constant field offsets above.
+    u32::from_le_bytes(a)
+}
+
+fn le_u64(h: &[u8; HEADER_BYTES], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&h[at..at + 8]); // `at` is one of the constant field offsets above.
+    u64::from_le_bytes(a)
+}
+
+impl<'a> ModelFile<'a> {
+    /// Validates `bytes` completely and decodes the manifest. The checks, in order, each with
+    /// its own [`LoadError`] variant: length at least the header; magic; format version; header
+    /// length; reserved bytes zero; file-length field equals the actual length; checksum;
+    /// manifest inside the file; manifest decodes (and fills its declared length exactly);
+    /// every section in the data area and 64-aligned, the CPU entry inside its code; every
+    /// buffer 64-aligned, a whole number of f32 and inside the per-image arena; every input and
+    /// output names a buffer of exactly its size; every step names existing buffers (at least
+    /// one piece, the output overlapping none of them) and a descriptor that lies inside the
+    /// constant section, 8-aligned; `max_batch >= 1`; the arena for `max_batch` fits in memory.
+    pub fn parse(bytes: &'a [u8]) -> Result<ModelFile<'a>, LoadError> {
+        let file_len = bytes.len() as u64;
+        let (header, body) = bytes
+            .split_first_chunk::<HEADER_BYTES>()
+            .ok_or(LoadError::TooShort { len: bytes.len() })?;
+
+        let found: [u8; 8] = *header.first_chunk::<8>().unwrap_or(&[0; 8]);
+        if found != MAGIC {
+            return Err(LoadError::BadMagic { found });
+        }
+        let version = le_u32(header, AT_VERSION);
+        if version != FORMAT_VERSION {
+            return Err(LoadError::Version {
+                found: version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        let header_len = le_u32(header, AT_HEADER_LEN);
+        if header_len != HEADER_BYTES as u32 {
+            return Err(LoadError::HeaderLength {
+                found: header_len,
+                expected: HEADER_BYTES as u32,
+            });
+        }
+        if let Some((i, &value)) = header[AT_RESERVED..]
+            .iter()
+            .enumerate()
+            .find(|(_, b)| **b != 0)
+        {
+            return Err(LoadError::Reserved {
+                offset: AT_RESERVED + i,
+                value,
+            });
+        }
+        let declared = le_u64(header, AT_FILE_LEN);
+        if declared != file_len {
+            return Err(LoadError::Length {
+                declared,
+                actual: file_len,
+            });
+        }
+        let stored = le_u64(header, AT_CHECKSUM);
+        let computed = checksum(header, body);
+        if stored != computed {
+            return Err(LoadError::Checksum { stored, computed });
+        }
+
+        let manifest_len = le_u64(header, AT_MANIFEST_LEN);
+        let manifest_end = (HEADER_BYTES as u64).checked_add(manifest_len);
+        let data_base = manifest_end
+            .and_then(|end| end.checked_next_multiple_of(SECTION_ALIGN))
+            .filter(|&base| base <= file_len);
+        let (Some(manifest_end), Some(data_base)) = (manifest_end, data_base) else {
+            return Err(LoadError::ManifestLength {
+                manifest_len,
+                data_base: manifest_end
+                    .and_then(|e| e.checked_next_multiple_of(SECTION_ALIGN))
+                    .unwrap_or(u64::MAX),
+                file_len,
+            });
+        };
+        // Both are <= file_len = bytes.len(), so they fit in usize and the ranges are in bounds.
+        let (manifest_end, data_base) = (manifest_end as usize, data_base as usize);
+        let manifest_bytes = bytes.get(HEADER_BYTES..manifest_end).unwrap_or_default();
+        let data = bytes.get(data_base..).unwrap_or_default();
+
+        let (manifest, rest) = postcard::take_from_bytes::<Manifest>(manifest_bytes)
+            .map_err(|e| LoadError::Manifest(e.to_string()))?;
+        if !rest.is_empty() {
+            return Err(LoadError::Manifest(format!(
+                "the manifest ends {} bytes before its declared length of {manifest_len}",
+                rest.len()
+            )));
+        }
+
+        validate(&manifest, data.len() as u64, data_base as u64, file_len)?;
+        Ok(ModelFile {
+            manifest,
+            bytes,
+            data_base,
+        })
+    }
+
+    /// File offset of the data area (section offsets are relative to it); a multiple of 64.
+    pub fn data_base(&self) -> usize {
+        self.data_base
+    }
+
+    /// The bytes of a section of this file's manifest (all in bounds, checked by `parse`). A
+    /// `Section` that is not from this manifest and lies outside the file gives an empty slice.
+    pub fn section(&self, s: &Section) -> &'a [u8] {
+        self.try_section(s).unwrap_or_default()
+    }
+
+    /// The bytes of `s`, or `None` if it lies outside the data area.
+    pub fn try_section(&self, s: &Section) -> Option<&'a [u8]> {
+        let start = self
+            .data_base
+            .checked_add(usize::try_from(s.offset).ok()?)?;
+        let end = start.checked_add(usize::try_from(s.len).ok()?)?;
+        self.bytes.get(start..end)
+    }
+
+    /// The weights section.
+    pub fn weights(&self) -> &'a [u8] {
+        self.section(&self.manifest.weights)
+    }
+
+    /// The constant section (descriptors).
+    pub fn consts(&self) -> &'a [u8] {
+        self.section(&self.manifest.consts)
+    }
+
+    /// The CPU code section and the entry offset within it, if the file has CPU code.
+    pub fn cpu_code(&self) -> Option<(&'a [u8], u64)> {
+        let c = self.manifest.cpu_code.as_ref()?;
+        Some((self.section(&c.code), c.entry_offset))
+    }
+
+    /// The descriptor of type `T` at byte `offset` of the constant section, or `None` if it
+    /// does not fit there. Contents are not validated.
+    pub fn descriptor<T: Descriptor>(&self, offset: u64) -> Option<T> {
+        T::decode(self.consts().get(usize::try_from(offset).ok()?..)?)
+    }
+
+    /// The descriptor of step `index`, of the type its kind calls for (`None` only for an
+    /// index past the steps: `parse` checked that every step's descriptor fits).
+    pub fn step_descriptor(&self, index: usize) -> Option<StepDesc> {
+        let step = self.manifest.steps.get(index)?;
+        let at = step.desc_offset;
+        Some(match step.kind {
+            StepKind::Conv => StepDesc::Conv(self.descriptor(at)?),
+            StepKind::Pool => StepDesc::Pool(self.descriptor(at)?),
+            StepKind::Linear => StepDesc::Linear(self.descriptor(at)?),
+        })
+    }
+}
+
+/// The structural checks behind the checksum (everything after the manifest decodes).
+fn validate(m: &Manifest, data_len: u64, data_base: u64, file_len: u64) -> Result<(), LoadError> {
+    // Sections.
+    let mut sections: Vec<(String, Section)> =
+        vec![("weights".into(), m.weights), ("consts".into(), m.consts)];
+    if let Some(c) = &m.cpu_code {
+        sections.push(("cpu_code".into(), c.code));
+    }
+    if let Some(c) = &m.cuda {
+        for (i, (arch, s)) in c.blobs.iter().enumerate() {
+            sections.push((format!("cuda blob {i} ({arch:?})"), *s));
+        }
+    }
+    for (name, s) in sections {
+        let reason = if !s.offset.is_multiple_of(SECTION_ALIGN) {
+            Some(format!("is not {SECTION_ALIGN}-byte aligned"))
+        } else if s.offset.checked_add(s.len).is_none_or(|end| end > data_len) {
+            Some(format!("ends past the {data_len} byte data area"))
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            return Err(LoadError::Section {
+                name,
+                offset: s.offset,
+                len: s.len,
+                data_base,
+                file_len,
+                reason,
+            });
+        }
+    }
+    if let Some(c) = &m.cpu_code
+        && c.entry_offset >= c.code.len
+    {
+        return Err(LoadError::Entry {
+            offset: c.entry_offset,
+            code_len: c.code.len,
+        });
+    }
+
+    // Buffers.
+    for (index, b) in m.buffers.iter().enumerate() {
+        let fail = |reason: String| Err(LoadError::Buffer { index, reason });
+        if !b.offset_per_image.is_multiple_of(SECTION_ALIGN) {
+            return fail(format!(
+                "offset_per_image {} is not a multiple of {SECTION_ALIGN}",
+                b.offset_per_image
+            ));
+        }
+        if !b.bytes_per_image.is_multiple_of(4) {
+            return fail(format!(
+                "bytes_per_image {} is not a whole number of f32",
+                b.bytes_per_image
+            ));
+        }
+        match b.offset_per_image.checked_add(b.bytes_per_image) {
+            Some(end) if end <= m.arena_bytes_per_image => {}
+            end => {
+                let end = end.map_or("overflows".into(), |e| e.to_string());
+                return fail(format!(
+                    "offset_per_image {} + bytes_per_image {} = {end}, past \
+                     arena_bytes_per_image {}",
+                    b.offset_per_image, b.bytes_per_image, m.arena_bytes_per_image
+                ));
+            }
+        }
+    }
+
+    // Inputs and outputs.
+    for (role, specs) in [("input", &m.inputs), ("output", &m.outputs)] {
+        for (index, t) in specs.iter().enumerate() {
+            let fail = |reason: String| {
+                Err(LoadError::Tensor {
+                    role,
+                    index,
+                    name: t.name.clone(),
+                    reason,
+                })
+            };
+            let Some(b) = m.buffers.get(t.buffer as usize) else {
+                return fail(format!(
+                    "buffer {} does not exist ({} buffers)",
+                    t.buffer,
+                    m.buffers.len()
+                ));
+            };
+            let bytes = t
+                .shape
+                .iter()
+                .try_fold(4u64, |acc, &d| acc.checked_mul(u64::from(d)));
+            if bytes != Some(b.bytes_per_image) {
+                let bytes = bytes.map_or("overflowing".into(), |n| n.to_string());
+                return fail(format!(
+                    "shape {:?} needs {bytes} bytes per image but buffer {} has {}",
+                    t.shape, t.buffer, b.bytes_per_image
+                ));
+            }
+        }
+    }
+
+    // Steps.
+    let consts_len = m.consts.len;
+    for (index, s) in m.steps.iter().enumerate() {
+        let fail = |reason: String| Err(LoadError::Step { index, reason });
+        let Some(out) = m.buffers.get(s.output as usize) else {
+            return fail(format!(
+                "output buffer {} does not exist ({} buffers)",
+                s.output,
+                m.buffers.len()
+            ));
+        };
+        if s.pieces.is_empty() {
+            return fail("has no input pieces".into());
+        }
+        for &p in &s.pieces {
+            let Some(inp) = m.buffers.get(p as usize) else {
+                return fail(format!(
+                    "input buffer {p} does not exist ({} buffers)",
+                    m.buffers.len()
+                ));
+            };
+            // Both ranges are inside the arena (checked above), so the sums do not overflow.
+            let overlaps = inp.offset_per_image < out.offset_per_image + out.bytes_per_image
+                && out.offset_per_image < inp.offset_per_image + inp.bytes_per_image;
+            if overlaps {
+                return fail(format!(
+                    "output buffer {} overlaps input buffer {p}",
+                    s.output
+                ));
+            }
+        }
+        let size = s.kind.descriptor_bytes();
+        let reason = if !s.desc_offset.is_multiple_of(DESC_ALIGN) {
+            Some(format!(
+                "offset {} is not {DESC_ALIGN}-byte aligned",
+                s.desc_offset
+            ))
+        } else if s
+            .desc_offset
+            .checked_add(size)
+            .is_none_or(|end| end > consts_len)
+        {
+            Some(format!(
+                "{:?} descriptor of {size} bytes at offset {} ends past the {consts_len} byte \
+                 constant section",
+                s.kind, s.desc_offset
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            return Err(LoadError::Descriptor {
+                step: index,
+                reason,
+            });
+        }
+    }
+
+    // Batch.
+    if m.max_batch == 0 {
+        return Err(LoadError::MaxBatch);
+    }
+    if m.arena_bytes(u64::from(m.max_batch))
+        .and_then(|n| usize::try_from(n).ok())
+        .is_none()
+    {
+        return Err(LoadError::Arena {
+            arena_bytes_per_image: m.arena_bytes_per_image,
+            max_batch: m.max_batch,
+        });
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Target
+
+/// The x86-64 feature names [`check_target`] understands (the names of
+/// `is_x86_feature_detected!`).
+pub const KNOWN_X86_FEATURES: &[&str] = &[
+    "sse2", "sse3", "ssse3", "sse4.1", "sse4.2", "popcnt", "avx", "avx2", "fma", "bmi1", "bmi2",
+    "lzcnt",
+];
+
+/// Checks that this machine can run code compiled for `target`: for [`Backend::Cpu`], the
+/// architecture equals `std::env::consts::ARCH` and every feature is detected at run time (a
+/// feature name not in [`KNOWN_X86_FEATURES`] is an error, not a pass). [`Backend::Cuda`] is
+/// accepted here; the CUDA executor checks its device itself.
+pub fn check_target(target: &Target) -> Result<(), LoadError> {
+    if target.backend == Backend::Cuda {
+        return Ok(());
+    }
+    if target.arch != std::env::consts::ARCH {
+        return Err(LoadError::Target {
+            reason: format!(
+                "the code was compiled for {:?}, this machine is {:?}",
+                target.arch,
+                std::env::consts::ARCH
+            ),
+        });
+    }
+    for feature in &target.features {
+        match cpu_has(feature) {
+            Some(true) => {}
+            Some(false) => {
+                return Err(LoadError::UnsupportedCpu {
+                    feature: feature.clone(),
+                });
+            }
+            None => {
+                return Err(LoadError::Target {
+                    reason: format!(
+                        "unknown CPU feature {feature:?} for {}; this runtime knows {:?}",
+                        target.arch, KNOWN_X86_FEATURES
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether this CPU has `feature`; `None` for a name this runtime does not know.
+#[cfg(target_arch = "x86_64")]
+fn cpu_has(feature: &str) -> Option<bool> {
+    Some(match feature {
+        "sse2" => is_x86_feature_detected!("sse2"),
+        "sse3" => is_x86_feature_detected!("sse3"),
+        "ssse3" => is_x86_feature_detected!("ssse3"),
+        "sse4.1" => is_x86_feature_detected!("sse4.1"),
+        "sse4.2" => is_x86_feature_detected!("sse4.2"),
+        "popcnt" => is_x86_feature_detected!("popcnt"),
+        "avx" => is_x86_feature_detected!("avx"),
+        "avx2" => is_x86_feature_detected!("avx2"),
+        "fma" => is_x86_feature_detected!("fma"),
+        "bmi1" => is_x86_feature_detected!("bmi1"),
+        "bmi2" => is_x86_feature_detected!("bmi2"),
+        "lzcnt" => is_x86_feature_detected!("lzcnt"),
+        _ => return None,
+    })
+}
+
+/// No CPU feature names are known off x86-64.
+#[cfg(not(target_arch = "x86_64"))]
+fn cpu_has(_feature: &str) -> Option<bool> {
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::sync::OnceLock;
+
+    fn conv() -> ConvDesc {
+        ConvDesc {
+            in_channels: 3,
+            in_h: 8,
+            in_w: 8,
+            out_channels: 4,
+            out_h: 8,
+            out_w: 8,
+            kernel_h: 3,
+            kernel_w: 3,
+            stride_h: 1,
+            stride_w: 1,
+            pad_h: 1,
+            pad_w: 1,
+            combine: crate::abi::COMBINE_CONCAT,
+            flags: crate::abi::FLAG_BIAS | crate::abi::FLAG_RELU,
+            n_pieces: 1,
+            reserved: 0,
+            weight_off: 0,
+            bias_off: 0x1_0000_0000 + 7,
+            scale_off: u64::MAX,
+            shift_off: 42,
+        }
+    }
+
+    fn pool() -> PoolDesc {
+        PoolDesc {
+            channels: 4,
+            in_h: 8,
+            in_w: 8,
+            out_h: 4,
+            out_w: 4,
+            kernel_h: 2,
+            kernel_w: 2,
+            stride_h: 2,
+            stride_w: 2,
+            kind: crate::abi::POOL_MAX,
+            n_pieces: 1,
+            scale_off: 9,
+            shift_off: 10,
+            ..PoolDesc::default()
+        }
+    }
+
+    fn linear() -> LinearDesc {
+        LinearDesc {
+            in_channels: 4,
+            in_h: 4,
+            in_w: 4,
+            out_features: 10,
+            flags: crate::abi::FLAG_GLOBAL | crate::abi::FLAG_BIAS,
+            n_pieces: 1,
+            weight_off: 128,
+            bias_off: 288,
+            ..LinearDesc::default()
+        }
+    }
+
+    /// A valid manifest with every kind of section, and its data area.
+    fn sample() -> (Manifest, Vec<u8>) {
+        let mut w = Writer::new();
+        let weights: Vec<u8> = (0..300u32).map(|i| (i * 7 % 251) as u8).collect();
+        let weights = w.add_section(&weights);
+        let mut consts = Vec::new();
+        conv().encode(&mut consts);
+        pool().encode(&mut consts);
+        linear().encode(&mut consts);
+        assert_eq!(consts.len(), 96 + 80 + 64);
+        let consts = w.add_section(&consts);
+        let code: Vec<u8> = (0..100u8).map(|i| i ^ 0x5a).collect();
+        let code = w.add_section(&code);
+        let ptx = w.add_section(b"// ptx for the sample model, not real code\n");
+        let buffer = |offset_per_image, bytes_per_image| BufferSpec {
+            offset_per_image,
+            bytes_per_image,
+        };
+        let step = |kind, label: &str, desc_offset, output, piece| Step {
+            kind,
+            label: label.into(),
+            desc_offset,
+            output,
+            pieces: vec![piece],
+            flops_per_image: 1234,
+        };
+        let manifest = Manifest {
+            compiler_version: "sparsec 0.1.0".into(),
+            model_name: "sample".into(),
+            target: Target {
+                backend: Backend::Cpu,
+                arch: "x86_64".into(),
+                features: vec!["sse4.1".into(), "fma".into()],
+            },
+            inputs: vec![TensorSpec {
+                name: "image".into(),
+                shape: [3, 8, 8],
+                buffer: 0,
+            }],
+            outputs: vec![TensorSpec {
+                name: "logits".into(),
+                shape: [10, 1, 1],
+                buffer: 3,
+            }],
+            max_batch: 64,
+            arena_bytes_per_image: 2112,
+            scratch_bytes: 4096,
+            buffers: vec![
+                buffer(0, 768),
+                buffer(768, 1024),
+                buffer(1792, 256),
+                buffer(2048, 40),
+            ],
+            steps: vec![
+                step(StepKind::Conv, "conv1", 0, 1, 0),
+                step(StepKind::Pool, "pool1", 96, 2, 1),
+                step(StepKind::Linear, "fc", 176, 3, 2),
+            ],
+            weights,
+            consts,
+            cpu_code: Some(CpuCode {
+                code,
+                entry_offset: 32,
+            }),
+            cuda: Some(CudaCode {
+                nvrtc_version: "12.4".into(),
+                blobs: vec![("ptx".into(), ptx)],
+            }),
+        };
+        (manifest, w.data)
+    }
+
+    /// Assembles without validation (to build invalid files).
+    fn build(m: &Manifest, data: &[u8]) -> Vec<u8> {
+        assemble(
+            &postcard::to_allocvec(m).expect("serialising a manifest cannot fail"),
+            data,
+        )
+    }
+
+    /// The sample file (valid), built once.
+    fn sample_file() -> &'static (Vec<u8>, usize, usize) {
+        static FILE: OnceLock<(Vec<u8>, usize, usize)> = OnceLock::new();
+        FILE.get_or_init(|| {
+            let (m, data) = sample();
+            let bytes = build(&m, &data);
+            let manifest_end = HEADER_BYTES + postcard::to_allocvec(&m).expect("ok").len();
+            let data_base = bytes.len() - data.len();
+            (bytes, manifest_end, data_base)
+        })
+    }
+
+    /// Every structural invariant of a parsed file, checked independently of `validate` (u128
+    /// arithmetic, no shared code).
+    fn assert_invariants(f: &ModelFile<'_>) {
+        let m = &f.manifest;
+        let base = f.data_base();
+        assert_eq!(base % 64, 0);
+        assert!(base >= HEADER_BYTES && base <= f.bytes.len());
+        let mut sections = vec![m.weights, m.consts];
+        sections.extend(m.cpu_code.iter().map(|c| c.code));
+        sections.extend(m.cuda.iter().flat_map(|c| c.blobs.iter().map(|b| b.1)));
+        for s in &sections {
+            assert!(u128::from(s.offset) + u128::from(s.len) <= (f.bytes.len() - base) as u128);
+            assert_eq!((base as u128 + u128::from(s.offset)) % 64, 0);
+            let bytes = f.try_section(s).expect("section in bounds");
+            assert_eq!(bytes.len() as u128, u128::from(s.len));
+            assert_eq!(f.section(s).len(), bytes.len());
+        }
+        if let Some(c) = &m.cpu_code {
+            assert!(c.entry_offset < c.code.len);
+            let (code, entry) = f.cpu_code().expect("cpu code");
+            assert!((entry as u128) < code.len() as u128);
+        }
+        let arena = u128::from(m.arena_bytes_per_image);
+        for b in &m.buffers {
+            assert!(u128::from(b.offset_per_image) + u128::from(b.bytes_per_image) <= arena);
+            assert_eq!(b.offset_per_image % 64, 0);
+            assert_eq!(b.bytes_per_image % 4, 0);
+        }
+        for t in m.inputs.iter().chain(&m.outputs) {
+            let b = m.buffers[t.buffer as usize];
+            let n: u128 = t.shape.iter().map(|&d| u128::from(d)).product();
+            assert_eq!(n * 4, u128::from(b.bytes_per_image));
+        }
+        for (i, s) in m.steps.iter().enumerate() {
+            let out = m.buffers[s.output as usize];
+            assert!(!s.pieces.is_empty());
+            for &p in &s.pieces {
+                let inp = m.buffers[p as usize];
+                let disjoint = inp.offset_per_image + inp.bytes_per_image <= out.offset_per_image
+                    || out.offset_per_image + out.bytes_per_image <= inp.offset_per_image;
+                assert!(disjoint);
+            }
+            assert_eq!(s.desc_offset % 8, 0);
+            let end = u128::from(s.desc_offset) + u128::from(s.kind.descriptor_bytes());
+            assert!(end <= u128::from(m.consts.len));
+            let d = f.step_descriptor(i).expect("descriptor in bounds");
+            let kind = match d {
+                StepDesc::Conv(_) => StepKind::Conv,
+                StepDesc::Pool(_) => StepKind::Pool,
+                StepDesc::Linear(_) => StepKind::Linear,
+            };
+            assert_eq!(kind, s.kind);
+        }
+        assert!(m.max_batch >= 1);
+        assert!(arena * u128::from(m.max_batch) <= usize::MAX as u128);
+    }
+
+    #[test]
+    fn round_trip() {
+        let (m, _) = sample();
+        let (mut w, m2) = (Writer::new(), m.clone());
+        // Rebuild through the public writer, section by section, in the same order.
+        let (orig, _, _) = sample_file();
+        let orig = ModelFile::parse(orig).expect("sample is valid");
+        let weights = w.add_section(orig.weights());
+        let consts = w.add_section(orig.consts());
+        let code = w.add_section(orig.cpu_code().expect("code").0);
+        let ptx = w.add_section(orig.section(&m.cuda.as_ref().expect("cuda").blobs[0].1));
+        assert_eq!((weights, consts), (m.weights, m.consts));
+        assert_eq!(code, m.cpu_code.as_ref().expect("code").code);
+        assert_eq!(ptx, m.cuda.as_ref().expect("cuda").blobs[0].1);
+        let bytes = w.finish(&m2).expect("valid");
+        assert_eq!(&bytes, &sample_file().0);
+
+        let f = ModelFile::parse(&bytes).expect("valid");
+        assert_eq!(f.manifest, m);
+        assert_invariants(&f);
+        assert_eq!(f.data_base() % 64, 0);
+        assert_eq!(f.weights().len(), 300);
+        assert!(
+            f.weights()
+                .iter()
+                .enumerate()
+                .all(|(i, &b)| b == (i * 7 % 251) as u8)
+        );
+        assert_eq!(
+            f.cpu_code().expect("code").0,
+            &(0..100u8).map(|i| i ^ 0x5a).collect::<Vec<_>>()
+        );
+        assert_eq!(f.cpu_code().expect("code").1, 32);
+        assert!(
+            f.section(&f.manifest.cuda.as_ref().expect("cuda").blobs[0].1)
+                .starts_with(b"// ptx")
+        );
+        assert_eq!(f.step_descriptor(0), Some(StepDesc::Conv(conv())));
+        assert_eq!(f.step_descriptor(1), Some(StepDesc::Pool(pool())));
+        assert_eq!(f.step_descriptor(2), Some(StepDesc::Linear(linear())));
+        assert_eq!(f.step_descriptor(3), None);
+        assert_eq!(f.descriptor::<LinearDesc>(176), Some(linear()));
+        assert_eq!(f.descriptor::<ConvDesc>(176), None, "runs past the consts");
+        assert_eq!(f.descriptor::<ConvDesc>(u64::MAX), None);
+        for s in [f.manifest.weights, f.manifest.consts] {
+            assert_eq!((f.data_base() as u64 + s.offset) % SECTION_ALIGN, 0);
+        }
+        assert_eq!(f.manifest.arena_bytes(64), Some(2112 * 64));
+        assert_eq!(f.manifest.buffers[3].offset(2), Some(4096));
+        assert_eq!(f.manifest.buffers[3].bytes(2), Some(80));
+    }
+
+    #[test]
+    fn header_layout_and_checksum() {
+        let (bytes, _, _) = sample_file();
+        assert_eq!(&bytes[..8], b"SPARSEC\0");
+        assert_eq!(bytes[8..12], 1u32.to_le_bytes());
+        assert_eq!(bytes[12..16], 64u32.to_le_bytes());
+        assert_eq!(bytes[24..32], (bytes.len() as u64).to_le_bytes());
+        assert!(bytes[40..64].iter().all(|&b| b == 0));
+        let mut zeroed = bytes.clone();
+        zeroed[32..40].fill(0);
+        let one_shot = xxhash_rust::xxh3::xxh3_64(&zeroed);
+        assert_eq!(bytes[32..40], one_shot.to_le_bytes());
+    }
+
+    #[test]
+    fn descriptor_encoding_is_the_repr_c_layout() {
+        let mut b = Vec::new();
+        conv().encode(&mut b);
+        assert_eq!(b.len(), size_of::<ConvDesc>());
+        assert_eq!(b[0..4], 3u32.to_le_bytes());
+        assert_eq!(
+            b[offset_of!(ConvDesc, bias_off)..][..8],
+            (0x1_0000_0007u64).to_le_bytes()
+        );
+        assert_eq!(ConvDesc::decode(&b), Some(conv()));
+        assert_eq!(ConvDesc::decode(&b[..95]), None);
+        assert_eq!(StepKind::Conv.descriptor_bytes(), 96);
+        assert_eq!(StepKind::Pool.descriptor_bytes(), 80);
+        assert_eq!(StepKind::Linear.descriptor_bytes(), 64);
+        assert_eq!(ConvDesc::KIND, StepKind::Conv);
+        assert_eq!(PoolDesc::KIND, StepKind::Pool);
+        assert_eq!(LinearDesc::KIND, StepKind::Linear);
+    }
+
+    fn parse_err(bytes: &[u8]) -> LoadError {
+        match ModelFile::parse(bytes) {
+            Ok(_) => panic!("expected an error"),
+            Err(e) => e,
+        }
+    }
+
+    /// Builds the sample with `edit` applied to its manifest (checksum correct) and parses it.
+    fn with_manifest(edit: impl FnOnce(&mut Manifest)) -> LoadError {
+        let (mut m, data) = sample();
+        edit(&mut m);
+        parse_err(&build(&m, &data))
+    }
+
+    /// The sample file with `edit` applied to its bytes, then the checksum recomputed.
+    fn with_bytes(edit: impl FnOnce(&mut Vec<u8>)) -> LoadError {
+        let mut b = sample_file().0.clone();
+        edit(&mut b);
+        seal(&mut b);
+        parse_err(&b)
+    }
+
+    #[test]
+    fn header_failures() {
+        let (file, _, _) = sample_file();
+        assert!(matches!(parse_err(&[]), LoadError::TooShort { len: 0 }));
+        assert!(matches!(
+            parse_err(&file[..63]),
+            LoadError::TooShort { len: 63 }
+        ));
+        let e = with_bytes(|b| b[..8].copy_from_slice(b"\x7fELF\x02\x01\x01\0"));
+        assert!(matches!(e, LoadError::BadMagic { found } if &found[1..4] == b"ELF"));
+        assert!(e.to_string().contains("not a sparsec model.bin"));
+        let e = with_bytes(|b| b[8..12].copy_from_slice(&2u32.to_le_bytes()));
+        assert!(matches!(
+            e,
+            LoadError::Version {
+                found: 2,
+                supported: 1
+            }
+        ));
+        let e = with_bytes(|b| b[12..16].copy_from_slice(&128u32.to_le_bytes()));
+        assert!(matches!(
+            e,
+            LoadError::HeaderLength {
+                found: 128,
+                expected: 64
+            }
+        ));
+        let e = with_bytes(|b| b[63] = 1);
+        assert!(matches!(
+            e,
+            LoadError::Reserved {
+                offset: 63,
+                value: 1
+            }
+        ));
+        let n = file.len() as u64;
+        let e = parse_err(&file[..file.len() - 1]);
+        assert!(
+            matches!(e, LoadError::Length { declared, actual } if declared == n && actual == n - 1)
+        );
+        assert!(e.to_string().contains("truncated"));
+        let mut longer = file.clone();
+        longer.push(0);
+        assert!(matches!(parse_err(&longer), LoadError::Length { .. }));
+        let mut flipped = file.clone();
+        *flipped.last_mut().expect("non-empty") ^= 1;
+        assert!(matches!(parse_err(&flipped), LoadError::Checksum { .. }));
+        let mut bad_sum = file.clone();
+        bad_sum[32] ^= 0x80;
+        assert!(matches!(parse_err(&bad_sum), LoadError::Checksum { .. }));
+    }
+
+    #[test]
+    fn manifest_failures() {
+        let (_, manifest_end, data_base) = *sample_file();
+        let set_len = |b: &mut Vec<u8>, n: u64| b[16..24].copy_from_slice(&n.to_le_bytes());
+        let e = with_bytes(|b| set_len(b, 1 << 40));
+        assert!(
+            matches!(e, LoadError::ManifestLength { manifest_len, .. } if manifest_len == 1 << 40)
+        );
+        let e = with_bytes(|b| set_len(b, u64::MAX));
+        assert!(matches!(
+            e,
+            LoadError::ManifestLength {
+                data_base: u64::MAX,
+                ..
+            }
+        ));
+        // Claims one byte more than the manifest: a padding byte is left over.
+        let e = with_bytes(|b| set_len(b, (manifest_end - HEADER_BYTES + 1) as u64));
+        assert!(
+            matches!(&e, LoadError::Manifest(msg) if msg.contains("1 bytes before")),
+            "{e}"
+        );
+        // One byte less: postcard runs out.
+        let e = with_bytes(|b| set_len(b, (manifest_end - HEADER_BYTES - 1) as u64));
+        assert!(matches!(e, LoadError::Manifest(_)), "{e}");
+        // Garbage manifest.
+        let e = with_bytes(|b| b[HEADER_BYTES..manifest_end].fill(0xff));
+        assert!(matches!(e, LoadError::Manifest(_)), "{e}");
+        assert!(data_base > manifest_end);
+    }
+
+    #[test]
+    fn section_failures() {
+        let e = with_manifest(|m| m.weights.offset += 1);
+        assert!(
+            matches!(&e, LoadError::Section { name, reason, .. }
+            if name == "weights" && reason.contains("aligned")),
+            "{e}"
+        );
+        let e = with_manifest(|m| m.consts.len = 1 << 20);
+        assert!(
+            matches!(&e, LoadError::Section { name, .. } if name == "consts"),
+            "{e}"
+        );
+        let e = with_manifest(|m| {
+            m.cpu_code.as_mut().expect("code").code.offset = u64::MAX - 63;
+        });
+        assert!(
+            matches!(&e, LoadError::Section { name, .. } if name == "cpu_code"),
+            "{e}"
+        );
+        let e = with_manifest(|m| m.cuda.as_mut().expect("cuda").blobs[0].1.offset += 1 << 12);
+        assert!(
+            matches!(&e, LoadError::Section { name, .. } if name.contains("ptx")),
+            "{e}"
+        );
+        let e = with_manifest(|m| {
+            let c = m.cpu_code.as_mut().expect("code");
+            c.entry_offset = c.code.len;
+        });
+        assert!(
+            matches!(
+                e,
+                LoadError::Entry {
+                    offset: 100,
+                    code_len: 100
+                }
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn buffer_failures() {
+        let buffer_err = |edit: fn(&mut BufferSpec)| with_manifest(|m| edit(&mut m.buffers[2]));
+        for (edit, words) in [
+            (
+                (|b| b.offset_per_image += 4) as fn(&mut BufferSpec),
+                "multiple of 64",
+            ),
+            (|b| b.bytes_per_image += 2, "whole number of f32"),
+            (|b| b.bytes_per_image = 1024, "past arena_bytes_per_image"),
+            (|b| b.offset_per_image = u64::MAX - 63, "overflows"),
+        ] {
+            let e = buffer_err(edit);
+            assert!(
+                matches!(&e, LoadError::Buffer { index: 2, reason } if reason.contains(words)),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn tensor_failures() {
+        let e = with_manifest(|m| m.inputs[0].buffer = 99);
+        assert!(
+            matches!(&e, LoadError::Tensor { role: "input", index: 0, reason, .. }
+            if reason.contains("does not exist")),
+            "{e}"
+        );
+        let e = with_manifest(|m| m.outputs[0].shape = [11, 1, 1]);
+        assert!(
+            matches!(&e, LoadError::Tensor { role: "output", reason, .. }
+            if reason.contains("44 bytes")),
+            "{e}"
+        );
+        let e = with_manifest(|m| m.outputs[0].shape = [u32::MAX; 3]);
+        assert!(
+            matches!(&e, LoadError::Tensor { reason, .. } if reason.contains("overflowing")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn step_failures() {
+        let e = with_manifest(|m| m.steps[1].output = 4);
+        assert!(
+            matches!(&e, LoadError::Step { index: 1, reason } if reason.contains("output buffer 4")),
+            "{e}"
+        );
+        let e = with_manifest(|m| m.steps[2].pieces.push(7));
+        assert!(
+            matches!(&e, LoadError::Step { index: 2, reason } if reason.contains("input buffer 7")),
+            "{e}"
+        );
+        let e = with_manifest(|m| m.steps[0].pieces.clear());
+        assert!(
+            matches!(&e, LoadError::Step { index: 0, reason } if reason.contains("no input")),
+            "{e}"
+        );
+        let e = with_manifest(|m| m.steps[0].output = 0);
+        assert!(
+            matches!(&e, LoadError::Step { index: 0, reason } if reason.contains("overlaps")),
+            "{e}"
+        );
+        // Distinct buffers that share bytes overlap too.
+        let e = with_manifest(|m| m.buffers[2].offset_per_image = 1728);
+        assert!(matches!(&e, LoadError::Step { index: 1, .. }), "{e}");
+
+        let e = with_manifest(|m| m.steps[1].desc_offset = 100);
+        assert!(
+            matches!(&e, LoadError::Descriptor { step: 1, reason } if reason.contains("aligned")),
+            "{e}"
+        );
+        let e = with_manifest(|m| m.steps[2].kind = StepKind::Conv);
+        assert!(
+            matches!(&e, LoadError::Descriptor { step: 2, reason } if reason.contains("ends past")),
+            "{e}"
+        );
+        let e = with_manifest(|m| m.steps[0].desc_offset = u64::MAX - 7);
+        assert!(matches!(e, LoadError::Descriptor { step: 0, .. }), "{e}");
+    }
+
+    #[test]
+    fn batch_failures() {
+        assert!(matches!(
+            with_manifest(|m| m.max_batch = 0),
+            LoadError::MaxBatch
+        ));
+        let e = with_manifest(|m| m.arena_bytes_per_image = u64::MAX / 2);
+        assert!(matches!(e, LoadError::Arena { max_batch: 64, .. }), "{e}");
+    }
+
+    #[test]
+    fn writer_refuses_invalid_manifests() {
+        let (mut m, _) = sample();
+        m.max_batch = 0;
+        let mut w = Writer::new();
+        let s = w.add_section(&[0; 1000]);
+        m.weights = s;
+        m.consts = s;
+        m.cpu_code = None;
+        m.cuda = None;
+        assert!(matches!(w.finish(&m), Err(LoadError::MaxBatch)));
+    }
+
+    #[test]
+    fn target_checks() {
+        let cuda = Target {
+            backend: Backend::Cuda,
+            arch: "anything".into(),
+            features: vec!["x".into()],
+        };
+        assert!(check_target(&cuda).is_ok());
+        let other = Target {
+            backend: Backend::Cpu,
+            arch: "mips-of-the-future".into(),
+            features: vec![],
+        };
+        assert!(matches!(
+            check_target(&other),
+            Err(LoadError::Target { .. })
+        ));
+        let here = |features: &[&str]| Target {
+            backend: Backend::Cpu,
+            arch: std::env::consts::ARCH.into(),
+            features: features.iter().map(|f| f.to_string()).collect(),
+        };
+        assert!(check_target(&here(&[])).is_ok());
+        let e = check_target(&here(&["avx9000"]));
+        assert!(
+            matches!(&e, Err(LoadError::Target { reason }) if reason.contains("avx9000")),
+            "{e:?}"
+        );
+        #[cfg(target_arch = "x86_64")]
+        {
+            assert!(check_target(&here(&["sse2"])).is_ok());
+            for f in KNOWN_X86_FEATURES {
+                assert!(cpu_has(f).is_some(), "{f}");
+                match check_target(&here(&[f])) {
+                    Ok(()) | Err(LoadError::UnsupportedCpu { .. }) => {}
+                    Err(e) => panic!("{f}: {e}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn read_reports_the_path() {
+        let e = read(Path::new("/nonexistent/model.bin"));
+        assert!(matches!(&e, Err(LoadError::Io { path, .. }) if path.ends_with("model.bin")));
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Hostile bytes
+
+    #[derive(Debug, Clone)]
+    enum Mutation {
+        Truncate(usize),
+        Flip(usize, u8),
+        Insert(usize, Vec<u8>),
+        Splice(usize, usize, Vec<u8>),
+    }
+
+    fn apply(bytes: &[u8], m: &Mutation) -> Vec<u8> {
+        let mut b = bytes.to_vec();
+        match m {
+            Mutation::Truncate(n) => b.truncate(*n),
+            Mutation::Flip(at, x) => b[*at % bytes.len()] ^= x,
+            Mutation::Insert(at, ins) => {
+                let at = *at % (b.len() + 1);
+                b.splice(at..at, ins.iter().copied());
+            }
+            Mutation::Splice(at, n, ins) => {
+                let at = *at % b.len();
+                let end = (at + n).min(b.len());
+                b.splice(at..end, ins.iter().copied());
+            }
+        }
+        b
+    }
+
+    /// Mutations of a region `[lo, hi)` of a buffer (positions are taken modulo its length by
+    /// `apply` where the region is the whole buffer).
+    fn mutation(lo: usize, hi: usize, len: usize) -> impl Strategy<Value = Mutation> {
+        let bytes = proptest::collection::vec(any::<u8>(), 0..48);
+        prop_oneof![
+            (0..len).prop_map(Mutation::Truncate),
+            (lo..hi, 1..=255u8).prop_map(|(at, x)| Mutation::Flip(at, x)),
+            (lo..=hi, bytes.clone()).prop_map(|(at, v)| Mutation::Insert(at, v)),
+            (lo..hi, 1..64usize, bytes).prop_map(|(at, n, v)| Mutation::Splice(at, n, v)),
+        ]
+    }
+
+    fn whole_file_mutation() -> impl Strategy<Value = Mutation> {
+        let (file, manifest_end, data_base) = sample_file();
+        let len = file.len();
+        prop_oneof![
+            mutation(0, HEADER_BYTES, len),
+            mutation(HEADER_BYTES, *manifest_end, len),
+            mutation(*manifest_end, *data_base, len),
+            mutation(*data_base, len, len),
+        ]
+    }
+
+    fn config() -> ProptestConfig {
+        ProptestConfig {
+            cases: 300,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        /// Any change to a valid file is caught (by the length, the checksum or an earlier
+        /// header check), and none panics.
+        #[test]
+        fn hostile_bytes_are_rejected(mutation in whole_file_mutation()) {
+            let file = &sample_file().0;
+            let bad = apply(file, &mutation);
+            prop_assume!(&bad != file);
+            prop_assert!(ModelFile::parse(&bad).is_err());
+        }
+
+        /// Hostile manifest bytes behind a correct checksum: postcard and the structural checks
+        /// must reject them or accept a file that satisfies every invariant.
+        #[test]
+        fn hostile_manifests_are_rejected_or_sound(
+            mutations in proptest::collection::vec(mutation(0, 1 << 16, 1 << 16), 1..4)
+        ) {
+            let (m, data) = sample();
+            let mut manifest = postcard::to_allocvec(&m).expect("serialisable");
+            for mutation in &mutations {
+                if manifest.is_empty() {
+                    break;
+                }
+                manifest = apply(&manifest, mutation);
+            }
+            let file = assemble(&manifest, &data);
+            if let Ok(f) = ModelFile::parse(&file) {
+                assert_invariants(&f);
+            }
+        }
+
+        /// Hostile numbers in a well-formed manifest.
+        #[test]
+        fn hostile_fields_are_rejected_or_sound(
+            edits in proptest::collection::vec((0..20u8, 0..8usize, interesting_u64()), 1..5)
+        ) {
+            let (mut m, data) = sample();
+            for (field, i, v) in edits {
+                edit_field(&mut m, field, i, v);
+            }
+            if let Ok(f) = ModelFile::parse(&build(&m, &data)) {
+                assert_invariants(&f);
+            }
+        }
+    }
+
+    fn interesting_u64() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            0..300u64,
+            (0..40u64).prop_map(|k| k * 64),
+            (0..8u64).prop_map(|k| u64::MAX - k * 8),
+            Just(u64::from(u32::MAX)),
+            Just(1u64 << 32),
+            Just(u64::MAX / 2),
+            any::<u64>(),
+        ]
+    }
+
+    fn edit_field(m: &mut Manifest, field: u8, i: usize, v: u64) {
+        let nb = m.buffers.len();
+        let ns = m.steps.len();
+        let small = v as u32;
+        match field {
+            0 => m.weights.offset = v,
+            1 => m.weights.len = v,
+            2 => m.consts.offset = v,
+            3 => m.consts.len = v,
+            4 => {
+                if let Some(c) = &mut m.cpu_code {
+                    c.code.len = v;
+                }
+            }
+            5 => {
+                if let Some(c) = &mut m.cpu_code {
+                    c.entry_offset = v;
+                }
+            }
+            // (Field 16 may have removed every buffer.)
+            6 => {
+                if let Some(b) = m.buffers.get_mut(i % nb.max(1)) {
+                    b.offset_per_image = v;
+                }
+            }
+            7 => {
+                if let Some(b) = m.buffers.get_mut(i % nb.max(1)) {
+                    b.bytes_per_image = v;
+                }
+            }
+            8 => m.arena_bytes_per_image = v,
+            9 => m.max_batch = small,
+            10 => m.inputs[0].buffer = small % 8,
+            11 => m.outputs[0].shape[i % 3] = small,
+            12 => m.steps[i % ns].output = small % 8,
+            13 => m.steps[i % ns].pieces.push(small % 8),
+            14 => m.steps[i % ns].desc_offset = v,
+            15 => {
+                m.steps[i % ns].kind =
+                    [StepKind::Conv, StepKind::Pool, StepKind::Linear][(v % 3) as usize];
+            }
+            16 => m.buffers.truncate(i % (nb + 1)),
+            17 => m.steps[i % ns].pieces.clear(),
+            18 => {
+                if let Some(c) = &mut m.cuda {
+                    c.blobs.push((
+                        "sm_90".into(),
+                        Section {
+                            offset: v & !63,
+                            len: v % 4096,
+                        },
+                    ));
+                }
+            }
+            _ => m.cpu_code = None,
+        }
+    }
+}
