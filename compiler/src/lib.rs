@@ -13,6 +13,7 @@ pub mod lower;
 pub mod passes;
 pub mod plan;
 pub mod stats;
+pub mod tensor_io;
 pub mod weights;
 
 pub use lower::compile_source;

@@ -45,6 +45,12 @@ struct CompileArgs {
     /// Print each pass's time and rewrite count to standard error.
     #[arg(long)]
     timings: bool,
+    /// Write the compiled model (CPU machine code, weights, plan) to this file.
+    #[arg(short = 'o', long = "output", value_name = "MODEL.bin")]
+    output: Option<PathBuf>,
+    /// Largest batch the compiled model accepts (the arena grows with the batch).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    max_batch: u32,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -71,6 +77,17 @@ enum Command {
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=65_536))]
         batch: u64,
     },
+    /// Run a compiled model.bin on an input and print the top-5 classes of each row.
+    Run {
+        model: PathBuf,
+        /// Input batch, NCHW float32: a `.safetensors` file (the tensor `input`, or its only
+        /// tensor) or a `.npy` file.
+        #[arg(long)]
+        input: PathBuf,
+        /// Where to write the output (`.safetensors` or `.npy`).
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -88,6 +105,14 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    if let Some(Command::Run {
+        model,
+        input,
+        output,
+    }) = cli.command
+    {
+        return run_model(&model, &input, output.as_deref());
+    }
     if let Some(Command::Stats { model, json, batch }) = cli.command {
         let graph = driver::load(&model)?;
         let s = stats::full(&graph, batch)?;
@@ -110,20 +135,29 @@ fn run(cli: Cli) -> Result<()> {
         (None, Some(seed)) => WeightsSource::Random(seed),
         (None, None) => WeightsSource::None,
     };
-    let raw = graph.clone();
-    let opt = driver::optimize(graph, &weights, args.batch, cfg!(debug_assertions))?;
-    if args.timings {
-        let total: f64 = opt.timings.iter().map(|t| t.time.as_secs_f64()).sum();
-        for t in &opt.timings {
-            eprintln!(
-                "{:<22} {:>9.3} ms  {:>6} rewrites",
-                t.name,
-                t.time.as_secs_f64() * 1e3,
-                t.rewrites
+    if let Some(out) = &args.output {
+        if matches!(weights, WeightsSource::None) {
+            anyhow::bail!(
+                "code generation needs weights: pass --weights W.safetensors or --random-weights SEED"
             );
         }
-        eprintln!("{:<22} {:>9.3} ms", "total", total * 1e3);
+        let (opt, bytes) =
+            driver::compile_cpu(graph, &weights, args.max_batch, cfg!(debug_assertions))?;
+        print_timings(args.timings, &opt.timings);
+        std::fs::write(out, &bytes).with_context(|| format!("cannot write `{}`", out.display()))?;
+        eprintln!(
+            "wrote {} ({} bytes): {} steps, arena {} bytes per image, max batch {}",
+            out.display(),
+            stats::group(bytes.len() as u64),
+            opt.graph.node_count(),
+            stats::group(opt.plan.arena.arena_bytes),
+            args.max_batch
+        );
+        return Ok(());
     }
+    let raw = graph.clone();
+    let opt = driver::optimize(graph, &weights, args.batch, cfg!(debug_assertions))?;
+    print_timings(args.timings, &opt.timings);
     match args.emit {
         Some(Emit::OptIr) => print!("{}", ir::print::print(&opt.graph)),
         Some(Emit::Plan) => print!("{}", plan::memory::print(&opt.graph, &opt.plan)),
@@ -143,6 +177,68 @@ fn run(cli: Cli) -> Result<()> {
                 args.batch
             );
         }
+    }
+    Ok(())
+}
+
+fn print_timings(enabled: bool, timings: &[sparsec::passes::PassTiming]) {
+    if !enabled {
+        return;
+    }
+    let total: f64 = timings.iter().map(|t| t.time.as_secs_f64()).sum();
+    for t in timings {
+        eprintln!(
+            "{:<22} {:>9.3} ms  {:>6} rewrites",
+            t.name,
+            t.time.as_secs_f64() * 1e3,
+            t.rewrites
+        );
+    }
+    eprintln!("{:<22} {:>9.3} ms", "total", total * 1e3);
+}
+
+/// `sparsec run`: loads model.bin with the runtime, runs the input batch, prints the top-5
+/// classes of each row, optionally writes the output.
+fn run_model(
+    model: &std::path::Path,
+    input: &std::path::Path,
+    output: Option<&std::path::Path>,
+) -> Result<()> {
+    let model = runtime::Model::load(model)?;
+    let x = sparsec::tensor_io::read(input)?;
+    let spec = model.input();
+    let per_image: usize = spec.shape.iter().map(|&d| d as usize).product();
+    let batch = match x.shape.as_slice() {
+        [n, c, h, w] if [*c, *h, *w] == spec.shape.map(|d| d as usize) => *n,
+        [c, h, w] if [*c, *h, *w] == spec.shape.map(|d| d as usize) => 1,
+        other => anyhow::bail!(
+            "the input has shape {other:?}; the model takes [N, {}, {}, {}]",
+            spec.shape[0],
+            spec.shape[1],
+            spec.shape[2]
+        ),
+    };
+    debug_assert_eq!(x.data.len(), batch * per_image);
+    let mut session = model.session();
+    let y = session.run(&x.data, batch)?;
+    let classes = y.len() / batch.max(1);
+    for (row, logits) in y.chunks(classes.max(1)).enumerate() {
+        let mut order: Vec<usize> = (0..logits.len()).collect();
+        order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+        let top: Vec<String> = order
+            .iter()
+            .take(5)
+            .map(|&c| format!("{c} ({:.4})", logits[c]))
+            .collect();
+        println!("row {row}: {}", top.join(", "));
+    }
+    if let Some(path) = output {
+        let array = sparsec::tensor_io::Array {
+            shape: vec![batch, classes],
+            data: y.to_vec(),
+        };
+        sparsec::tensor_io::write(path, &model.output().name, &array)?;
+        eprintln!("wrote {}", path.display());
     }
     Ok(())
 }

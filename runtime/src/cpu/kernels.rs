@@ -29,6 +29,13 @@
 //! - every pointer is 4-byte aligned (64-byte alignment of `scratch`, `out` and the weights
 //!   section is recommended for speed, never required).
 //!
+//! # Flags
+//! `FLAG_PROLOGUE` applies `x * scale + shift`, `FLAG_PROLOGUE_RELU` then the input ReLU (also
+//! without the affine part), `FLAG_RELU` an output ReLU in every kernel, `FLAG_BIAS` a bias in
+//! convolutions and linear layers, `FLAG_GLOBAL` a whole-plane pool or average in pools and linear
+//! layers; any other bit makes a descriptor inconsistent. ReLU and max pooling propagate NaN, as
+//! PyTorch and `ir::interp` do.
+//!
 //! # Convolution
 //! The output is cut into bands: runs of output rows, or for a plain matrix product (1x1
 //! window, no padding, stride 1) runs of output pixels, each band's input about 256 KiB so that
@@ -435,7 +442,8 @@ fn conv_geom(d: &ConvDesc) -> Result<ConvGeom, Bad> {
         )
     };
     let plane = plane_stride(band_floats);
-    let scratch_len = floats(&[ic, plane], "the padded input is too large")?;
+    // One vector of slack past the last plane (see `pack_band`).
+    let scratch_len = floats(&[ic, plane], "the padded input is too large")? + LANES;
     Ok(ConvGeom {
         ic,
         ih,
@@ -988,28 +996,33 @@ fn zero(run: &mut [f32]) {
 }
 
 /// Step (1) of a convolution band: the combined, prologued, zero-padded input that `band`
-/// reads, packed into `a.scratch` (module doc).
+/// reads, packed into `a.scratch` (module doc). The `LANES` floats after each plane's packed
+/// part are zeroed too (spilling into the next plane's head, packed later, or into the slack
+/// after the last plane): a short vector's unused lanes may read them, and so read only what
+/// this call wrote.
 #[inline(always)]
 fn pack_band(a: &mut ConvArgs<'_>, band: Band) {
     let g = a.g;
     let pro = a.pro;
     let scratch = &mut *a.scratch;
     for (c, src) in a.input.channels() {
+        let used = if g.flat {
+            band.end - band.start
+        } else {
+            ((band.end - band.start - 1) * g.sh + g.kh) * g.rowlen
+        };
+        zero(&mut scratch[c * g.plane + used..][..LANES]);
         let plane = &mut scratch[c * g.plane..][..g.plane];
         if g.flat {
             // Pixels `start..end` of a plane of `oh * ow == ih * iw` floats.
-            let dst = &mut plane[..band.end - band.start];
+            let dst = &mut plane[..used];
             // SAFETY: `start + dst.len() == end <= ih * iw`.
             unsafe { src.load(band.start, dst, &pro, c) };
             continue;
         }
-        // Padded input rows `first..first + rows`, all below `ih + 2 ph` by the window rule.
+        // Padded input rows `first..`, all below `ih + 2 ph` by the window rule.
         let first = band.start * g.sh;
-        let rows = (band.end - band.start - 1) * g.sh + g.kh;
-        for (r, row) in plane[..rows * g.rowlen]
-            .chunks_exact_mut(g.rowlen)
-            .enumerate()
-        {
+        for (r, row) in plane[..used].chunks_exact_mut(g.rowlen).enumerate() {
             let Some(y) = (first + r).checked_sub(g.ph).filter(|&y| y < g.ih) else {
                 row.fill(0.0);
                 continue;
@@ -1452,13 +1465,15 @@ mod avx2 {
     }
 
     /// One tile: output channels `b * OB ..` (those that exist) by the first `N` vectors of `t`.
-    /// `MASK`: some vector has fewer than 8 pixels (loads and stores are masked).
+    /// `MASK`: some vector has fewer than 8 pixels (its stores are masked).
     ///
     /// # Safety
-    /// `s` describes a packed band, packed weights and an output of `s.g`'s sizes, `t` holds
-    /// vectors from `s.g.vector` for that band, `b < s.g.blocks`. Every load then stays inside the packed
-    /// input: vector pixels `0..n` read packed columns `x + kx_off(kx)`, all inside the row
-    /// (`(ow - 1) * sw + kw <= padded width`), and masked lanes are never touched.
+    /// `s` describes a band packed by `pack_band`, packed weights and an output of `s.g`'s
+    /// sizes, `t` holds vectors from `s.g.vector` for that band, `b < s.g.blocks`. Every load
+    /// then stays inside the scratch and reads what `pack_band` wrote: a vector's pixels `0..n`
+    /// read packed columns `x + kx_off(kx)`, inside the row (`(ow - 1) * sw + kw <= padded
+    /// width`); lanes `n..8` of a short vector read at most `8 - n` floats further, into the
+    /// next row or the zeroed floats after the plane's packed part, and are never stored.
     #[target_feature(enable = "avx2,fma")]
     unsafe fn tile<const N: usize, const MASK: bool, const TAPS: u8>(
         s: &Shared,
@@ -1467,12 +1482,7 @@ mod avx2 {
     ) {
         let g = &s.g;
         let mut acc = [[_mm256_setzero_ps(); N]; OB];
-        let mut masks = [_mm256_setzero_si256(); N];
-        let mut base = [s.input; N];
-        for j in 0..N {
-            masks[j] = mask(t.n[j]);
-            base[j] = s.input.wrapping_add(t.vin[j]);
-        }
+        let base: [*const f32; N] = std::array::from_fn(|j| s.input.wrapping_add(t.vin[j]));
         let k = g.ic * g.kh * g.kw;
         let mut w = s.w.wrapping_add(b * k * OB);
 
@@ -1482,14 +1492,8 @@ mod avx2 {
                 let off = $off;
                 let mut x = [_mm256_setzero_ps(); N];
                 for j in 0..N {
-                    // SAFETY: inside the packed input (function doc).
-                    x[j] = unsafe {
-                        if MASK {
-                            _mm256_maskload_ps(base[j].add(off), masks[j])
-                        } else {
-                            _mm256_loadu_ps(base[j].add(off))
-                        }
-                    };
+                    // SAFETY: inside the scratch, written by `pack_band` (function doc).
+                    x[j] = unsafe { _mm256_loadu_ps(base[j].add(off)) };
                 }
                 for o in 0..OB {
                     // SAFETY: `w` walks the block's `k * OB` packed weights.
@@ -1534,8 +1538,14 @@ mod avx2 {
                 for c in 0..g.ic {
                     for ky in 0..g.kh {
                         let row = c * g.plane + ky * g.rowlen;
-                        for kx in 0..g.kw {
-                            step!(row + g.kx_off(kx));
+                        // `kx_off(kx)` without a division per tap.
+                        let (mut phase, mut q) = (0, 0);
+                        for _ in 0..g.kw {
+                            step!(row + phase * g.wq + q);
+                            phase += 1;
+                            if phase == g.sw {
+                                (phase, q) = (0, q + 1);
+                            }
                         }
                     }
                 }
@@ -1555,17 +1565,17 @@ mod avx2 {
             } else {
                 zero
             };
-            for j in 0..N {
-                let mut v = _mm256_add_ps(acc_o[j], bias);
+            for ((&a, &vout), &n) in acc_o.iter().zip(&t.vout).zip(&t.n) {
+                let mut v = _mm256_add_ps(a, bias);
                 if s.relu {
                     // `max(0, v)` returns `v` when it is NaN, as the reference's ReLU.
                     v = _mm256_max_ps(zero, v);
                 }
-                let dst = s.out.wrapping_add(oc * oplane + t.vout[j]);
+                let dst = s.out.wrapping_add(oc * oplane + vout);
                 // SAFETY: lanes `0..n` of the vector are output pixels of channel `oc`.
                 unsafe {
                     if MASK {
-                        _mm256_maskstore_ps(dst, masks[j], v);
+                        _mm256_maskstore_ps(dst, mask(n), v);
                     } else {
                         _mm256_storeu_ps(dst, v);
                     }
@@ -2538,68 +2548,6 @@ mod tests {
                     best * 1e6
                 );
             }
-        }
-        Ok(())
-    }
-
-    #[test]
-    fn tmp_shapes() -> Result<(), String> {
-        let mut rng = Rng(5);
-        let f = abi::FLAG_PROLOGUE | abi::FLAG_PROLOGUE_RELU;
-        for (what, ic, hw, oc, k, st, pad) in [
-            ("3x3 96->24 8x8", 96usize, 8u32, 24u32, 3u32, 1u32, 1u32),
-            ("3x3 96->24 16x16", 96, 16, 24, 3, 1, 1),
-            ("1x1 200->96 8x8", 200, 8, 96, 1, 1, 0),
-            ("1x1 200->96 16x16", 200, 16, 96, 1, 1, 0),
-            ("3x3 128->32 7x7", 128, 7, 32, 3, 1, 1),
-            ("3x3 128->32 56x56", 128, 56, 32, 3, 1, 1),
-            ("1x1 256->128 56x56", 256, 56, 128, 1, 1, 0),
-            ("7x7/2 3->64 224", 3, 224, 64, 7, 2, 3),
-            ("3x3 3->48 32x32 stem", 3, 32, 48, 3, 1, 1),
-        ] {
-            let case = conv_case(
-                &mut rng,
-                ic,
-                (hw, hw),
-                oc,
-                k,
-                st,
-                pad,
-                1,
-                false,
-                if ic == 3 { 0 } else { f },
-            );
-            let kernel = conv_kernel(&kernel_table());
-            let d = &case.desc;
-            let mut out = vec![0.0f32; (d.out_channels * d.out_h * d.out_w) as usize];
-            let mut scratch = vec![0.0f32; conv_scratch_bytes(d).div_ceil(4) as usize];
-            let pieces = case.pieces.abi();
-            let w: *const u8 = case.section.0.as_ptr().cast();
-            let flops =
-                2.0 * (d.out_channels * d.out_h * d.out_w) as f64 * (ic * (k * k) as usize) as f64;
-            let start = Instant::now();
-            let (mut runs, mut best) = (0u32, f64::INFINITY);
-            while runs < 3 || start.elapsed().as_secs_f64() < 0.2 {
-                let t = Instant::now();
-                let status = unsafe {
-                    kernel(
-                        d,
-                        pieces.as_ptr(),
-                        out.as_mut_ptr(),
-                        w,
-                        scratch.as_mut_ptr().cast(),
-                    )
-                };
-                best = best.min(t.elapsed().as_secs_f64());
-                assert_eq!(status, 0);
-                runs += 1;
-            }
-            eprintln!(
-                "tmp {what}: {:.1} GFLOP/s ({:.1} us) scratch {} KiB",
-                flops / best / 1e9,
-                best * 1e6,
-                conv_scratch_bytes(d) / 1024
-            );
         }
         Ok(())
     }

@@ -1,0 +1,921 @@
+//! The peer benchmark: sparsec against ONNX Runtime and tract on the golden models, in one run.
+//!
+//! `cargo bench -p sparsec-tests --bench peers [-- [--quick] [--no-ort] [--no-tract] [NAME...]]`
+//! (or `PEERS_MODELS=a,b` and `PEERS_QUICK=1`). For each golden model it compiles
+//! `examples/models/NAME.snet` with the golden weights, loads it with `runtime::Model` and times
+//! `Session::run` at batch 1 and 64; times tract on `../shared/golden/NAME.onnx` (batch fixed,
+//! optimised, single-threaded); and times ONNX Runtime by spawning `tests/benches/ort_bench.py`
+//! (2 intra-op threads). Every peer's output on the golden input is checked against the golden
+//! output (relative error below 2e-4) before its times are reported. It also measures the
+//! machine's AVX2 FMA peak (1 and 2 threads) and prints a markdown table of medians, speed-ups
+//! and the fraction of the 2-core peak that sparsec reaches.
+//!
+//! Owns nothing the product uses: a measurement program only.
+
+use anyhow::{Context, Result, bail};
+use runtime::Model;
+use sparsec::driver::{self, WeightsSource};
+use sparsec::weights::load_tensors;
+use std::fmt::Write as _;
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+use tract_onnx::prelude::*;
+
+const MODELS: [&str; 4] = [
+    "sparsenet-40-24",
+    "sparsenet-bc-100-24",
+    "densenet-bc-100-12",
+    "sparsenet-bc-1000-12",
+];
+const BATCHES: [usize; 2] = [1, 64];
+const ORT_THREADS: usize = 2;
+const TOLERANCE: f64 = 2e-4;
+const SEED: u64 = 42;
+const IMAGE: [usize; 3] = [3, 32, 32];
+const PER_IMAGE: usize = IMAGE[0] * IMAGE[1] * IMAGE[2];
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn golden(file: &str) -> PathBuf {
+    repo().join("../shared/golden").join(file)
+}
+
+/// How long each measurement may take.
+#[derive(Clone, Copy)]
+struct Budget {
+    /// Timed calls stop after this long (once `min_iters` are done).
+    cell: Duration,
+    min_iters: usize,
+    max_iters: usize,
+    /// Untimed calls first, at batch 1 and at batch 64.
+    warmup: [usize; 2],
+    /// A batch-64 cell is skipped when its warm-up and `min_iters` calls are estimated (from
+    /// batch 1) to take longer than this, or to run past `total`.
+    cell_cap: Duration,
+    /// The whole run.
+    total: Duration,
+}
+
+impl Budget {
+    fn full() -> Budget {
+        Budget {
+            cell: Duration::from_secs(5),
+            min_iters: 3,
+            max_iters: 50,
+            warmup: [3, 1],
+            cell_cap: Duration::from_secs(45),
+            total: Duration::from_secs(540),
+        }
+    }
+
+    fn quick() -> Budget {
+        Budget {
+            cell: Duration::from_millis(1000),
+            min_iters: 2,
+            max_iters: 10,
+            warmup: [1, 1],
+            cell_cap: Duration::from_secs(6),
+            total: Duration::from_secs(120),
+        }
+    }
+
+    fn warmup(&self, batch: usize) -> usize {
+        if batch == 1 {
+            self.warmup[0]
+        } else {
+            self.warmup[1]
+        }
+    }
+}
+
+struct Options {
+    budget: Budget,
+    quick: bool,
+    models: Vec<&'static str>,
+    ort: bool,
+    tract: bool,
+}
+
+fn options() -> Result<Options> {
+    let mut quick = std::env::var("PEERS_QUICK").is_ok_and(|v| v != "0" && !v.is_empty());
+    let mut filters: Vec<String> = std::env::var("PEERS_MODELS")
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect();
+    let (mut ort, mut tract) = (true, true);
+    for arg in std::env::args().skip(1) {
+        match arg.as_str() {
+            // `cargo bench` passes `--bench` to every bench binary.
+            "--bench" => {}
+            "--quick" => quick = true,
+            "--no-ort" => ort = false,
+            "--no-tract" => tract = false,
+            "-h" | "--help" => {
+                println!(
+                    "usage: cargo bench -p sparsec-tests --bench peers -- [--quick] [--no-ort] \
+                     [--no-tract] [MODEL-FILTER...]\nmodels: {}",
+                    MODELS.join(", ")
+                );
+                std::process::exit(0);
+            }
+            a if a.starts_with('-') => eprintln!("peers: ignoring unknown flag `{a}`"),
+            a => filters.push(a.to_string()),
+        }
+    }
+    let models: Vec<&'static str> = MODELS
+        .into_iter()
+        .filter(|m| filters.is_empty() || filters.iter().any(|f| m.contains(f.as_str())))
+        .collect();
+    if models.is_empty() {
+        bail!(
+            "no model matches {filters:?}; the models are {}",
+            MODELS.join(", ")
+        );
+    }
+    Ok(Options {
+        budget: if quick {
+            Budget::quick()
+        } else {
+            Budget::full()
+        },
+        quick,
+        models,
+        ort,
+        tract,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Timing
+
+fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Runs `f` `warmup` times, then times it until the budget is spent; the median in ms. A slow
+/// call (a big batch) gets fewer timed calls, at least one, to keep the cell within its cap.
+fn time_calls(warmup: usize, budget: &Budget, mut f: impl FnMut() -> Result<()>) -> Result<Timing> {
+    let cell_start = Instant::now();
+    let mut last = 0.0;
+    for _ in 0..warmup {
+        let t = Instant::now();
+        f()?;
+        last = t.elapsed().as_secs_f64();
+    }
+    let left = budget.cell_cap.as_secs_f64() - cell_start.elapsed().as_secs_f64();
+    let min_iters = if last > 0.0 {
+        ((left / last) as usize).clamp(1, budget.min_iters)
+    } else {
+        budget.min_iters
+    };
+    let start = Instant::now();
+    let mut times = Vec::new();
+    while times.len() < budget.max_iters {
+        let t = Instant::now();
+        f()?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+        if times.len() >= min_iters && start.elapsed() > budget.cell {
+            break;
+        }
+    }
+    Ok(Timing {
+        median_ms: median(&times),
+        iters: times.len(),
+    })
+}
+
+#[derive(Clone, Copy)]
+struct Timing {
+    median_ms: f64,
+    iters: usize,
+}
+
+/// One peer at one batch size.
+#[derive(Clone)]
+enum Cell {
+    Time(Timing),
+    Skipped,
+    Unavailable(&'static str),
+    Failed(String),
+}
+
+impl Cell {
+    fn ms(&self) -> Option<f64> {
+        match self {
+            Cell::Time(t) => Some(t.median_ms),
+            _ => None,
+        }
+    }
+
+    fn show(&self, wrong: bool) -> String {
+        match self {
+            Cell::Time(t) if wrong => format!("{:.2} (WRONG)", t.median_ms),
+            Cell::Time(t) => format!("{:.2}", t.median_ms),
+            Cell::Skipped => "skipped (time budget)".into(),
+            Cell::Unavailable(why) => format!("– ({why})"),
+            Cell::Failed(_) => "failed".into(),
+        }
+    }
+
+    fn progress(&self) -> String {
+        match self {
+            Cell::Time(t) => format!("{:.2} ms (median of {})", t.median_ms, t.iters),
+            Cell::Skipped => "skipped (time budget)".into(),
+            Cell::Unavailable(why) => format!("unavailable ({why})"),
+            Cell::Failed(e) => format!("FAILED: {e}"),
+        }
+    }
+}
+
+/// Whether a batch-64 cell fits the budget: its warm-up and one timed call, estimated from the
+/// same peer's batch-1 median times the batch times `scaling` (the worst ratio of batch-64 time
+/// to 64 batch-1 calls this peer has shown on the models before).
+fn fits(budget: &Budget, run_start: Instant, batch: usize, batch1: &Cell, scaling: f64) -> bool {
+    let Some(ms) = batch1.ms() else {
+        return true;
+    };
+    let calls = (budget.warmup(batch) + 1) as f64;
+    let estimate = Duration::from_secs_f64(ms * 1e-3 * batch as f64 * scaling * calls);
+    estimate <= budget.cell_cap && run_start.elapsed() + estimate <= budget.total
+}
+
+// ---------------------------------------------------------------------------------------------
+// Inputs
+
+/// Deterministic uniform floats in [-1, 1) (splitmix64).
+fn random_input(n: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed;
+    (0..n)
+        .map(|_| {
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^= z >> 31;
+            ((z >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn write_f32(path: &Path, xs: &[f32]) -> Result<()> {
+    let bytes: Vec<u8> = xs.iter().flat_map(|x| x.to_le_bytes()).collect();
+    std::fs::write(path, bytes).with_context(|| path.display().to_string())
+}
+
+struct GoldenIo {
+    input: Vec<f32>,
+    output: Vec<f32>,
+    images: usize,
+}
+
+fn golden_io(name: &str) -> Result<GoldenIo> {
+    let path = golden(&format!("{name}.io.safetensors"));
+    let io = load_tensors(&std::fs::read(&path).with_context(|| path.display().to_string())?)?;
+    let get = |n: &str| {
+        io.iter()
+            .find(|t| t.0 == n)
+            .map(|t| t.2.clone())
+            .with_context(|| format!("{}: no tensor `{n}`", path.display()))
+    };
+    let input = get("input")?;
+    let images = input.len() / PER_IMAGE;
+    Ok(GoldenIo {
+        input,
+        output: get("output")?,
+        images,
+    })
+}
+
+fn macs_per_image(name: &str) -> Result<u64> {
+    let path = golden(&format!("{name}.json"));
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).with_context(|| path.display().to_string())?)?;
+    json["macs_per_image"]
+        .as_u64()
+        .with_context(|| format!("{}: no macs_per_image", path.display()))
+}
+
+/// The check of one peer's output on the golden input.
+#[derive(Clone)]
+enum Check {
+    Error(f64),
+    NotRun(String),
+}
+
+impl Check {
+    fn wrong(&self) -> bool {
+        matches!(self, Check::Error(e) if e.is_nan() || *e >= TOLERANCE)
+    }
+
+    fn show(&self) -> String {
+        match self {
+            Check::Error(e) if self.wrong() => format!("{e:.2e} FAIL"),
+            Check::Error(e) => format!("{e:.2e} ok"),
+            Check::NotRun(why) => format!("not checked ({why})"),
+        }
+    }
+}
+
+fn check_of(got: Result<Vec<f32>>, want: &[f32]) -> Check {
+    match got {
+        Ok(got) => Check::Error(ir::interp::relative_error(&got, want)),
+        Err(e) => Check::NotRun(format!("{e:#}")),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The FMA peak
+
+/// `iters` rounds of 12 independent 8-wide FMAs (192 flops a round); returns a value that
+/// depends on every accumulator.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn fma_rounds(iters: u64) -> f32 {
+    use std::arch::x86_64::{__m256, _mm256_add_ps, _mm256_fmadd_ps, _mm256_set1_ps};
+    let a = _mm256_set1_ps(0.999_9);
+    let b = _mm256_set1_ps(1e-3);
+    let mut acc: [__m256; 12] = [_mm256_set1_ps(0.0); 12];
+    for (i, r) in acc.iter_mut().enumerate() {
+        *r = _mm256_set1_ps(i as f32 * 0.01);
+    }
+    for _ in 0..iters {
+        for r in acc.iter_mut() {
+            *r = _mm256_fmadd_ps(*r, a, b);
+        }
+    }
+    let mut sum = acc[0];
+    for r in &acc[1..] {
+        sum = _mm256_add_ps(sum, *r);
+    }
+    let lanes: [f32; 8] = std::array::from_fn(|i| {
+        // SAFETY: `__m256` is 8 packed f32 with no padding; reading lane `i < 8` of a local.
+        unsafe { *(&raw const sum).cast::<f32>().add(i) }
+    });
+    lanes.iter().sum()
+}
+
+const FLOPS_PER_ROUND: f64 = 12.0 * 8.0 * 2.0;
+
+/// GFLOP/s of `threads` threads each running the FMA loop (best of 3).
+#[cfg(target_arch = "x86_64")]
+fn fma_peak(threads: usize, seconds: f64) -> Option<f64> {
+    if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
+        return None;
+    }
+    let run = |iters: u64| -> f64 {
+        let start = Instant::now();
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(move || {
+                    // SAFETY: AVX2 and FMA were detected on this CPU just above.
+                    black_box(unsafe { fma_rounds(black_box(iters)) })
+                });
+            }
+        });
+        start.elapsed().as_secs_f64()
+    };
+    // Calibrate to about `seconds` a try.
+    let probe = 2_000_000;
+    let t = run(probe).max(1e-4);
+    let iters = ((probe as f64) * seconds / t).max(1.0) as u64;
+    let best = (0..3).map(|_| run(iters)).fold(f64::INFINITY, f64::min);
+    Some(FLOPS_PER_ROUND * iters as f64 * threads as f64 / best / 1e9)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn fma_peak(_threads: usize, _seconds: f64) -> Option<f64> {
+    None
+}
+
+// ---------------------------------------------------------------------------------------------
+// The peers
+
+fn sparsec_model(name: &str) -> Result<Model> {
+    let graph = driver::load(&repo().join(format!("examples/models/{name}.snet")))?;
+    let weights = WeightsSource::Safetensors(golden(&format!("{name}.safetensors")));
+    let max_batch = *BATCHES.iter().max().unwrap_or(&1) as u32;
+    let (_, bytes) = driver::compile_cpu(graph, &weights, max_batch, false)?;
+    Ok(Model::from_bytes(&bytes)?)
+}
+
+type TractPlan = std::sync::Arc<TypedRunnableModel>;
+
+fn tract_plan(name: &str, batch: usize) -> Result<TractPlan> {
+    let plan = tract_onnx::onnx()
+        .model_for_path(golden(&format!("{name}.onnx")))?
+        .with_input_fact(0, f32::fact([batch, IMAGE[0], IMAGE[1], IMAGE[2]]).into())?
+        .into_optimized()?
+        .into_runnable()?;
+    Ok(plan)
+}
+
+fn tract_tensor(x: &[f32], batch: usize) -> Result<TValue> {
+    Ok(Tensor::from_shape(&[batch, IMAGE[0], IMAGE[1], IMAGE[2]], x)?.into())
+}
+
+/// tract's output on the golden input, one image at a time through the batch-1 plan.
+fn tract_golden(plan: &TractPlan, io: &GoldenIo) -> Result<Vec<f32>> {
+    let mut state = plan.spawn()?;
+    let mut out = Vec::new();
+    for image in io.input.chunks(PER_IMAGE) {
+        let y = state.run(tvec!(tract_tensor(image, 1)?))?;
+        out.extend(y[0].to_plain_array_view::<f32>()?.iter().copied());
+    }
+    Ok(out)
+}
+
+fn time_tract(plan: &TractPlan, x: &[f32], batch: usize, budget: &Budget) -> Result<Timing> {
+    let mut state = plan.spawn()?;
+    let input = tract_tensor(x, batch)?;
+    time_calls(budget.warmup(batch), budget, || {
+        black_box(state.run(tvec!(input.clone()))?);
+        Ok(())
+    })
+}
+
+fn ort_script() -> PathBuf {
+    repo().join("tests/benches/ort_bench.py")
+}
+
+fn python() -> String {
+    std::env::var("PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// ONNX Runtime's version, or why it cannot run.
+fn ort_version() -> Result<String, String> {
+    let out = Command::new(python())
+        .args(["-c", "import onnxruntime; print(onnxruntime.__version__)"])
+        .output()
+        .map_err(|e| format!("cannot run `{}`: {e}", python()))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
+
+struct OrtRun {
+    timing: Timing,
+    check_output: Option<Vec<f32>>,
+}
+
+fn run_ort(
+    name: &str,
+    batch: usize,
+    input: &Path,
+    check_input: Option<&Path>,
+    budget: &Budget,
+) -> Result<OrtRun> {
+    let mut cmd = Command::new(python());
+    cmd.arg(ort_script())
+        .arg("--model")
+        .arg(golden(&format!("{name}.onnx")))
+        .args(["--batch", &batch.to_string()])
+        .args(["--threads", &ORT_THREADS.to_string()])
+        .args(["--iters", &budget.max_iters.to_string()])
+        .args(["--min-iters", &budget.min_iters.to_string()])
+        .args(["--warmup", &budget.warmup(batch).to_string()])
+        .args(["--budget-s", &budget.cell.as_secs_f64().to_string()])
+        .args(["--cap-s", &budget.cell_cap.as_secs_f64().to_string()])
+        .args(["--seed", &SEED.to_string()])
+        .arg("--input")
+        .arg(input);
+    if let Some(c) = check_input {
+        cmd.arg("--check-input").arg(c);
+    }
+    let out = cmd.output().context("running ort_bench.py")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let json: serde_json::Value = serde_json::from_str(stdout.trim()).with_context(|| {
+        format!(
+            "ort_bench.py printed no JSON (status {}): {}{}",
+            out.status,
+            stdout.trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )
+    })?;
+    if let Some(e) = json["error"].as_str() {
+        bail!("ort_bench.py: {e}");
+    }
+    let median_ms = json["median_ms"]
+        .as_f64()
+        .context("ort_bench.py: no median_ms")?;
+    let iters = json["iters"].as_u64().unwrap_or(0) as usize;
+    let check_output = json["check_output"].as_array().map(|a| {
+        a.iter()
+            .map(|v| v.as_f64().unwrap_or(f64::NAN) as f32)
+            .collect()
+    });
+    Ok(OrtRun {
+        timing: Timing { median_ms, iters },
+        check_output,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The run
+
+const PEERS: [&str; 3] = ["sparsec", "ORT", "tract"];
+
+struct Row {
+    model: &'static str,
+    batch: usize,
+    macs_per_image: u64,
+    /// sparsec, ORT, tract.
+    cells: [Cell; 3],
+}
+
+struct ModelChecks {
+    model: &'static str,
+    checks: [Check; 3],
+}
+
+fn cell_of(r: Result<Timing>) -> Cell {
+    match r {
+        Ok(t) => Cell::Time(t),
+        Err(e) => Cell::Failed(format!("{e:#}")),
+    }
+}
+
+fn bench_model(
+    name: &'static str,
+    opts: &Options,
+    ort: &Result<String, String>,
+    tmp: &Path,
+    run_start: Instant,
+    scaling: &mut [f64; 3],
+    rows: &mut Vec<Row>,
+) -> Result<ModelChecks> {
+    let budget = &opts.budget;
+    let macs = match macs_per_image(name) {
+        Ok(m) => m,
+        Err(_) => {
+            let graph = driver::load(&repo().join(format!("examples/models/{name}.snet")))?;
+            sparsec::stats::stats(&graph, 1).macs_per_image
+        }
+    };
+    let io = golden_io(name)?;
+    let golden_input = tmp.join(format!("{name}.golden-input.bin"));
+    write_f32(&golden_input, &io.input)?;
+
+    let t = Instant::now();
+    let model = sparsec_model(name);
+    eprintln!(
+        "{name}: sparsec compile + load {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
+    let model_error = model.as_ref().err().map(|e| format!("{e:#}"));
+    let mut session = model.as_ref().ok().map(Model::session);
+    let sparsec_check = match session.as_mut() {
+        Some(s) => check_of(
+            s.run(&io.input, io.images)
+                .map(<[f32]>::to_vec)
+                .map_err(anyhow::Error::from),
+            &io.output,
+        ),
+        None => Check::NotRun(model_error.clone().unwrap_or_default()),
+    };
+    let mut ort_check = Check::NotRun(
+        if opts.ort {
+            "ONNX Runtime not installed"
+        } else {
+            "--no-ort"
+        }
+        .into(),
+    );
+    let mut tract_check = Check::NotRun("tract disabled".into());
+    let mut batch1: [Cell; 3] = std::array::from_fn(|_| Cell::Skipped);
+
+    for &batch in &BATCHES {
+        let x = random_input(batch * PER_IMAGE, SEED);
+        let input_file = tmp.join(format!("input-b{batch}.bin"));
+        write_f32(&input_file, &x)?;
+        let mut cells: [Cell; 3] = std::array::from_fn(|_| Cell::Skipped);
+
+        // sparsec.
+        cells[0] = match session.as_mut() {
+            _ if batch > 1 && !fits(budget, run_start, batch, &batch1[0], scaling[0]) => {
+                Cell::Skipped
+            }
+            Some(s) => cell_of(time_calls(budget.warmup(batch), budget, || {
+                black_box(s.run(&x, batch)?);
+                Ok(())
+            })),
+            None => Cell::Failed(model_error.clone().unwrap_or_default()),
+        };
+        eprintln!("{name} b{batch}: sparsec {}", cells[0].progress());
+
+        // ONNX Runtime.
+        cells[1] = match ort {
+            _ if !opts.ort => Cell::Unavailable("--no-ort"),
+            Err(_) => Cell::Unavailable("not installed"),
+            Ok(_) if batch > 1 && !fits(budget, run_start, batch, &batch1[1], scaling[1]) => {
+                Cell::Skipped
+            }
+            Ok(_) => {
+                let check = (batch == 1).then_some(golden_input.as_path());
+                match run_ort(name, batch, &input_file, check, budget) {
+                    Ok(r) => {
+                        if let Some(out) = r.check_output {
+                            ort_check = check_of(Ok(out), &io.output);
+                        }
+                        Cell::Time(r.timing)
+                    }
+                    Err(e) => {
+                        if batch == 1 {
+                            ort_check = Check::NotRun(format!("{e:#}"));
+                        }
+                        Cell::Failed(format!("{e:#}"))
+                    }
+                }
+            }
+        };
+        eprintln!("{name} b{batch}: ORT {}", cells[1].progress());
+
+        // tract.
+        cells[2] = if !opts.tract {
+            Cell::Unavailable("--no-tract")
+        } else if batch > 1 && !fits(budget, run_start, batch, &batch1[2], scaling[2]) {
+            Cell::Skipped
+        } else {
+            let t = Instant::now();
+            match tract_plan(name, batch) {
+                Ok(plan) => {
+                    eprintln!(
+                        "{name} b{batch}: tract load + optimise {:.2} s",
+                        t.elapsed().as_secs_f64()
+                    );
+                    if batch == 1 {
+                        tract_check = check_of(tract_golden(&plan, &io), &io.output);
+                    }
+                    cell_of(time_tract(&plan, &x, batch, budget))
+                }
+                Err(e) => {
+                    if batch == 1 {
+                        tract_check = Check::NotRun(format!("{e:#}"));
+                    }
+                    Cell::Failed(format!("{e:#}"))
+                }
+            }
+        };
+        eprintln!("{name} b{batch}: tract {}", cells[2].progress());
+
+        if batch == 1 {
+            batch1 = cells.clone();
+        } else {
+            for (i, c) in cells.iter().enumerate() {
+                if let (Some(big), Some(one)) = (c.ms(), batch1[i].ms()) {
+                    scaling[i] = scaling[i].max(big / (one * batch as f64));
+                }
+            }
+        }
+        rows.push(Row {
+            model: name,
+            batch,
+            macs_per_image: macs,
+            cells,
+        });
+    }
+    Ok(ModelChecks {
+        model: name,
+        checks: [sparsec_check, ort_check, tract_check],
+    })
+}
+
+fn tract_version() -> String {
+    let lock = std::fs::read_to_string(repo().join("Cargo.lock")).unwrap_or_default();
+    lock.split("[[package]]")
+        .find(|p| p.contains("name = \"tract-onnx\""))
+        .and_then(|p| p.lines().find_map(|l| l.strip_prefix("version = ")))
+        .map_or_else(
+            || "0.23 (version unknown)".into(),
+            |v| v.trim_matches('"').into(),
+        )
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+/// `/proc/loadavg`'s 1, 5 and 15 minute figures.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn ratio(peer: Option<f64>, ours: Option<f64>) -> String {
+    match (peer, ours) {
+        (Some(p), Some(o)) if o > 0.0 => format!("{:.2}x", p / o),
+        _ => "–".into(),
+    }
+}
+
+fn gflops(macs_per_image: u64, batch: usize, ms: f64) -> f64 {
+    2.0 * macs_per_image as f64 * batch as f64 / (ms * 1e-3) / 1e9
+}
+
+fn main() -> Result<()> {
+    let opts = options()?;
+    let run_start = Instant::now();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!("# sparsec vs ONNX Runtime vs tract (CPU)\n");
+    println!(
+        "CPU: {} ({cores} logical cores); {} run; models: {}",
+        cpu_model(),
+        if opts.quick { "quick" } else { "full" },
+        opts.models.join(", ")
+    );
+
+    let peak_seconds = if opts.quick { 0.15 } else { 0.4 };
+    let peak1 = fma_peak(1, peak_seconds);
+    let peak2 = fma_peak(2, peak_seconds);
+    // The 2-core peak the table divides by: the 2-thread figure, unless other work on the
+    // machine held the second core back (then twice the 1-thread figure, and a warning).
+    let peak2 = match (peak1, peak2) {
+        (Some(p1), Some(p2)) => {
+            println!(
+                "FMA peak (AVX2 vfmadd on 12 independent 8-wide accumulators): 1 thread {p1:.1} \
+                 GFLOP/s, 2 threads {p2:.1} GFLOP/s"
+            );
+            if p2 < 1.8 * p1 {
+                println!(
+                    "warning: 2 threads reach only {:.2}x one thread: the machine is busy; the \
+                     table uses 2 x the 1-thread peak ({:.1} GFLOP/s) as the 2-core peak",
+                    p2 / p1,
+                    2.0 * p1
+                );
+                Some(2.0 * p1)
+            } else {
+                Some(p2)
+            }
+        }
+        _ => {
+            println!("FMA peak: not measured (needs x86-64 with AVX2 and FMA)");
+            None
+        }
+    };
+
+    let ort = if opts.ort {
+        ort_version()
+    } else {
+        Err("--no-ort".into())
+    };
+    match &ort {
+        Ok(v) => println!(
+            "ONNX Runtime {v} (python: {}; {ORT_THREADS} intra-op threads, 1 inter-op, \
+             sequential, all graph optimisations)",
+            python()
+        ),
+        Err(_) if !opts.ort => println!("ONNX Runtime: disabled (--no-ort)"),
+        Err(e) => println!(
+            "ONNX Runtime: not available ({}). Install it with `pip install \
+             onnxruntime==1.32.*` (or the newest version pip offers); continuing without it.",
+            e.lines().last().unwrap_or("import failed")
+        ),
+    }
+    println!(
+        "tract-onnx {}: single-threaded (tract-linalg built without `multithread-mm`)",
+        tract_version()
+    );
+    println!("sparsec: one thread per session");
+    println!("load average at start: {}\n", load_average());
+
+    let tmp = std::env::temp_dir().join(format!("sparsec-peers-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).with_context(|| tmp.display().to_string())?;
+    let mut rows = Vec::new();
+    let mut checks = Vec::new();
+    let mut errors = Vec::new();
+    let mut scaling = [1.0; 3];
+    for &name in &opts.models {
+        match bench_model(name, &opts, &ort, &tmp, run_start, &mut scaling, &mut rows) {
+            Ok(c) => checks.push(c),
+            Err(e) => errors.push(format!("{name}: {e:#}")),
+        }
+    }
+    // Best effort: a leftover temporary folder is harmless.
+    let _ = std::fs::remove_dir_all(&tmp);
+
+    // Correctness.
+    let mut wrong = Vec::new();
+    println!(
+        "\nCorrectness on the golden input (relative error vs the float64 reference, must be \
+         below {TOLERANCE:e}):\n"
+    );
+    for c in &checks {
+        let parts: Vec<String> = PEERS
+            .iter()
+            .zip(&c.checks)
+            .map(|(p, ch)| format!("{p} {}", ch.show()))
+            .collect();
+        println!("- {}: {}", c.model, parts.join(", "));
+        for (p, ch) in PEERS.iter().zip(&c.checks) {
+            if ch.wrong() {
+                wrong.push(format!("{} ({p})", c.model));
+            }
+        }
+    }
+
+    // The table.
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "\n| model | batch | sparsec ms | ORT ms | tract ms | sparsec/ORT speed-up | \
+         sparsec/tract speed-up | sparsec GFLOP/s | % of 2-core peak | ORT % of 2-core peak |"
+    );
+    let _ = writeln!(t, "|---|---|---|---|---|---|---|---|---|---|");
+    for r in &rows {
+        let is_wrong = |i: usize| {
+            checks
+                .iter()
+                .find(|c| c.model == r.model)
+                .is_some_and(|c| c.checks[i].wrong())
+        };
+        let ours = r.cells[0].ms();
+        let pct = |ms: Option<f64>| match (ms, peak2) {
+            (Some(ms), Some(p)) => {
+                format!("{:.1}%", 100.0 * gflops(r.macs_per_image, r.batch, ms) / p)
+            }
+            _ => "–".into(),
+        };
+        let _ = writeln!(
+            t,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.model,
+            r.batch,
+            r.cells[0].show(is_wrong(0)),
+            r.cells[1].show(is_wrong(1)),
+            r.cells[2].show(is_wrong(2)),
+            ratio(r.cells[1].ms(), ours),
+            ratio(r.cells[2].ms(), ours),
+            ours.map_or_else(
+                || "–".into(),
+                |ms| format!("{:.1}", gflops(r.macs_per_image, r.batch, ms))
+            ),
+            pct(ours),
+            pct(r.cells[1].ms()),
+        );
+    }
+    print!("{t}");
+    println!(
+        "\nMedians of timed calls after warm-up (full run: at least {} calls or {:.0} s per cell). \
+         Speed-up = peer ms / sparsec ms (above 1: sparsec is faster). GFLOP/s count 2 x the \
+         model's multiply-accumulates per image (golden JSON) x batch.",
+        Budget::full().min_iters,
+        Budget::full().cell.as_secs_f64()
+    );
+    println!(
+        "sparsec currently runs one thread per session (it does not split work across threads \
+         yet), so it can reach at most 50% of the 2-core peak; ORT uses {ORT_THREADS} threads; \
+         tract runs single-threaded."
+    );
+    for r in &rows {
+        for (p, c) in PEERS.iter().zip(&r.cells) {
+            if let Cell::Failed(e) = c {
+                println!("- {} batch {} {p} failed: {e}", r.model, r.batch);
+            }
+        }
+    }
+    println!(
+        "\nTotal benchmark time: {:.0} s; load average at the end: {} (other work on the machine \
+         skews every figure)",
+        run_start.elapsed().as_secs_f64(),
+        load_average()
+    );
+    if !errors.is_empty() {
+        bail!(
+            "models that could not be benchmarked:\n{}",
+            errors.join("\n")
+        );
+    }
+    if !wrong.is_empty() {
+        bail!(
+            "outputs differ from the golden output by {TOLERANCE:e} or more: {}",
+            wrong.join(", ")
+        );
+    }
+    Ok(())
+}
