@@ -7,8 +7,10 @@
 //! optimised, single-threaded); and times ONNX Runtime by spawning `tests/benches/ort_bench.py`
 //! (2 intra-op threads). Every peer's output on the golden input is checked against the golden
 //! output (relative error below 2e-4) before its times are reported. It also measures the
-//! machine's AVX2 FMA peak (1 and 2 threads) and prints a markdown table of medians, speed-ups
-//! and the fraction of the 2-core peak that sparsec reaches.
+//! machine's AVX2 FMA peak (1 and 2 threads, at the start and the end) and prints a markdown
+//! table of medians, speed-ups, the fraction of the 2-core peak that sparsec and ORT reach, and
+//! how much CPU other processes took while each cell ran (the figures mean little on a busy
+//! machine).
 //!
 //! Owns nothing the product uses: a measurement program only.
 
@@ -53,8 +55,9 @@ struct Budget {
     max_iters: usize,
     /// Untimed calls first, at batch 1 and at batch 64.
     warmup: [usize; 2],
-    /// A batch-64 cell is skipped when its warm-up and `min_iters` calls are estimated (from
-    /// batch 1) to take longer than this, or to run past `total`.
+    /// A batch-64 cell is skipped when its warm-up and one timed call are estimated (from batch
+    /// 1, see [`fits`]) to take longer than this, or to run past `total`; a cell whose warm-up
+    /// shows slow calls gets fewer timed calls (at least one) to stay within it.
     cell_cap: Duration,
     /// The whole run.
     total: Duration,
@@ -538,6 +541,8 @@ struct Row {
     macs_per_image: u64,
     /// sparsec, ORT, tract.
     cells: [Cell; 3],
+    /// The share of the machine's CPU time other processes used while each cell ran.
+    others: [Option<f64>; 3],
 }
 
 struct ModelChecks {
@@ -606,8 +611,10 @@ fn bench_model(
         let input_file = tmp.join(format!("input-b{batch}.bin"));
         write_f32(&input_file, &x)?;
         let mut cells: [Cell; 3] = std::array::from_fn(|_| Cell::Skipped);
+        let mut others = [None; 3];
 
         // sparsec.
+        let before = cpu_sample();
         cells[0] = match session.as_mut() {
             _ if batch > 1 && !fits(budget, run_start, batch, &batch1[0], scaling[0]) => {
                 Cell::Skipped
@@ -618,9 +625,15 @@ fn bench_model(
             })),
             None => Cell::Failed(model_error.clone().unwrap_or_default()),
         };
-        eprintln!("{name} b{batch}: sparsec {}", cells[0].progress());
+        others[0] = others_share(before, cpu_sample());
+        eprintln!(
+            "{name} b{batch}: sparsec {}{}",
+            cells[0].progress(),
+            show_others(others[0])
+        );
 
         // ONNX Runtime.
+        let before = cpu_sample();
         cells[1] = match ort {
             _ if !opts.ort => Cell::Unavailable("--no-ort"),
             Err(_) => Cell::Unavailable("not installed"),
@@ -645,9 +658,15 @@ fn bench_model(
                 }
             }
         };
-        eprintln!("{name} b{batch}: ORT {}", cells[1].progress());
+        others[1] = others_share(before, cpu_sample());
+        eprintln!(
+            "{name} b{batch}: ORT {}{}",
+            cells[1].progress(),
+            show_others(others[1])
+        );
 
         // tract.
+        let before = cpu_sample();
         cells[2] = if !opts.tract {
             Cell::Unavailable("--no-tract")
         } else if batch > 1 && !fits(budget, run_start, batch, &batch1[2], scaling[2]) {
@@ -673,7 +692,12 @@ fn bench_model(
                 }
             }
         };
-        eprintln!("{name} b{batch}: tract {}", cells[2].progress());
+        others[2] = others_share(before, cpu_sample());
+        eprintln!(
+            "{name} b{batch}: tract {}{}",
+            cells[2].progress(),
+            show_others(others[2])
+        );
 
         if batch == 1 {
             batch1 = cells.clone();
@@ -689,6 +713,7 @@ fn bench_model(
             batch,
             macs_per_image: macs,
             cells,
+            others,
         });
     }
     Ok(ModelChecks {
@@ -718,6 +743,89 @@ fn cpu_model() -> String {
                 .map(|m| m.trim().to_string())
         })
         .unwrap_or_else(|| "unknown CPU".into())
+}
+
+/// Machine-wide busy and total CPU ticks (`/proc/stat`) and this process's own, its waited-for
+/// children included (`/proc/self/stat`), to tell a quiet measurement from a contended one.
+#[derive(Clone, Copy)]
+struct CpuSample {
+    busy: u64,
+    total: u64,
+    own: u64,
+}
+
+fn cpu_sample() -> Option<CpuSample> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    // user nice system idle iowait irq softirq steal (guest time is already inside user).
+    let f: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    let total: u64 = f.iter().sum();
+    let busy = total.checked_sub(f.get(3)? + f.get(4)?)?;
+    let me = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after `(comm) `: state is field 3; utime, stime, cutime, cstime are fields 14-17.
+    let rest = me.get(me.rfind(')')? + 2..)?;
+    let g: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    let own = g.get(11..15)?.iter().sum();
+    Some(CpuSample { busy, total, own })
+}
+
+/// The share of all CPUs' time between two samples that other processes used.
+fn others_share(a: Option<CpuSample>, b: Option<CpuSample>) -> Option<f64> {
+    let (a, b) = (a?, b?);
+    let total = b.total.checked_sub(a.total).filter(|&t| t > 0)?;
+    let busy = b.busy.saturating_sub(a.busy);
+    let own = b.own.saturating_sub(a.own);
+    Some(busy.saturating_sub(own) as f64 / total as f64)
+}
+
+fn show_others(share: Option<f64>) -> String {
+    share.map_or_else(String::new, |s| {
+        format!("; other processes used {:.0}% of the CPUs", 100.0 * s)
+    })
+}
+
+/// The 2-core peak the table divides by, from measurements at the start and the end of the run
+/// (the better of each): the 2-thread figure, unless other work on the machine held the second
+/// core back (then twice the 1-thread figure, with a warning).
+fn report_peak(start: (Option<f64>, Option<f64>), end: (Option<f64>, Option<f64>)) -> Option<f64> {
+    let best = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    };
+    let show = |p: Option<f64>| p.map_or_else(|| "–".into(), |p| format!("{p:.1}"));
+    let (Some(p1), Some(p2)) = (best(start.0, end.0), best(start.1, end.1)) else {
+        println!("FMA peak: not measured (needs x86-64 with AVX2 and FMA)");
+        return None;
+    };
+    println!(
+        "FMA peak (AVX2 vfmadd on 12 independent 8-wide accumulators, GFLOP/s; at the start / \
+         end of the run): 1 thread {} / {}, 2 threads {} / {}; taken: 1 thread {p1:.1}, 2 threads \
+         {p2:.1}",
+        show(start.0),
+        show(end.0),
+        show(start.1),
+        show(end.1)
+    );
+    if p2 < 1.8 * p1 {
+        println!(
+            "warning: 2 threads reach only {:.2}x one thread: the machine is busy; the table uses \
+             2 x the 1-thread peak ({:.1} GFLOP/s) as the 2-core peak",
+            p2 / p1,
+            2.0 * p1
+        );
+        Some(2.0 * p1)
+    } else {
+        Some(p2)
+    }
 }
 
 /// `/proc/loadavg`'s 1, 5 and 15 minute figures.
@@ -751,33 +859,7 @@ fn main() -> Result<()> {
     );
 
     let peak_seconds = if opts.quick { 0.15 } else { 0.4 };
-    let peak1 = fma_peak(1, peak_seconds);
-    let peak2 = fma_peak(2, peak_seconds);
-    // The 2-core peak the table divides by: the 2-thread figure, unless other work on the
-    // machine held the second core back (then twice the 1-thread figure, and a warning).
-    let peak2 = match (peak1, peak2) {
-        (Some(p1), Some(p2)) => {
-            println!(
-                "FMA peak (AVX2 vfmadd on 12 independent 8-wide accumulators): 1 thread {p1:.1} \
-                 GFLOP/s, 2 threads {p2:.1} GFLOP/s"
-            );
-            if p2 < 1.8 * p1 {
-                println!(
-                    "warning: 2 threads reach only {:.2}x one thread: the machine is busy; the \
-                     table uses 2 x the 1-thread peak ({:.1} GFLOP/s) as the 2-core peak",
-                    p2 / p1,
-                    2.0 * p1
-                );
-                Some(2.0 * p1)
-            } else {
-                Some(p2)
-            }
-        }
-        _ => {
-            println!("FMA peak: not measured (needs x86-64 with AVX2 and FMA)");
-            None
-        }
-    };
+    let start_peaks = (fma_peak(1, peak_seconds), fma_peak(2, peak_seconds));
 
     let ort = if opts.ort {
         ort_version()
@@ -819,6 +901,10 @@ fn main() -> Result<()> {
     // Best effort: a leftover temporary folder is harmless.
     let _ = std::fs::remove_dir_all(&tmp);
 
+    let end_peaks = (fma_peak(1, peak_seconds), fma_peak(2, peak_seconds));
+    println!();
+    let peak2 = report_peak(start_peaks, end_peaks);
+
     // Correctness.
     let mut wrong = Vec::new();
     println!(
@@ -844,9 +930,10 @@ fn main() -> Result<()> {
     let _ = writeln!(
         t,
         "\n| model | batch | sparsec ms | ORT ms | tract ms | sparsec/ORT speed-up | \
-         sparsec/tract speed-up | sparsec GFLOP/s | % of 2-core peak | ORT % of 2-core peak |"
+         sparsec/tract speed-up | sparsec GFLOP/s | % of 2-core peak | ORT % of 2-core peak | \
+         others' CPU % (sparsec/ORT/tract) |"
     );
-    let _ = writeln!(t, "|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(t, "|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &rows {
         let is_wrong = |i: usize| {
             checks
@@ -863,7 +950,7 @@ fn main() -> Result<()> {
         };
         let _ = writeln!(
             t,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.model,
             r.batch,
             r.cells[0].show(is_wrong(0)),
@@ -877,6 +964,15 @@ fn main() -> Result<()> {
             ),
             pct(ours),
             pct(r.cells[1].ms()),
+            r.others
+                .iter()
+                .zip(&r.cells)
+                .map(|(o, c)| match (o, c) {
+                    (Some(o), Cell::Time(_)) => format!("{:.0}", 100.0 * o),
+                    _ => "–".into(),
+                })
+                .collect::<Vec<_>>()
+                .join("/"),
         );
     }
     print!("{t}");
