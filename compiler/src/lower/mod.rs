@@ -88,20 +88,18 @@ pub fn lower(program: &Program, default_name: &str) -> (Option<Graph>, Vec<Diagn
     if let (Some(x), false) = (l.current, l.poisoned)
         && l.diagnostics.is_empty()
     {
-        {
-            let scope = l.graph.add_scope("output", Span::new(0, 0));
-            let span = l.graph.node(x).span;
-            if let Err(e) = l.graph.add(
-                Op::Output {
-                    name: "output".into(),
-                },
-                &[x],
-                span,
-                scope,
-            ) {
-                l.diagnostics
-                    .push(Diagnostic::new(Code::Shape, span, e.to_string()));
-            }
+        let scope = l.graph.add_scope("output", Span::new(0, 0));
+        let span = l.graph.node(x).span;
+        if let Err(e) = l.graph.add(
+            Op::Output {
+                name: "output".into(),
+            },
+            &[x],
+            span,
+            scope,
+        ) {
+            l.diagnostics
+                .push(Diagnostic::new(Code::Shape, span, e.to_string()));
         }
     }
     let ok = l.diagnostics.is_empty();
@@ -559,13 +557,17 @@ impl<'p> Lowering<'p> {
         if let Some(body) = &stage.body
             && let Some(first) = body.first()
         {
-            {
-                self.diagnostics.push(
-                    Diagnostic::new(Code::UnexpectedToken, first.span, "a block takes no `{ ... }` body")
-                        .label("ops here")
-                        .help("define the layer as `unit NAME { ... }` and write `block(unit = NAME, ...)`"),
-                );
-            }
+            self.diagnostics.push(
+                Diagnostic::new(
+                    Code::UnexpectedToken,
+                    first.span,
+                    "a block takes no `{ ... }` body",
+                )
+                .label("ops here")
+                .help(
+                    "define the layer as `unit NAME { ... }` and write `block(unit = NAME, ...)`",
+                ),
+            );
         }
         let b = self.blocks;
         self.blocks += 1;
@@ -919,14 +921,12 @@ impl<'p> Lowering<'p> {
                     if let Some(l) = layers
                         && v > i64::from(l) + 1
                     {
-                        {
-                            self.diagnostics.push(
-                                Diagnostic::new(Code::OffsetBeforeStart, a.value.span, format!("offset {v} reaches before the start of this {l}-layer block"))
-                                    .label(format!("no layer of the block, nor its output (layer {}), reaches back {v}", l + 1))
-                                    .help(format!("the largest useful offset here is {}", l + 1)),
-                            );
-                            return None;
-                        }
+                        self.diagnostics.push(
+                            Diagnostic::new(Code::OffsetBeforeStart, a.value.span, format!("offset {v} reaches before the start of this {l}-layer block"))
+                                .label(format!("no layer of the block, nor its output (layer {}), reaches back {v}", l + 1))
+                                .help(format!("the largest useful offset here is {}", l + 1)),
+                        );
+                        return None;
                     }
                     offsets.push(v as u32);
                 }
