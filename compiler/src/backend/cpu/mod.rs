@@ -17,6 +17,7 @@ use ir::{Graph, NodeId, Op, ParamId};
 use runtime::abi;
 use runtime::cpu::kernels;
 use runtime::format::{Descriptor, Step, StepKind};
+use std::collections::HashMap;
 
 /// Sections and tables the artifact writer needs.
 pub struct CpuProgram {
@@ -64,6 +65,9 @@ struct Lowering<'g> {
     weights: SectionBuilder,
     consts: SectionBuilder,
     numbering: ir::print::Numbering,
+    /// Where each plain parameter already went: a batch norm's scale and shift read by several
+    /// readers are stored once.
+    placed: HashMap<ParamId, u64>,
 }
 
 impl Lowering<'_> {
@@ -75,8 +79,17 @@ impl Lowering<'_> {
     }
 
     fn param(&mut self, id: ParamId) -> Result<u64, BackendError> {
-        let data = self.data(id)?.to_vec();
-        Ok(self.weights.push_f32(&data))
+        if let Some(&at) = self.placed.get(&id) {
+            return Ok(at);
+        }
+        let graph = self.graph;
+        let data = graph
+            .params
+            .data(id)
+            .ok_or_else(|| BackendError::Unbound(graph.params.get(id).name.clone()))?;
+        let at = self.weights.push_f32(data);
+        self.placed.insert(id, at);
+        Ok(at)
     }
 
     fn buffer(&self, node: NodeId) -> Result<BufferRef, BackendError> {
@@ -123,6 +136,7 @@ pub fn compile(graph: &Graph, plan: &MemoryPlan) -> Result<CpuProgram, BackendEr
         weights: SectionBuilder::default(),
         consts: SectionBuilder::default(),
         numbering: ir::print::Numbering::new(graph, &plan.liveness.schedule),
+        placed: HashMap::new(),
     };
     let mut calls = Vec::new();
     let mut steps = Vec::new();
