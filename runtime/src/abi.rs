@@ -109,8 +109,11 @@ pub struct LinearDesc {
     pub shift_off: u64,
 }
 
-/// Every kernel: `(descriptor, pieces, output of this image, weights section base, scratch)`.
-/// `scratch` has at least the bytes the model's manifest states as `scratch_bytes`.
+/// Every kernel: `(descriptor, pieces, output of this image, weights section base, context)`.
+/// The context is the runtime's, passed through generated code untouched: for the kernels of
+/// [`crate::cpu::kernels::kernel_table`] it is scratch memory of at least the manifest's
+/// `scratch_bytes`; for those of `kernel_table_parallel` it is a `cpu::pool::Team` (helper
+/// threads, each with its own scratch).
 pub type ConvKernel =
     unsafe extern "C" fn(*const ConvDesc, *const Piece, *mut f32, *const u8, *mut u8) -> i32;
 pub type PoolKernel =
@@ -124,7 +127,17 @@ pub const KERNEL_POOL: usize = 1;
 pub const KERNEL_LINEAR: usize = 2;
 pub const KERNEL_COUNT: usize = 3;
 
-/// The generated entry point: `(kernel table, arena, weights, constants, scratch, batch)`.
-/// Returns `STATUS_OK` or the first kernel's non-zero status.
-pub type Forward =
-    unsafe extern "C" fn(*const usize, *mut u8, *const u8, *const u8, *mut u8, u64) -> i32;
+/// The generated entry point: `(kernel table, arena, weights, constants, kernel context, batch,
+/// first, end)`. Runs every step for images `first..end` (with `end <= batch`) of a batch of
+/// `batch` images, so threads may run disjoint image ranges of one batch at once. Returns
+/// `STATUS_OK` or the first kernel's non-zero status, tagged with its step.
+pub type Forward = unsafe extern "C" fn(
+    *const usize,
+    *mut u8,
+    *const u8,
+    *const u8,
+    *mut u8,
+    u64,
+    u64,
+    u64,
+) -> i32;

@@ -32,7 +32,7 @@ use crate::error::LoadError;
 pub const MAGIC: [u8; 8] = *b"SPARSEC\0";
 /// The layout version this runtime reads and writes. Any change to the layout, the manifest
 /// types or the descriptor structs in `abi.rs` bumps it.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// Size of the fixed header.
 pub const HEADER_BYTES: usize = 64;
 /// Alignment of the data area and of every section (relative and absolute), and of every
@@ -1125,7 +1125,7 @@ mod tests {
     fn header_layout_and_checksum() {
         let (bytes, _, _) = sample_file();
         assert_eq!(&bytes[..8], b"SPARSEC\0");
-        assert_eq!(bytes[8..12], 1u32.to_le_bytes());
+        assert_eq!(bytes[8..12], FORMAT_VERSION.to_le_bytes());
         assert_eq!(bytes[12..16], 64u32.to_le_bytes());
         assert_eq!(bytes[24..32], (bytes.len() as u64).to_le_bytes());
         assert!(bytes[40..64].iter().all(|&b| b == 0));
@@ -1188,13 +1188,13 @@ mod tests {
         let e = with_bytes(|b| b[..8].copy_from_slice(b"\x7fELF\x02\x01\x01\0"));
         assert!(matches!(e, LoadError::BadMagic { found } if &found[1..4] == b"ELF"));
         assert!(e.to_string().contains("not a sparsec model.bin"));
-        let e = with_bytes(|b| b[8..12].copy_from_slice(&2u32.to_le_bytes()));
+        let e = with_bytes(|b| b[8..12].copy_from_slice(&(FORMAT_VERSION + 1).to_le_bytes()));
         assert!(matches!(
             e,
             LoadError::Version {
-                found: 2,
-                supported: 1
-            }
+                found,
+                supported: FORMAT_VERSION
+            } if found == FORMAT_VERSION + 1
         ));
         let e = with_bytes(|b| b[12..16].copy_from_slice(&128u32.to_le_bytes()));
         assert!(matches!(

@@ -14,7 +14,8 @@ pub mod cpu;
 pub mod error;
 pub mod format;
 
+mod aligned;
 mod model;
 
 pub use error::{LoadError, RunError};
-pub use model::{Model, Session};
+pub use model::{Model, Session, default_threads};

@@ -8,63 +8,14 @@
 //! Must not contain kernels or format parsing.
 
 use crate::abi;
+use crate::aligned::AlignedBytes;
 use crate::cpu::code::ExecutableCode;
 use crate::cpu::kernels;
+use crate::cpu::team::Team;
 use crate::error::{LoadError, RunError};
 use crate::format::{self, Backend, Manifest, ModelFile, StepDesc, TensorSpec};
 use std::path::Path;
-
-/// 64-byte aligned, zero-initialised bytes (weights, constants, arena, scratch).
-struct AlignedBytes {
-    blocks: Vec<Block>,
-    len: usize,
-}
-
-#[derive(Clone, Copy)]
-#[repr(C, align(64))]
-struct Block([u8; 64]);
-
-impl AlignedBytes {
-    fn zeroed(len: usize) -> AlignedBytes {
-        AlignedBytes {
-            blocks: vec![Block([0; 64]); len.div_ceil(64).max(1)],
-            len,
-        }
-    }
-
-    fn from_slice(bytes: &[u8]) -> AlignedBytes {
-        let mut a = AlignedBytes::zeroed(bytes.len());
-        a.as_mut_slice()[..bytes.len()].copy_from_slice(bytes);
-        a
-    }
-
-    fn as_mut_slice(&mut self) -> &mut [u8] {
-        let len = self.len;
-        self.blocks.as_flattened_mut_bytes(len)
-    }
-
-    fn as_ptr(&self) -> *const u8 {
-        self.blocks.as_ptr().cast()
-    }
-
-    fn as_mut_ptr(&mut self) -> *mut u8 {
-        self.blocks.as_mut_ptr().cast()
-    }
-}
-
-trait Flatten {
-    fn as_flattened_mut_bytes(&mut self, len: usize) -> &mut [u8];
-}
-
-impl Flatten for Vec<Block> {
-    fn as_flattened_mut_bytes(&mut self, len: usize) -> &mut [u8] {
-        let flat: &mut [[u8; 64]] =
-            // SAFETY: `Block` is `repr(C)` around `[u8; 64]` (alignment only adds no padding to
-            // a 64-byte array), so a slice of blocks is a slice of byte arrays.
-            unsafe { std::slice::from_raw_parts_mut(self.as_mut_ptr().cast(), self.len()) };
-        &mut flat.as_flattened_mut()[..len]
-    }
-}
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 
 /// A loaded model: validated manifest, weights and constants in aligned memory, generated
 /// code mapped read+execute. `Send + Sync`: every field is immutable after `load`.
@@ -74,7 +25,9 @@ pub struct Model {
     consts: AlignedBytes,
     code: ExecutableCode,
     entry: usize,
+    /// Kernels for one thread (context: scratch) and for a team (context: the `Team`).
     kernels: [usize; abi::KERNEL_COUNT],
+    team_kernels: [usize; abi::KERNEL_COUNT],
 }
 
 impl std::fmt::Debug for Model {
@@ -153,6 +106,7 @@ impl Model {
             code,
             entry,
             kernels: kernels::kernel_table(),
+            team_kernels: kernels::kernel_table_team(),
         })
     }
 
@@ -176,13 +130,21 @@ impl Model {
         &self.manifest
     }
 
-    /// A session for one thread. Cheap: the arena grows on first use.
+    /// A session: the working memory of one caller, using every core of the machine
+    /// ([`default_threads`]). Cheap: its threads start and its arena grows on the first `run`.
     pub fn session(&self) -> Session<'_> {
+        self.session_with_threads(default_threads())
+    }
+
+    /// A session running on `threads` threads (the caller's plus `threads - 1` of its own; 1:
+    /// only the caller's).
+    pub fn session_with_threads(&self, threads: usize) -> Session<'_> {
         Session {
             model: self,
             arena: AlignedBytes::zeroed(0),
-            scratch: AlignedBytes::zeroed(self.manifest.scratch_bytes as usize),
-            table: self.kernels,
+            output: Vec::new(),
+            threads: threads.max(1),
+            team: None,
         }
     }
 }
@@ -266,20 +228,78 @@ fn validate_step(
     Ok(())
 }
 
-/// One thread's working memory for a [`Model`].
+/// The threads a session uses by default: `SPARSEC_THREADS` if set to a positive number, else
+/// every core `std::thread::available_parallelism` reports.
+pub fn default_threads() -> usize {
+    std::env::var("SPARSEC_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// One caller's working memory for a [`Model`]: a [`Team`] of threads, each with a one-image
+/// arena and kernel scratch, a batch arena and the output.
+///
+/// A batch of at least as many images as threads is tiled by images: each thread takes the
+/// next image, copies it into its own one-image arena, runs the whole forward pass on it
+/// (its activations stay in that core's cache) and copies the output out. The plan may reuse
+/// bytes between buffers that are not live at the same step, so two images at different steps
+/// must never share an arena. A smaller batch runs in the batch arena, each convolution split
+/// across the threads.
 pub struct Session<'m> {
     model: &'m Model,
     arena: AlignedBytes,
-    scratch: AlignedBytes,
-    table: [usize; abi::KERNEL_COUNT],
+    output: Vec<f32>,
+    threads: usize,
+    team: Option<Team>,
+}
+
+/// The pointers every thread of a run passes to the forward function, as integers (`Sync`).
+#[derive(Clone, Copy)]
+struct ForwardArgs {
+    forward: abi::Forward,
+    arena: usize,
+    weights: usize,
+    consts: usize,
+    batch: u64,
+}
+
+impl ForwardArgs {
+    /// # Safety
+    /// `table` and `context` must match (the scratch table with a member's scratch, the team
+    /// table with the team) and `first..end` lie within the batch; the other pointers are the
+    /// session's and model's, valid for the batch (see `Session::run`).
+    unsafe fn call(&self, table: &[usize], context: *mut u8, first: u64, end: u64) -> i32 {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            (self.forward)(
+                table.as_ptr(),
+                self.arena as *mut u8,
+                self.weights as *const u8,
+                self.consts as *const u8,
+                context,
+                self.batch,
+                first,
+                end,
+            )
+        }
+    }
 }
 
 impl Session<'_> {
+    /// The threads this session runs on.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
     /// Runs a batch: `input` holds `batch` images in NCHW order (`batch * C * H * W` floats).
     /// Returns the output (`batch * classes` floats), borrowed from the session's arena.
-    /// NaN and infinity propagate as in PyTorch; they never crash.
+    /// NaN and infinity propagate as in PyTorch; they never crash. The first call starts the
+    /// session's threads and sizes its arena; later calls with no larger batch allocate nothing.
     pub fn run(&mut self, input: &[f32], batch: usize) -> Result<&[f32], RunError> {
-        let m = &self.model.manifest;
+        let model = self.model;
+        let m = &model.manifest;
         if batch == 0 {
             return Err(RunError::ZeroBatch);
         }
@@ -299,55 +319,146 @@ impl Session<'_> {
             });
         }
         let b = batch as u64;
-        // Load-time validation bounds every offset by arena_bytes_per_image * max_batch.
-        let arena_len = (m.arena_bytes_per_image * b) as usize;
-        if self.arena.len < arena_len {
-            self.arena = AlignedBytes::zeroed(arena_len);
+        if self.team.is_none() {
+            let team = Team::new(
+                self.threads,
+                m.arena_bytes_per_image as usize,
+                m.scratch_bytes as usize,
+            )
+            .map_err(|e| RunError::Backend(format!("starting the session's threads: {e}")))?;
+            self.team = Some(team);
         }
-        let in_buf = m.buffers[spec.buffer as usize];
-        let at = (in_buf.offset_per_image * b) as usize;
-        let dst = &mut self.arena.as_mut_slice()[at..at + input.len() * 4];
-        for (d, v) in dst.chunks_exact_mut(4).zip(input) {
-            d.copy_from_slice(&v.to_ne_bytes());
-        }
-        let forward_ptr = self.model.code.at(self.model.entry);
+        let Some(team) = self.team.as_ref() else {
+            return Err(RunError::Backend("the session has no threads".into()));
+        };
+        let forward_ptr = model.code.at(model.entry);
         // SAFETY: the code section was produced by sparsec for this ABI (checksum-verified,
         // target-checked) and maps read+execute for the model's lifetime; `entry` lies inside it.
         let forward: abi::Forward = unsafe { std::mem::transmute(forward_ptr) };
-        // SAFETY: every pointer is valid for the sizes the validated manifest promises: the
-        // arena holds `arena_bytes_per_image * batch` bytes, scratch `scratch_bytes`, weights
-        // and constants their sections; the table holds KERNEL_COUNT kernel pointers.
-        let status = unsafe {
-            forward(
-                self.table.as_ptr(),
-                self.arena.as_mut_ptr(),
-                self.model.weights.as_ptr(),
-                self.model.consts.as_ptr(),
-                self.scratch.as_mut_ptr(),
-                b,
-            )
-        };
-        if status != abi::STATUS_OK {
-            // Generated code returns (failing step + 1) * 256 + the kernel's status.
-            let step = (status / 256 - 1).max(0) as usize;
-            let label = m
-                .steps
-                .get(step)
-                .map_or_else(String::new, |s| s.label.clone());
-            return Err(RunError::Kernel {
-                step,
-                label,
-                status: status % 256,
+        let members = team.size();
+        let in_buf = m.buffers[spec.buffer as usize];
+        let out_spec = &m.outputs[0];
+        let out_buf = m.buffers[out_spec.buffer as usize];
+        let out_per_image = out_buf.bytes_per_image as usize / 4;
+        // Every pointer below is valid for the sizes the validated manifest promises: a batch
+        // arena holds `arena_bytes_per_image * batch` bytes, a member's arena one image's,
+        // each member's scratch `scratch_bytes`, weights and constants their sections; the
+        // tables hold KERNEL_COUNT kernels of the matching kind; image ranges lie in the batch.
+        if batch < members {
+            // Load-time validation bounds every offset by arena_bytes_per_image * max_batch.
+            let arena_len = (m.arena_bytes_per_image * b) as usize;
+            if self.arena.len() < arena_len {
+                self.arena = AlignedBytes::zeroed(arena_len);
+            }
+            let at = (in_buf.offset_per_image * b) as usize;
+            let dst = &mut self.arena.as_mut_slice()[at..at + input.len() * 4];
+            for (d, v) in dst.chunks_exact_mut(4).zip(input) {
+                d.copy_from_slice(&v.to_ne_bytes());
+            }
+            let args = ForwardArgs {
+                forward,
+                arena: self.arena.as_mut_ptr() as usize,
+                weights: model.weights.as_ptr() as usize,
+                consts: model.consts.as_ptr() as usize,
+                batch: b,
+            };
+            let context = std::ptr::from_ref(team).cast_mut().cast::<u8>();
+            // SAFETY: see above; the team table with the team, which runs no other job.
+            let status = unsafe { args.call(&model.team_kernels, context, 0, b) };
+            check(m, status)?;
+            let at = (out_buf.offset_per_image * b) as usize;
+            let bytes = &self.arena.as_mut_slice()[at..at + out_per_image * batch * 4];
+            // SAFETY: the arena is 64-byte aligned and `at` is a multiple of 64 (plan offsets
+            // are), so the bytes are f32-aligned; they lie inside the arena; f32 has no invalid
+            // bit patterns.
+            return Ok(unsafe {
+                std::slice::from_raw_parts(bytes.as_ptr().cast::<f32>(), out_per_image * batch)
             });
         }
-        let out = &m.outputs[0];
-        let out_buf = m.buffers[out.buffer as usize];
-        let at = (out_buf.offset_per_image * b) as usize;
-        let len = (out_buf.bytes_per_image * b) as usize / 4;
-        let bytes = &self.arena.as_mut_slice()[at..at + len * 4];
-        // SAFETY: the arena is 64-byte aligned and `at` is a multiple of 64 (plan offsets are),
-        // so the bytes are f32-aligned; `len * 4` bytes lie inside the arena; f32 has no
-        // invalid bit patterns.
-        Ok(unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<f32>(), len) })
+        if self.output.len() < out_per_image * batch {
+            self.output = vec![0.0; out_per_image * batch];
+        }
+        let args = ForwardArgs {
+            forward,
+            arena: 0,
+            weights: model.weights.as_ptr() as usize,
+            consts: model.consts.as_ptr() as usize,
+            batch: 1,
+        };
+        let output = self.output.as_mut_ptr() as usize;
+        let (in_at, out_at) = (
+            in_buf.offset_per_image as usize,
+            out_buf.offset_per_image as usize,
+        );
+        let next = AtomicUsize::new(0);
+        let failed = AtomicI32::new(abi::STATUS_OK);
+        let ok = team.run(&|member| {
+            let arena = team.arena(member);
+            let args = ForwardArgs {
+                arena: arena as usize,
+                ..args
+            };
+            loop {
+                let image = next.fetch_add(1, Ordering::Relaxed);
+                if image >= batch || failed.load(Ordering::Relaxed) != abi::STATUS_OK {
+                    break;
+                }
+                let src = &input[image * per_image..][..per_image];
+                // SAFETY: the input buffer lies in the member's one-image arena, 64-byte
+                // aligned; only this member uses that arena.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        src.as_ptr(),
+                        arena.add(in_at).cast::<f32>(),
+                        per_image,
+                    );
+                }
+                // SAFETY: see above; the scratch table with this member's own scratch, one
+                // image in its own arena.
+                let s = unsafe { args.call(&model.kernels, team.scratch(member), 0, 1) };
+                if s != abi::STATUS_OK {
+                    let _ = failed.compare_exchange(
+                        abi::STATUS_OK,
+                        s,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
+                    break;
+                }
+                // SAFETY: the output buffer lies in the member's arena; `image`'s row of the
+                // session's output (`out_per_image * batch` floats) is written by this member
+                // only.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        arena.add(out_at).cast::<f32>(),
+                        (output as *mut f32).add(image * out_per_image),
+                        out_per_image,
+                    );
+                }
+            }
+        });
+        if !ok {
+            return Err(RunError::Backend("a session thread panicked".into()));
+        }
+        check(m, failed.load(Ordering::Relaxed))?;
+        Ok(&self.output[..out_per_image * batch])
     }
+}
+
+/// Turns the forward function's status into a result. Generated code returns (failing step +
+/// 1) * 256 + the kernel's status.
+fn check(m: &Manifest, status: i32) -> Result<(), RunError> {
+    if status == abi::STATUS_OK {
+        return Ok(());
+    }
+    let step = (status / 256 - 1).max(0) as usize;
+    let label = m
+        .steps
+        .get(step)
+        .map_or_else(String::new, |s| s.label.clone());
+    Err(RunError::Kernel {
+        step,
+        label,
+        status: status % 256,
+    })
 }

@@ -984,9 +984,9 @@ fn main() -> Result<()> {
         Budget::full().cell.as_secs_f64()
     );
     println!(
-        "sparsec currently runs one thread per session (it does not split work across threads \
-         yet), so it can reach at most 50% of the 2-core peak; ORT uses {ORT_THREADS} threads; \
-         tract runs single-threaded."
+        "sparsec runs {} threads per session (`runtime::default_threads`, `SPARSEC_THREADS`); \
+         ORT uses {ORT_THREADS} threads; tract runs single-threaded.",
+        runtime::default_threads()
     );
     for r in &rows {
         for (p, c) in PEERS.iter().zip(&r.cells) {

@@ -1,7 +1,8 @@
 //! The runtime's contract on a real compiled model: hostile model.bin bytes are typed
 //! `LoadError`s (never a panic, and nothing is mapped executable before validation passes),
 //! a model for another target is refused, bad inputs are typed `RunError`s, NaN and infinity
-//! propagate without crashing, and one `Model` serves 8 threads with bit-identical results.
+//! propagate without crashing, one `Model` serves 8 threads with bit-identical results, and a
+//! session's own threads never change a bit.
 
 use proptest::prelude::*;
 use runtime::format::{ModelFile, Writer};
@@ -145,6 +146,40 @@ fn eight_threads_share_one_model_bit_identically() {
             }
         }
     });
+}
+
+/// Every way a session can split work gives the same bits: 1 thread; batches smaller than the
+/// team (each convolution split between threads, in the batch arena); batches at least as large
+/// (images tiled over the threads' own arenas, claimed in any order). Checked against one
+/// thread's batch-1 rows, for teams of 1 to 4 and batches 1 to 8, reusing each session.
+#[test]
+fn thread_counts_and_batch_splits_agree_bit_for_bit() {
+    let model = Model::from_bytes(model_bytes()).expect("loads");
+    let x = input(8);
+    let classes = model.output().shape[0] as usize;
+    let mut single = model.session_with_threads(1);
+    let rows: Vec<Vec<f32>> = (0..8)
+        .map(|i| {
+            let one = &x[i * 3 * 32 * 32..][..3 * 32 * 32];
+            single.run(one, 1).expect("runs").to_vec()
+        })
+        .collect();
+    for threads in 1..=4 {
+        let mut s = model.session_with_threads(threads);
+        assert_eq!(s.threads(), threads);
+        for batch in [1, 2, 3, 5, 8, 1, 7] {
+            let got = s.run(&x[..batch * 3 * 32 * 32], batch).expect("runs");
+            assert_eq!(got.len(), batch * classes);
+            for (i, row) in got.chunks_exact(classes).enumerate() {
+                assert!(
+                    row.iter()
+                        .zip(&rows[i])
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{threads} threads, batch {batch}: row {i} differs from one thread's"
+                );
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -53,7 +53,9 @@
 //! the next tile, so its input stays in L1.
 
 use crate::abi::{self, ConvDesc, LinearDesc, Piece, PoolDesc};
+use crate::cpu::team::Team;
 use std::slice;
+use std::sync::atomic::{AtomicI32, Ordering};
 
 /// Output channels per block of the packed convolution weights (see [`pack_conv_weights`]).
 pub const CONV_OC_BLOCK: usize = 6;
@@ -336,21 +338,30 @@ struct Band {
 const BAND_FLOATS: usize = 1 << 16;
 
 impl ConvGeom {
-    /// The bands of the output, in order.
+    /// The bands of part `part` of `parts` of the output, in order: the output rows (or, flat,
+    /// the pixels, in whole tiles) cut into `parts` near-equal contiguous runs, each run cut
+    /// into bands. `(0, 1)` gives the whole output; the parts of one split are disjoint.
     #[inline(always)]
-    fn bands(&self) -> impl Iterator<Item = Band> + use<> {
-        let (band, total) = (
-            self.band,
-            if self.flat {
-                self.oh * self.ow
-            } else {
-                self.oh
-            },
-        );
-        (0..total.div_ceil(band)).map(move |i| Band {
-            start: i * band,
-            end: ((i + 1) * band).min(total),
+    fn bands(&self, part: usize, parts: usize) -> impl Iterator<Item = Band> + use<> {
+        let (unit, total) = if self.flat {
+            (2 * LANES, self.oh * self.ow)
+        } else {
+            (1, self.oh)
+        };
+        let units = total.div_ceil(unit);
+        let parts = parts.max(1);
+        let lo = (units * part / parts * unit).min(total);
+        let hi = (units * (part + 1) / parts * unit).min(total);
+        let band = self.band;
+        (lo..hi).step_by(band).map(move |start| Band {
+            start,
+            end: (start + band).min(hi),
         })
+    }
+
+    /// Multiply-accumulates of the whole convolution (for deciding whether to split it).
+    fn macs(&self) -> usize {
+        self.oc * self.oh * self.ow * self.ic * self.kh * self.kw
     }
 
     /// Output vectors in `band`.
@@ -866,8 +877,33 @@ struct ConvArgs<'a> {
     w: &'a [f32],
     bias: Option<&'a [f32]>,
     relu: bool,
-    out: &'a mut [f32],
+    /// Raw, not `&mut`: the members of a team write disjoint parts of one output at once.
+    out: Out,
     scratch: &'a mut [f32],
+}
+
+/// A convolution's output: `len` floats at `ptr`, written in disjoint runs.
+#[derive(Clone, Copy)]
+struct Out {
+    ptr: *mut f32,
+    len: usize,
+}
+
+impl Out {
+    /// Floats `at..at + n`, or `None` outside the output.
+    ///
+    /// # Safety
+    /// No other reference to these floats may live while the slice does (members of a team
+    /// write disjoint output rows or pixel runs).
+    #[inline(always)]
+    unsafe fn run<'o>(self, at: usize, n: usize) -> Option<&'o mut [f32]> {
+        let end = at.checked_add(n)?;
+        if end > self.len {
+            return None;
+        }
+        // SAFETY: inside the output (checked just above), unaliased by the caller's guarantee.
+        Some(unsafe { slice::from_raw_parts_mut(self.ptr.add(at), n) })
+    }
 }
 
 /// # Safety
@@ -897,7 +933,13 @@ unsafe fn conv_args<'a>(
                 _ => Some(section(weights, d.bias_off, g.oc)?),
             },
             relu: d.flags & abi::FLAG_RELU != 0,
-            out: buffer(out, g.out_len)?,
+            out: {
+                buffer(out, 0)?;
+                Out {
+                    ptr: out,
+                    len: g.out_len,
+                }
+            },
             scratch: buffer(scratch.cast(), g.scratch_len)?,
         })
     }
@@ -1099,7 +1141,10 @@ fn conv_compute_portable(a: &mut ConvArgs<'_>, band: Band) {
             }
             for (o, acc_o) in acc.iter().enumerate().take(g.oc - oc0) {
                 let bv = a.bias.map_or(0.0, |bias| bias[oc0 + o]);
-                let dst = &mut a.out[(oc0 + o) * oplane + vout..][..n];
+                // SAFETY: this band's pixels, which only this call writes.
+                let Some(dst) = (unsafe { a.out.run((oc0 + o) * oplane + vout, n) }) else {
+                    return;
+                };
                 for (d, &s) in dst.iter_mut().zip(acc_o) {
                     let v = s + bv;
                     *d = if a.relu { relu(v) } else { v };
@@ -1109,9 +1154,9 @@ fn conv_compute_portable(a: &mut ConvArgs<'_>, band: Band) {
     }
 }
 
-/// A whole portable convolution.
-fn conv_portable_body(a: &mut ConvArgs<'_>) {
-    for band in a.g.bands() {
+/// Part `part` of `parts` of a portable convolution (the whole of it for `(0, 1)`).
+fn conv_portable_body(a: &mut ConvArgs<'_>, part: usize, parts: usize) {
+    for band in a.g.bands(part, parts) {
         pack_band(a, band);
         conv_compute_portable(a, band);
     }
@@ -1223,7 +1268,7 @@ pub unsafe extern "C" fn conv2d_portable(
     let Some(mut a) = (unsafe { conv_args(desc, pieces, out, weights, scratch) }) else {
         return abi::STATUS_BAD_DESCRIPTOR;
     };
-    conv_portable_body(&mut a);
+    conv_portable_body(&mut a, 0, 1);
     abi::STATUS_OK
 }
 
@@ -1288,9 +1333,9 @@ pub unsafe extern "C" fn conv2d_avx2(
     };
     if avx2::available() {
         // SAFETY: the CPU has AVX2 and FMA (checked just above).
-        unsafe { avx2::conv(&mut a) };
+        unsafe { avx2::conv(&mut a, 0, 1) };
     } else {
-        conv_portable_body(&mut a);
+        conv_portable_body(&mut a, 0, 1);
     }
     abi::STATUS_OK
 }
@@ -1345,6 +1390,154 @@ pub unsafe extern "C" fn linear_avx2(
     abi::STATUS_OK
 }
 
+// ---------------------------------------------------------------------------------------------
+// Team entry points: the context is a `Team` (the session's threads). A convolution's output is
+// split between the members; pooling and the linear layer are small and run on the caller.
+// ---------------------------------------------------------------------------------------------
+
+/// The kernel table for running one image on a [`Team`]: the context argument is a `*const
+/// Team`. Function pointers as `usize`, in `abi::KERNEL_*` order.
+pub fn kernel_table_team() -> [usize; abi::KERNEL_COUNT] {
+    let mut t = [0; abi::KERNEL_COUNT];
+    t[abi::KERNEL_CONV] = conv2d_team as abi::ConvKernel as usize;
+    t[abi::KERNEL_POOL] = pool_team as abi::PoolKernel as usize;
+    t[abi::KERNEL_LINEAR] = linear_team as abi::LinearKernel as usize;
+    t
+}
+
+/// The smallest convolution (multiply-accumulates) split between members: below it the
+/// fork-join (about a microsecond) costs more than the second core saves.
+const SPLIT_MIN_MACS: usize = 1 << 17;
+
+/// The pooling kernel for this CPU (the AVX2 entry falls back to portable code by itself).
+fn best_pool() -> abi::PoolKernel {
+    #[cfg(target_arch = "x86_64")]
+    return pool_avx2;
+    #[cfg(not(target_arch = "x86_64"))]
+    return pool_portable;
+}
+
+/// The linear kernel for this CPU (as [`best_pool`]).
+fn best_linear() -> abi::LinearKernel {
+    #[cfg(target_arch = "x86_64")]
+    return linear_avx2;
+    #[cfg(not(target_arch = "x86_64"))]
+    return linear_portable;
+}
+
+/// Part `part` of `parts` of a convolution, with AVX2+FMA where the CPU has them.
+fn conv_part(a: &mut ConvArgs<'_>, part: usize, parts: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2::available() {
+        // SAFETY: the CPU has AVX2 and FMA (checked just above).
+        unsafe { avx2::conv(a, part, parts) };
+        return;
+    }
+    conv_portable_body(a, part, parts);
+}
+
+/// A convolution's operands, shared by the members of a team.
+struct ConvCall {
+    desc: *const ConvDesc,
+    pieces: *const Piece,
+    out: *mut f32,
+    weights: *const u8,
+}
+
+// SAFETY: the members only read the descriptor, pieces and weights, and write disjoint parts of
+// the output (`ConvGeom::bands`); the caller keeps them all alive until every member is done.
+unsafe impl Sync for ConvCall {}
+
+/// Convolution on a team ([`abi::ConvKernel`]; the context is a `*const Team`): each member
+/// packs the input its part of the output rows (or pixel runs) reads into its own scratch and
+/// computes that part; the parts are disjoint.
+///
+/// # Safety
+/// The kernel contract (module doc), with `team` a live [`Team`] whose members' scratch holds
+/// the descriptor's scratch bytes, not running another job.
+pub unsafe extern "C" fn conv2d_team(
+    desc: *const ConvDesc,
+    pieces: *const Piece,
+    out: *mut f32,
+    weights: *const u8,
+    team: *mut u8,
+) -> i32 {
+    // SAFETY: a live team or null, by the contract.
+    let Some(team) = (unsafe { team.cast::<Team>().as_ref() }) else {
+        return abi::STATUS_BAD_DESCRIPTOR;
+    };
+    if !desc.is_aligned() {
+        return abi::STATUS_BAD_DESCRIPTOR;
+    }
+    // SAFETY: aligned, and valid or null by the contract.
+    let Some(Ok(g)) = (unsafe { desc.as_ref() }).map(conv_geom) else {
+        return abi::STATUS_BAD_DESCRIPTOR;
+    };
+    let status = AtomicI32::new(abi::STATUS_OK);
+    let call = ConvCall {
+        desc,
+        pieces,
+        out,
+        weights,
+    };
+    let run_part = |member: usize, parts: usize| {
+        let c = &call;
+        // SAFETY: the kernel contract, forwarded; each member gets its own scratch, and the
+        // members' parts of the output are disjoint (`ConvGeom::bands`).
+        match unsafe { conv_args(c.desc, c.pieces, c.out, c.weights, team.scratch(member)) } {
+            Some(mut a) => conv_part(&mut a, member, parts),
+            None => status.store(abi::STATUS_BAD_DESCRIPTOR, Ordering::Relaxed),
+        }
+    };
+    let members = team.size();
+    if members == 1 || g.macs() < SPLIT_MIN_MACS {
+        run_part(0, 1);
+    } else if !team.run(&|member| run_part(member, members)) {
+        return abi::STATUS_BAD_DESCRIPTOR;
+    }
+    status.load(Ordering::Relaxed)
+}
+
+/// Pooling on a team: on the caller, with member 0's scratch.
+///
+/// # Safety
+/// As [`conv2d_team`].
+pub unsafe extern "C" fn pool_team(
+    desc: *const PoolDesc,
+    pieces: *const Piece,
+    out: *mut f32,
+    weights: *const u8,
+    team: *mut u8,
+) -> i32 {
+    // SAFETY: a live team or null, by the contract.
+    let Some(team) = (unsafe { team.cast::<Team>().as_ref() }) else {
+        return abi::STATUS_BAD_DESCRIPTOR;
+    };
+    let kernel = best_pool();
+    // SAFETY: the kernel contract, forwarded with member 0's scratch.
+    unsafe { kernel(desc, pieces, out, weights, team.scratch(0)) }
+}
+
+/// Linear layer on a team: on the caller, with member 0's scratch.
+///
+/// # Safety
+/// As [`conv2d_team`].
+pub unsafe extern "C" fn linear_team(
+    desc: *const LinearDesc,
+    pieces: *const Piece,
+    out: *mut f32,
+    weights: *const u8,
+    team: *mut u8,
+) -> i32 {
+    // SAFETY: a live team or null, by the contract.
+    let Some(team) = (unsafe { team.cast::<Team>().as_ref() }) else {
+        return abi::STATUS_BAD_DESCRIPTOR;
+    };
+    let kernel = best_linear();
+    // SAFETY: the kernel contract, forwarded with member 0's scratch.
+    unsafe { kernel(desc, pieces, out, weights, team.scratch(0)) }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::{
@@ -1396,7 +1589,7 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    pub(super) fn conv(a: &mut ConvArgs<'_>) {
+    pub(super) fn conv(a: &mut ConvArgs<'_>, part: usize, parts: usize) {
         let g = a.g;
         let taps = if g.kh == 1 && g.kw == 1 {
             TAPS_1X1
@@ -1407,7 +1600,7 @@ mod avx2 {
         } else {
             TAPS_STRIDED
         };
-        for band in g.bands() {
+        for band in g.bands(part, parts) {
             pack_band(a, band);
             let s = Shared {
                 g,
@@ -1416,7 +1609,7 @@ mod avx2 {
                 bias: a.bias.map_or(std::ptr::null(), |b| b.as_ptr()),
                 has_bias: a.bias.is_some(),
                 relu: a.relu,
-                out: a.out.as_mut_ptr(),
+                out: a.out.ptr,
             };
             let nvec = g.vectors(band);
             let mut v = 0;

@@ -1,7 +1,7 @@
 //! Cranelift code generation of the forward function, ahead of time.
 //!
-//! The generated `abi::Forward` runs the schedule: for every step it loops over the images of
-//! the batch, computes the output and input-piece addresses from the plan's offsets (baked in
+//! The generated `abi::Forward` runs the schedule: for every step it loops over the images
+//! `first..end` of the batch (the runtime hands image ranges to its threads), computes the output and input-piece addresses from the plan's offsets (baked in
 //! as immediates: `arena + offset * batch + image * bytes_per_image`), fills a piece table on
 //! its stack, and calls the step's kernel through the kernel table it is given, returning the
 //! first non-zero status tagged with its step: `(step + 1) * 256 + status`. It reaches nothing else: no direct calls, no data outside its
@@ -73,13 +73,15 @@ pub fn compile(calls: &[CallPlan]) -> Result<Compiled, BackendError> {
     let call_conv = CallConv::SystemV;
     let mut sig = Signature::new(call_conv);
     for _ in 0..5 {
-        sig.params.push(AbiParam::new(ptr)); // table, arena, weights, consts, scratch
+        sig.params.push(AbiParam::new(ptr)); // table, arena, weights, consts, kernel context
     }
-    sig.params.push(AbiParam::new(types::I64)); // batch
+    for _ in 0..3 {
+        sig.params.push(AbiParam::new(types::I64)); // batch, first image, end image
+    }
     sig.returns.push(AbiParam::new(types::I32));
     let mut kernel_sig = Signature::new(call_conv);
     for _ in 0..5 {
-        kernel_sig.params.push(AbiParam::new(ptr)); // desc, pieces, out, weights, scratch
+        kernel_sig.params.push(AbiParam::new(ptr)); // desc, pieces, out, weights, context
     }
     kernel_sig.returns.push(AbiParam::new(types::I32));
 
@@ -108,8 +110,8 @@ pub fn compile(calls: &[CallPlan]) -> Result<Compiled, BackendError> {
     b.append_block_params_for_function_params(entry);
     b.switch_to_block(entry);
     let params = b.block_params(entry).to_vec();
-    let (table, arena, weights, consts, scratch, batch) = (
-        params[0], params[1], params[2], params[3], params[4], params[5],
+    let (table, arena, weights, consts, context, batch, first, end) = (
+        params[0], params[1], params[2], params[3], params[4], params[5], params[6], params[7],
     );
     let fail = b.create_block();
     let status_param = b.append_block_param(fail, types::I32);
@@ -139,13 +141,12 @@ pub fn compile(calls: &[CallPlan]) -> Result<Compiled, BackendError> {
         let header = b.create_block();
         let body = b.create_block();
         let next = b.create_block();
-        let zero = b.ins().iconst(types::I64, 0);
-        b.def_var(image, zero);
+        b.def_var(image, first);
         b.ins().jump(header, &[]);
 
         b.switch_to_block(header);
         let n = b.use_var(image);
-        let done = b.ins().icmp(IntCC::UnsignedGreaterThanOrEqual, n, batch);
+        let done = b.ins().icmp(IntCC::UnsignedGreaterThanOrEqual, n, end);
         b.ins().brif(done, next, &[], body, &[]);
 
         b.switch_to_block(body);
@@ -168,7 +169,7 @@ pub fn compile(calls: &[CallPlan]) -> Result<Compiled, BackendError> {
         let callee = b.ins().load(ptr, flags, table, entry_off);
         let inst =
             b.ins()
-                .call_indirect(kernel_sig, callee, &[desc, pieces, out, weights, scratch]);
+                .call_indirect(kernel_sig, callee, &[desc, pieces, out, weights, context]);
         let status = b.inst_results(inst)[0];
         let one = b.ins().iconst(types::I64, 1);
         let n1 = b.ins().iadd(n, one);
