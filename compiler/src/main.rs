@@ -81,12 +81,25 @@ enum Command {
     Run {
         model: PathBuf,
         /// Input batch, NCHW float32: a `.safetensors` file (the tensor `input`, or its only
-        /// tensor) or a `.npy` file.
-        #[arg(long)]
-        input: PathBuf,
+        /// tensor) or a `.npy` file. Optional with `--profile` (random input of `--batch`).
+        #[arg(long, required_unless_present = "profile")]
+        input: Option<PathBuf>,
         /// Where to write the output (`.safetensors` or `.npy`).
         #[arg(long)]
         output: Option<PathBuf>,
+        /// Print each kernel's time and GFLOP/s, and the sums per layer kind (3x3, 1x1,
+        /// transition, head, ...) as a fraction of this machine's FMA peak measured now.
+        #[arg(long)]
+        profile: bool,
+        /// Batch of random input for `--profile` without `--input`.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Profiled runs to average (after one warm-up run).
+        #[arg(long, default_value_t = 5)]
+        iters: usize,
+        /// Threads of the session (default: `SPARSEC_THREADS`, else every core).
+        #[arg(long)]
+        threads: Option<usize>,
     },
 }
 
@@ -109,9 +122,26 @@ fn run(cli: Cli) -> Result<()> {
         model,
         input,
         output,
+        profile,
+        batch,
+        iters,
+        threads,
     }) = cli.command
     {
-        return run_model(&model, &input, output.as_deref());
+        let threads = threads.unwrap_or_else(runtime::default_threads);
+        if profile {
+            return sparsec::profile_report::profile_model(
+                &model,
+                input.as_deref(),
+                batch,
+                iters,
+                threads,
+            );
+        }
+        let Some(input) = input else {
+            anyhow::bail!("`sparsec run` needs --input (or --profile)");
+        };
+        return run_model(&model, &input, output.as_deref(), threads);
     }
     if let Some(Command::Stats { model, json, batch }) = cli.command {
         let graph = driver::load(&model)?;
@@ -203,24 +233,12 @@ fn run_model(
     model: &std::path::Path,
     input: &std::path::Path,
     output: Option<&std::path::Path>,
+    threads: usize,
 ) -> Result<()> {
     let model = runtime::Model::load(model)?;
-    let x = sparsec::tensor_io::read(input)?;
-    let spec = model.input();
-    let per_image: usize = spec.shape.iter().map(|&d| d as usize).product();
-    let batch = match x.shape.as_slice() {
-        [n, c, h, w] if [*c, *h, *w] == spec.shape.map(|d| d as usize) => *n,
-        [c, h, w] if [*c, *h, *w] == spec.shape.map(|d| d as usize) => 1,
-        other => anyhow::bail!(
-            "the input has shape {other:?}; the model takes [N, {}, {}, {}]",
-            spec.shape[0],
-            spec.shape[1],
-            spec.shape[2]
-        ),
-    };
-    debug_assert_eq!(x.data.len(), batch * per_image);
-    let mut session = model.session();
-    let y = session.run(&x.data, batch)?;
+    let (x, batch) = sparsec::profile_report::read_input(&model, input)?;
+    let mut session = model.session_with_threads(threads);
+    let y = session.run(&x, batch)?;
     let classes = y.len() / batch.max(1);
     for (row, logits) in y.chunks(classes.max(1)).enumerate() {
         let mut order: Vec<usize> = (0..logits.len()).collect();

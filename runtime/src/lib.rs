@@ -16,6 +16,7 @@ pub mod format;
 
 mod aligned;
 mod model;
+pub mod profile;
 
 pub use error::{LoadError, RunError};
 pub use model::{Model, Session, default_threads};

@@ -20,14 +20,16 @@ use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 /// A loaded model: validated manifest, weights and constants in aligned memory, generated
 /// code mapped read+execute. `Send + Sync`: every field is immutable after `load`.
 pub struct Model {
-    manifest: Manifest,
-    weights: AlignedBytes,
-    consts: AlignedBytes,
+    pub(crate) manifest: Manifest,
+    pub(crate) weights: AlignedBytes,
+    pub(crate) consts: AlignedBytes,
     code: ExecutableCode,
     entry: usize,
     /// Kernels for one thread (context: scratch) and for a team (context: the `Team`).
-    kernels: [usize; abi::KERNEL_COUNT],
-    team_kernels: [usize; abi::KERNEL_COUNT],
+    pub(crate) kernels: [usize; abi::KERNEL_COUNT],
+    pub(crate) team_kernels: [usize; abi::KERNEL_COUNT],
+    /// Every step's validated descriptor (for profiles).
+    pub(crate) descriptors: Vec<StepDesc>,
 }
 
 impl std::fmt::Debug for Model {
@@ -74,6 +76,7 @@ impl Model {
                 ))
             })?;
         let weights_len = file.weights().len() as u64;
+        let mut descriptors = Vec::with_capacity(m.steps.len());
         for (i, step) in m.steps.iter().enumerate() {
             let desc = file
                 .step_descriptor(i)
@@ -83,6 +86,7 @@ impl Model {
                 })?;
             validate_step(m, i, step, &desc, weights_len)
                 .map_err(|reason| LoadError::Descriptor { step: i, reason })?;
+            descriptors.push(desc);
         }
         if m.inputs.len() != 1 || m.outputs.len() != 1 {
             return Err(LoadError::Tensor {
@@ -107,6 +111,7 @@ impl Model {
             entry,
             kernels: kernels::kernel_table(),
             team_kernels: kernels::kernel_table_team(),
+            descriptors,
         })
     }
 
@@ -248,11 +253,11 @@ pub fn default_threads() -> usize {
 /// must never share an arena. A smaller batch runs in the batch arena, each convolution split
 /// across the threads.
 pub struct Session<'m> {
-    model: &'m Model,
-    arena: AlignedBytes,
+    pub(crate) model: &'m Model,
+    pub(crate) arena: AlignedBytes,
     output: Vec<f32>,
     threads: usize,
-    team: Option<Team>,
+    pub(crate) team: Option<Team>,
 }
 
 /// The pointers every thread of a run passes to the forward function, as integers (`Sync`).
@@ -288,18 +293,9 @@ impl ForwardArgs {
 }
 
 impl Session<'_> {
-    /// The threads this session runs on.
-    pub fn threads(&self) -> usize {
-        self.threads
-    }
-
-    /// Runs a batch: `input` holds `batch` images in NCHW order (`batch * C * H * W` floats).
-    /// Returns the output (`batch * classes` floats), borrowed from the session's arena.
-    /// NaN and infinity propagate as in PyTorch; they never crash. The first call starts the
-    /// session's threads and sizes its arena; later calls with no larger batch allocate nothing.
-    pub fn run(&mut self, input: &[f32], batch: usize) -> Result<&[f32], RunError> {
-        let model = self.model;
-        let m = &model.manifest;
+    /// Checks a batch against the model; returns the floats per input image.
+    pub(crate) fn check_input(&self, input: &[f32], batch: usize) -> Result<usize, RunError> {
+        let m = &self.model.manifest;
         if batch == 0 {
             return Err(RunError::ZeroBatch);
         }
@@ -318,8 +314,13 @@ impl Session<'_> {
                 found: input.len(),
             });
         }
-        let b = batch as u64;
+        Ok(per_image)
+    }
+
+    /// Starts the session's threads (once).
+    pub(crate) fn start_team(&mut self) -> Result<(), RunError> {
         if self.team.is_none() {
+            let m = &self.model.manifest;
             let team = Team::new(
                 self.threads,
                 m.arena_bytes_per_image as usize,
@@ -328,6 +329,25 @@ impl Session<'_> {
             .map_err(|e| RunError::Backend(format!("starting the session's threads: {e}")))?;
             self.team = Some(team);
         }
+        Ok(())
+    }
+
+    /// The threads this session runs on.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Runs a batch: `input` holds `batch` images in NCHW order (`batch * C * H * W` floats).
+    /// Returns the output (`batch * classes` floats), borrowed from the session's arena.
+    /// NaN and infinity propagate as in PyTorch; they never crash. The first call starts the
+    /// session's threads and sizes its arena; later calls with no larger batch allocate nothing.
+    pub fn run(&mut self, input: &[f32], batch: usize) -> Result<&[f32], RunError> {
+        let model = self.model;
+        let m = &model.manifest;
+        let per_image = self.check_input(input, batch)?;
+        let spec = &m.inputs[0];
+        let b = batch as u64;
+        self.start_team()?;
         let Some(team) = self.team.as_ref() else {
             return Err(RunError::Backend("the session has no threads".into()));
         };
@@ -447,7 +467,7 @@ impl Session<'_> {
 
 /// Turns the forward function's status into a result. Generated code returns (failing step +
 /// 1) * 256 + the kernel's status.
-fn check(m: &Manifest, status: i32) -> Result<(), RunError> {
+pub(crate) fn check(m: &Manifest, status: i32) -> Result<(), RunError> {
     if status == abi::STATUS_OK {
         return Ok(());
     }

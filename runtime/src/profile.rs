@@ -1,0 +1,302 @@
+//! Per-kernel profiles: [`Session::profile`] runs a batch on the same schedule as
+//! [`Session::run`] (images tiled over the threads, or each convolution split between them for a
+//! batch smaller than the team) and with the same kernels, but steps through the model's kernel
+//! calls from Rust instead of the generated forward function, with a clock around every call.
+//! [`LayerKind`] sorts steps into the kinds a report sums over.
+//!
+//! Must not change what a kernel computes: a profiled batch gives the same bits as `run`.
+
+use crate::abi::{self, Piece};
+use crate::error::RunError;
+use crate::format::{BufferSpec, StepDesc, StepKind};
+use crate::model::{Model, Session};
+use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
+use std::time::Instant;
+
+/// What a step is, for reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum LayerKind {
+    /// The first convolution (reads the model input).
+    Stem,
+    /// A 3x3 convolution inside a block.
+    Conv3x3,
+    /// A 1x1 convolution inside a block (a bottleneck).
+    Conv1x1,
+    /// Another convolution inside a block.
+    ConvOther,
+    /// A step of a transition between stages (pooling or its convolution).
+    Transition,
+    /// Another pooling step.
+    Pool,
+    /// The classifier (global pool and linear layer).
+    Head,
+}
+
+impl LayerKind {
+    /// Every kind, in report order.
+    pub const ALL: [LayerKind; 7] = [
+        LayerKind::Stem,
+        LayerKind::Conv3x3,
+        LayerKind::Conv1x1,
+        LayerKind::ConvOther,
+        LayerKind::Transition,
+        LayerKind::Pool,
+        LayerKind::Head,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            LayerKind::Stem => "stem",
+            LayerKind::Conv3x3 => "3x3",
+            LayerKind::Conv1x1 => "1x1",
+            LayerKind::ConvOther => "other conv",
+            LayerKind::Transition => "transition",
+            LayerKind::Pool => "pool",
+            LayerKind::Head => "head",
+        }
+    }
+
+    /// The kind of step `index` (its label's last word is its scope, e.g. `transition0`).
+    fn of(model: &Model, index: usize) -> LayerKind {
+        let m = &model.manifest;
+        let step = &m.steps[index];
+        let scope = step.label.rsplit(' ').next().unwrap_or("");
+        let reads_input = step.pieces.iter().any(|&p| p == m.inputs[0].buffer);
+        match &model.descriptors[index] {
+            StepDesc::Linear(_) => LayerKind::Head,
+            _ if scope.starts_with("transition") => LayerKind::Transition,
+            _ if scope.starts_with("head") => LayerKind::Head,
+            StepDesc::Pool(_) => LayerKind::Pool,
+            StepDesc::Conv(_) if reads_input => LayerKind::Stem,
+            StepDesc::Conv(d) => match (d.kernel_h, d.kernel_w) {
+                (3, 3) => LayerKind::Conv3x3,
+                (1, 1) => LayerKind::Conv1x1,
+                _ => LayerKind::ConvOther,
+            },
+        }
+    }
+}
+
+/// One step's share of a profiled batch.
+#[derive(Clone, Debug)]
+pub struct StepProfile {
+    /// The step's label (`%id op scope`).
+    pub label: String,
+    pub kind: LayerKind,
+    pub step_kind: StepKind,
+    /// The step's descriptor (shapes, window, stride).
+    pub desc: StepDesc,
+    /// Floating-point operations for the whole batch.
+    pub flops: u64,
+    /// Wall time attributed to the step: the time its calls took on all threads, divided by the
+    /// threads that ran them at once.
+    pub seconds: f64,
+}
+
+/// A profiled batch.
+#[derive(Clone, Debug)]
+pub struct Profile {
+    pub batch: usize,
+    pub threads: usize,
+    /// Wall time of the whole profiled batch.
+    pub wall_seconds: f64,
+    pub steps: Vec<StepProfile>,
+}
+
+impl Profile {
+    /// `(kind, seconds, flops)` summed per kind, in [`LayerKind::ALL`] order, kinds with no step
+    /// left out.
+    pub fn by_kind(&self) -> Vec<(LayerKind, f64, u64)> {
+        LayerKind::ALL
+            .iter()
+            .filter_map(|&k| {
+                let steps = self.steps.iter().filter(|s| s.kind == k);
+                let (t, f) = steps.fold((0.0, 0), |(t, f), s| (t + s.seconds, f + s.flops));
+                self.steps.iter().any(|s| s.kind == k).then_some((k, t, f))
+            })
+            .collect()
+    }
+}
+
+/// One kernel call's operands, addresses relative to an arena.
+struct Call {
+    kernel: usize,
+    desc: usize,
+    output: (BufferSpec, u64),
+    pieces: Vec<(BufferSpec, u64)>,
+}
+
+impl Session<'_> {
+    /// Runs a batch like [`Session::run`], timing every kernel call. Slower than `run` by a
+    /// clock read per call; the output is the same.
+    pub fn profile(&mut self, input: &[f32], batch: usize) -> Result<Profile, RunError> {
+        let per_image = self.check_input(input, batch)?;
+        self.start_team()?;
+        let model = self.model;
+        let m = &model.manifest;
+        let calls: Vec<Call> = m
+            .steps
+            .iter()
+            .zip(&model.descriptors)
+            .map(|(step, desc)| {
+                let (kernel, plane) = match desc {
+                    StepDesc::Conv(d) => (abi::KERNEL_CONV, u64::from(d.in_h) * u64::from(d.in_w)),
+                    StepDesc::Pool(d) => (abi::KERNEL_POOL, u64::from(d.in_h) * u64::from(d.in_w)),
+                    StepDesc::Linear(d) => {
+                        (abi::KERNEL_LINEAR, u64::from(d.in_h) * u64::from(d.in_w))
+                    }
+                };
+                let buffer = |b: u32| m.buffers[b as usize];
+                Call {
+                    kernel,
+                    desc: step.desc_offset as usize,
+                    output: (buffer(step.output), 0),
+                    pieces: step
+                        .pieces
+                        .iter()
+                        .map(|&p| (buffer(p), buffer(p).bytes_per_image / 4 / plane.max(1)))
+                        .collect(),
+                }
+            })
+            .collect();
+        let nanos: Vec<AtomicU64> = calls.iter().map(|_| AtomicU64::new(0)).collect();
+        let Some(team) = self.team.as_ref() else {
+            return Err(RunError::Backend("the session has no threads".into()));
+        };
+        let members = team.size();
+        let in_buf = m.buffers[m.inputs[0].buffer as usize];
+        // As integers, so that the closure below is `Sync`; the model outlives the batch.
+        let weights = model.weights.as_ptr() as usize;
+        let consts = model.consts.as_ptr() as usize;
+        let failed = AtomicI32::new(abi::STATUS_OK);
+        // Runs every step on image `image` of a batch of `b` in `arena`, with `table` and
+        // `context`, adding each call's time to `nanos`.
+        let steps = |arena: *mut u8, b: u64, image: u64, table: &[usize], context: *mut u8| {
+            let mut pieces: Vec<Piece> = Vec::with_capacity(8);
+            for (i, call) in calls.iter().enumerate() {
+                let at = |(buf, _): (BufferSpec, u64)| {
+                    arena.wrapping_add(
+                        (buf.offset_per_image * b + image * buf.bytes_per_image) as usize,
+                    )
+                };
+                pieces.clear();
+                pieces.extend(call.pieces.iter().map(|&(buf, channels)| Piece {
+                    ptr: at((buf, channels)).cast::<f32>().cast_const(),
+                    channels,
+                }));
+                let out = at(call.output).cast::<f32>();
+                let desc = (consts as *const u8).wrapping_add(call.desc);
+                let weights = weights as *const u8;
+                let start = Instant::now();
+                // SAFETY: `table[kernel]` is a kernel of that kind (`kernel_table*`) and the
+                // descriptor at `desc` is of the same kind (validated at load); the pieces and
+                // output are the step's buffers for this image in an arena sized for `b`
+                // images, as the generated code computes them; `context` matches `table`.
+                let status = unsafe {
+                    match call.kernel {
+                        abi::KERNEL_CONV => std::mem::transmute::<usize, abi::ConvKernel>(
+                            table[call.kernel],
+                        )(
+                            desc.cast(), pieces.as_ptr(), out, weights, context
+                        ),
+                        abi::KERNEL_POOL => std::mem::transmute::<usize, abi::PoolKernel>(
+                            table[call.kernel],
+                        )(
+                            desc.cast(), pieces.as_ptr(), out, weights, context
+                        ),
+                        _ => std::mem::transmute::<usize, abi::LinearKernel>(table[call.kernel])(
+                            desc.cast(),
+                            pieces.as_ptr(),
+                            out,
+                            weights,
+                            context,
+                        ),
+                    }
+                };
+                nanos[i].fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                if status != abi::STATUS_OK {
+                    let tagged = (i as i32 + 1) * 256 + status;
+                    let _ = failed.compare_exchange(
+                        abi::STATUS_OK,
+                        tagged,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
+                    return;
+                }
+            }
+        };
+        let wall = Instant::now();
+        let sharing = if batch < members {
+            let b = batch as u64;
+            let arena_len = (m.arena_bytes_per_image * b) as usize;
+            if self.arena.len() < arena_len {
+                self.arena = crate::aligned::AlignedBytes::zeroed(arena_len);
+            }
+            let at = (in_buf.offset_per_image * b) as usize;
+            let dst = &mut self.arena.as_mut_slice()[at..at + input.len() * 4];
+            for (d, v) in dst.chunks_exact_mut(4).zip(input) {
+                d.copy_from_slice(&v.to_ne_bytes());
+            }
+            let context = std::ptr::from_ref(team).cast_mut().cast::<u8>();
+            for image in 0..b {
+                steps(
+                    self.arena.as_mut_ptr(),
+                    b,
+                    image,
+                    &model.team_kernels,
+                    context,
+                );
+            }
+            1.0
+        } else {
+            let next = AtomicUsize::new(0);
+            let in_at = in_buf.offset_per_image as usize;
+            let ok = team.run(&|member| {
+                loop {
+                    let image = next.fetch_add(1, Ordering::Relaxed);
+                    if image >= batch || failed.load(Ordering::Relaxed) != abi::STATUS_OK {
+                        break;
+                    }
+                    let arena = team.arena(member);
+                    let src = &input[image * per_image..][..per_image];
+                    // SAFETY: the input buffer lies in the member's one-image arena, which only
+                    // this member uses.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            src.as_ptr(),
+                            arena.add(in_at).cast::<f32>(),
+                            per_image,
+                        );
+                    }
+                    steps(arena, 1, 0, &model.kernels, team.scratch(member));
+                }
+            });
+            if !ok {
+                return Err(RunError::Backend("a session thread panicked".into()));
+            }
+            members.min(batch) as f64
+        };
+        let wall_seconds = wall.elapsed().as_secs_f64();
+        crate::model::check(m, failed.load(Ordering::Relaxed))?;
+        let steps = m
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, step)| StepProfile {
+                label: step.label.clone(),
+                kind: LayerKind::of(model, i),
+                step_kind: step.kind,
+                desc: model.descriptors[i],
+                flops: step.flops_per_image * batch as u64,
+                seconds: nanos[i].load(Ordering::Relaxed) as f64 * 1e-9 / sharing,
+            })
+            .collect();
+        Ok(Profile {
+            batch,
+            threads: members,
+            wall_seconds,
+            steps,
+        })
+    }
+}
