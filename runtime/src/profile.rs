@@ -188,10 +188,10 @@ impl Session<'_> {
                 let desc = (consts as *const u8).wrapping_add(call.desc);
                 let weights = weights as *const u8;
                 let start = Instant::now();
-                // SAFETY: `table[kernel]` is a kernel of that kind (`kernel_table*`) and the
-                // descriptor at `desc` is of the same kind (validated at load); the pieces and
-                // output are the step's buffers for this image in an arena sized for `b`
-                // images, as the generated code computes them; `context` matches `table`.
+                // `table[kernel]` is a kernel of that kind (`kernel_table*`) and the descriptor
+                // at `desc` is of the same kind (validated at load); the pieces and output are
+                // the step's buffers for this image in an arena sized for `b` images.
+                // SAFETY: as above, as the generated code computes them; `context` matches.
                 let status = unsafe {
                     match call.kernel {
                         abi::KERNEL_CONV => std::mem::transmute::<usize, abi::ConvKernel>(
