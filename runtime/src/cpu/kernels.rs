@@ -55,7 +55,9 @@
 use crate::abi::{self, ConvDesc, LinearDesc, Piece, PoolDesc};
 use crate::cpu::team::Team;
 use std::slice;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+
+mod winograd;
 
 /// Output channels per block of the packed convolution weights (see [`pack_conv_weights`]).
 pub const CONV_OC_BLOCK: usize = 6;
@@ -101,6 +103,14 @@ pub fn portable_kernel_table() -> [usize; abi::KERNEL_COUNT] {
 /// [`CONV_OC_BLOCK`], times `in_channels * kernel_h * kernel_w`. Saturates on absurd descriptors
 /// (which [`validate_conv`] rejects).
 pub fn packed_conv_weight_len(desc: &ConvDesc) -> u64 {
+    if desc.flags & abi::FLAG_WINOGRAD != 0 {
+        return 16u64.saturating_mul(
+            u64::from(desc.out_channels)
+                .div_ceil(CONV_OC_BLOCK as u64)
+                .saturating_mul(CONV_OC_BLOCK as u64)
+                .saturating_mul(u64::from(desc.in_channels)),
+        );
+    }
     let blocks = u64::from(desc.out_channels).div_ceil(CONV_OC_BLOCK as u64);
     [
         CONV_OC_BLOCK as u64,
@@ -130,6 +140,9 @@ pub fn pack_conv_weights(desc: &ConvDesc, weights: &[f32]) -> Vec<f32> {
     }
     // In range: `len` (which bounds all of these) is at most 2^34.
     let oc = desc.out_channels as usize;
+    if desc.flags & abi::FLAG_WINOGRAD != 0 {
+        return winograd::pack_weights(desc.in_channels as usize, oc, weights);
+    }
     let k = desc.in_channels as usize * desc.kernel_h as usize * desc.kernel_w as usize;
     let mut packed = vec![0.0f32; len as usize];
     for o in 0..oc {
@@ -323,6 +336,8 @@ struct ConvGeom {
     weight_len: usize,
     out_len: usize,
     scratch_len: usize,
+    /// Computed as Winograd F(2x2, 3x3) (`FLAG_WINOGRAD`; see `winograd`).
+    winograd: bool,
 }
 
 /// A band of a convolution's output: pixels (flat) or rows `start..end`, computed from one
@@ -420,7 +435,11 @@ fn conv_geom(d: &ConvDesc) -> Result<ConvGeom, Bad> {
     let sh = dim(d.stride_h, "stride_h must be in 1..=2^20")?;
     let sw = dim(d.stride_w, "stride_w must be in 1..=2^20")?;
     let (ph, pw) = (pad(d.pad_h)?, pad(d.pad_w)?);
-    let known = abi::FLAG_PROLOGUE | abi::FLAG_PROLOGUE_RELU | abi::FLAG_BIAS | abi::FLAG_RELU;
+    let known = abi::FLAG_PROLOGUE
+        | abi::FLAG_PROLOGUE_RELU
+        | abi::FLAG_BIAS
+        | abi::FLAG_RELU
+        | abi::FLAG_WINOGRAD;
     if d.flags & !known != 0 {
         return Err(Bad("flags has bits a convolution does not define"));
     }
@@ -455,7 +474,7 @@ fn conv_geom(d: &ConvDesc) -> Result<ConvGeom, Bad> {
     let plane = plane_stride(band_floats);
     // One vector of slack past the last plane (see `pack_band`).
     let scratch_len = floats(&[ic, plane], "the padded input is too large")? + LANES;
-    Ok(ConvGeom {
+    let mut g = ConvGeom {
         ic,
         ih,
         iw,
@@ -479,7 +498,31 @@ fn conv_geom(d: &ConvDesc) -> Result<ConvGeom, Bad> {
         weight_len,
         out_len,
         scratch_len,
-    })
+        winograd: false,
+    };
+    if d.flags & abi::FLAG_WINOGRAD != 0 {
+        if !winograd::eligible(&g) {
+            return Err(Bad(
+                "FLAG_WINOGRAD on a convolution that is not 3x3, stride 1, pad 1, even height, \
+                 width a multiple of 16 and at least 8 input channels",
+            ));
+        }
+        let l = winograd::layout(ic, oc, ih, oh, ow);
+        g.winograd = true;
+        g.weight_len = winograd::weight_len(ic, oc);
+        g.scratch_len = l.scratch_len;
+    }
+    Ok(g)
+}
+
+/// Whether the compiler should set [`abi::FLAG_WINOGRAD`] on this convolution (and pack its
+/// weights for it): its shape is one the Winograd F(2x2, 3x3) kernel takes.
+pub fn winograd_applies(desc: &ConvDesc) -> bool {
+    let plain = ConvDesc {
+        flags: desc.flags & !abi::FLAG_WINOGRAD,
+        ..*desc
+    };
+    conv_geom(&plain).is_ok_and(|g| winograd::eligible(&g))
 }
 
 /// A valid pool descriptor in `usize`.
@@ -1156,6 +1199,18 @@ fn conv_compute_portable(a: &mut ConvArgs<'_>, band: Band) {
 
 /// Part `part` of `parts` of a portable convolution (the whole of it for `(0, 1)`).
 fn conv_portable_body(a: &mut ConvArgs<'_>, part: usize, parts: usize) {
+    let g = a.g;
+    if g.winograd {
+        let l = winograd::layout(g.ic, g.oc, g.ih, g.oh, g.ow);
+        for (y0, rows) in winograd::bands(&g, &l, part, parts) {
+            winograd::pack(a, &l, y0, rows, winograd::split_portable);
+            winograd::transform_input(a.scratch, &l, g.ic, rows);
+            winograd::multiply_portable(a, &l);
+            // SAFETY: this part's band, written by this call only.
+            unsafe { winograd::transform_output(a, &l, y0, rows) };
+        }
+        return;
+    }
     for band in a.g.bands(part, parts) {
         pack_band(a, band);
         conv_compute_portable(a, band);
@@ -1409,6 +1464,9 @@ pub fn kernel_table_team() -> [usize; abi::KERNEL_COUNT] {
 /// fork-join (about a microsecond) costs more than the second core saves.
 const SPLIT_MIN_MACS: usize = 1 << 17;
 
+/// Parts of a split convolution per member of the team.
+const PARTS_PER_MEMBER: usize = 3;
+
 /// The pooling kernel for this CPU (the AVX2 entry falls back to portable code by itself).
 fn best_pool() -> abi::PoolKernel {
     #[cfg(target_arch = "x86_64")]
@@ -1480,20 +1538,42 @@ pub unsafe extern "C" fn conv2d_team(
         out,
         weights,
     };
-    let run_part = |member: usize, parts: usize| {
+    let run_part = |member: usize, part: usize, parts: usize| {
         let c = &call;
-        // SAFETY: the kernel contract, forwarded; each member gets its own scratch, and the
-        // members' parts of the output are disjoint (`ConvGeom::bands`).
+        // SAFETY: the kernel contract, forwarded; each member uses its own scratch, and the
+        // parts of the output are disjoint (`ConvGeom::bands`), each run once.
         match unsafe { conv_args(c.desc, c.pieces, c.out, c.weights, team.scratch(member)) } {
-            Some(mut a) => conv_part(&mut a, member, parts),
+            Some(mut a) => conv_part(&mut a, part, parts),
             None => status.store(abi::STATUS_BAD_DESCRIPTOR, Ordering::Relaxed),
         }
     };
     let members = team.size();
-    if members == 1 || g.macs() < SPLIT_MIN_MACS {
-        run_part(0, 1);
-    } else if !team.run(&|member| run_part(member, members)) {
-        return abi::STATUS_BAD_DESCRIPTOR;
+    // Parts of whole output rows (tile rows for Winograd, 16-pixel tiles when flat), a few per
+    // member, claimed one at a time: a member that starts late finds fewer left.
+    let units = if g.winograd {
+        g.oh / 2
+    } else if g.flat {
+        (g.oh * g.ow).div_ceil(2 * LANES)
+    } else {
+        g.oh
+    };
+    let parts = (PARTS_PER_MEMBER * members).min(units);
+    if members == 1 || parts < 2 || g.macs() < SPLIT_MIN_MACS {
+        run_part(0, 0, 1);
+    } else {
+        let next = AtomicUsize::new(0);
+        let ok = team.run(&|member| {
+            loop {
+                let part = next.fetch_add(1, Ordering::Relaxed);
+                if part >= parts {
+                    break;
+                }
+                run_part(member, part, parts);
+            }
+        });
+        if !ok {
+            return abi::STATUS_BAD_DESCRIPTOR;
+        }
     }
     status.load(Ordering::Relaxed)
 }
@@ -1542,7 +1622,7 @@ pub unsafe extern "C" fn linear_team(
 mod avx2 {
     use super::{
         CONV_OC_BLOCK, ConvArgs, ConvGeom, LANES, LinearArgs, PoolArgs, linear_body, pack_band,
-        pool_body,
+        pool_body, winograd,
     };
     use std::arch::x86_64::*;
 
@@ -1591,6 +1671,10 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma")]
     pub(super) fn conv(a: &mut ConvArgs<'_>, part: usize, parts: usize) {
         let g = a.g;
+        if g.winograd {
+            winograd_conv(a, part, parts);
+            return;
+        }
         let taps = if g.kh == 1 && g.kw == 1 {
             TAPS_1X1
         } else if g.sw == 1 && g.kw == 3 {
@@ -1646,6 +1730,59 @@ mod avx2 {
                 }
                 v += take;
             }
+        }
+    }
+
+    /// Part `part` of `parts` of a Winograd convolution (`super::winograd`), its products
+    /// `M_ξ = U_ξ V_ξ` as 1x1 convolutions over the band's tiles with the register tiles below.
+    #[target_feature(enable = "avx2,fma")]
+    fn winograd_conv(a: &mut ConvArgs<'_>, part: usize, parts: usize) {
+        let g = a.g;
+        let l = winograd::layout(g.ic, g.oc, g.ih, g.oh, g.ow);
+        let gg = winograd::gemm_geom(&g, &l);
+        let ocp = g.blocks * OB;
+        for (y0, rows) in winograd::bands(&g, &l, part, parts) {
+            winograd::pack(a, &l, y0, rows, |r, e, o| winograd::avx2::split(r, e, o));
+            winograd::avx2::transform_input(a.scratch, &l, g.ic, rows);
+            let base = a.scratch.as_mut_ptr();
+            for xi in 0..16 {
+                let s = Shared {
+                    g: gg,
+                    input: base.wrapping_add(l.v_at + xi * l.v_xi),
+                    w: a.w.as_ptr().wrapping_add(xi * ocp * g.ic),
+                    bias: std::ptr::null(),
+                    has_bias: false,
+                    relu: false,
+                    out: base.wrapping_add(l.m_at + xi * l.m_xi),
+                };
+                let mut v = 0;
+                let nvec = l.tiles / LANES;
+                while v < nvec {
+                    let take = (nvec - v).min(NV);
+                    let t = Tile {
+                        vin: std::array::from_fn(|j| (v + j) * LANES),
+                        vout: std::array::from_fn(|j| (v + j) * LANES),
+                        n: [LANES; NV],
+                    };
+                    for b in 0..g.blocks {
+                        // `V_ξ` holds `ic` planes of `tiles` floats and `M_ξ` `ocp` planes of
+                        // `tiles` floats inside the scratch (`winograd::layout`), `U_ξ` is a
+                        // packed 1x1 weight block matrix, the vectors are whole (tiles are a
+                        // multiple of 8) and `b < blocks`.
+                        // SAFETY: as above; AVX2 and FMA are enabled.
+                        unsafe {
+                            if take == 2 {
+                                tile::<2, false, TAPS_1X1>(&s, &t, b)
+                            } else {
+                                tile::<1, false, TAPS_1X1>(&s, &t, b)
+                            }
+                        }
+                    }
+                    v += take;
+                }
+            }
+            // SAFETY: this part's band, written by this call only.
+            unsafe { winograd::transform_output(a, &l, y0, rows) };
         }
     }
 
@@ -2138,6 +2275,86 @@ mod tests {
                     ));
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Winograd F(2x2, 3x3) against the same f64 reference: every flag, concatenated and summed
+    /// pieces, one and several bands, output-channel tails; and the team split of its rows.
+    #[test]
+    fn winograd_matches_the_f64_reference() -> Result<(), String> {
+        let mut rng = Rng(0x5eed);
+        let w = abi::FLAG_WINOGRAD;
+        let mut cases = Vec::new();
+        for (ic, hw, oc, n, sum, flags) in [
+            (8, (2, 16), 1, 1, false, w),
+            (
+                24,
+                (32, 32),
+                24,
+                3,
+                false,
+                w | abi::FLAG_PROLOGUE | abi::FLAG_PROLOGUE_RELU,
+            ),
+            (
+                96,
+                (16, 16),
+                13,
+                4,
+                false,
+                w | abi::FLAG_BIAS | abi::FLAG_RELU,
+            ),
+            (
+                12,
+                (6, 32),
+                7,
+                2,
+                true,
+                w | abi::FLAG_PROLOGUE | abi::FLAG_BIAS,
+            ),
+            (600, (16, 16), 5, 4, false, w | abi::FLAG_PROLOGUE_RELU),
+            (
+                40,
+                (20, 48),
+                30,
+                2,
+                false,
+                w | abi::FLAG_PROLOGUE | abi::FLAG_RELU,
+            ),
+        ] {
+            cases.push(conv_case(&mut rng, ic, hw, oc, 3, 1, 1, n, sum, flags));
+        }
+        for case in &cases {
+            assert!(winograd_applies(&case.desc), "{:?}", case.desc);
+        }
+        for (name, table) in tables() {
+            for (i, case) in cases.iter().enumerate() {
+                let got = run_conv(conv_kernel(&table), case)?;
+                let err = rel_err(&got, &case.want);
+                if !within_tolerance(err) {
+                    return Err(format!(
+                        "{name}: winograd case {i}: relative error {err:e} for {:?}",
+                        case.desc
+                    ));
+                }
+            }
+        }
+        // Not eligible: odd height, width not a multiple of 16, stride 2, 1x1, too few channels.
+        for (ic, hw, k, stride) in [
+            (16, (7, 16), 3, 1),
+            (16, (8, 24), 3, 1),
+            (16, (16, 16), 3, 2),
+            (16, (16, 16), 1, 1),
+            (4, (16, 16), 3, 1),
+        ] {
+            let pad = if k == 3 { 1 } else { 0 };
+            let case = conv_case(&mut rng, ic, hw, 4, k, stride, pad, 1, false, 0);
+            assert!(!winograd_applies(&case.desc), "{:?}", case.desc);
+            let d = ConvDesc {
+                flags: w,
+                ..case.desc
+            };
+            assert!(validate_conv(&d, 1 << 30).is_err());
         }
         Ok(())
     }
@@ -2703,11 +2920,20 @@ mod tests {
         let mut rng = Rng(42);
         let f = abi::FLAG_PROLOGUE | abi::FLAG_PROLOGUE_RELU;
         for (name, table) in tables() {
-            for (what, ic, oc, k, pad, n) in [
-                ("3x3 96->24 at 32x32", 96, 24, 3, 1, 4),
-                ("1x1 384->96 at 32x32", 384, 96, 1, 0, 5),
+            for (what, ic, oc, k, pad, n, extra) in [
+                ("3x3 96->24 at 32x32", 96, 24, 3, 1, 4, 0),
+                (
+                    "3x3 96->24 at 32x32, Winograd",
+                    96,
+                    24,
+                    3,
+                    1,
+                    4,
+                    abi::FLAG_WINOGRAD,
+                ),
+                ("1x1 384->96 at 32x32", 384, 96, 1, 0, 5, 0),
             ] {
-                let case = conv_case(&mut rng, ic, (32, 32), oc, k, 1, pad, n, false, f);
+                let case = conv_case(&mut rng, ic, (32, 32), oc, k, 1, pad, n, false, f | extra);
                 let kernel = conv_kernel(&table);
                 run_conv(kernel, &case)?;
                 let d = &case.desc;
@@ -2736,7 +2962,7 @@ mod tests {
                     runs += 1;
                 }
                 eprintln!(
-                    "conv_throughput: {name} {what}: {:.1} GFLOP/s ({:.1} us/image, best of {runs})",
+                    "conv_throughput: {name} {what}: {:.1} GFLOP/s direct-equivalent ({:.1} us/image, best of {runs})",
                     flops / best / 1e9,
                     best * 1e6
                 );

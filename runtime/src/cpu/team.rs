@@ -1,9 +1,13 @@
 //! [`Team`]: the threads of one session, for fork-join parallelism without allocation.
 //!
 //! A team of `n` members is the calling thread (member 0) plus `n - 1` persistent worker
-//! threads, each member with its own memory: an arena for one image and kernel scratch. [`Team::run`] runs one job on every member
-//! at once and returns when all have finished; the job is borrowed, never boxed, so running
-//! allocates nothing. Between jobs a worker spins briefly (a batch-1 forward pass forks once per
+//! threads, each member with its own memory: an arena for one image and kernel scratch.
+//! [`Team::run`] offers one job to every member and returns when the caller has run it and
+//! every worker that joined has finished; the job is borrowed, never boxed, so running
+//! allocates nothing. A worker that has not joined by the time the caller finishes never does
+//! (the job is closed), so a worker descheduled by another process costs the caller nothing:
+//! jobs must hand out their work dynamically (members claim parts from a counter), so that the
+//! caller alone can do all of it. Between jobs a worker spins briefly (a batch-1 forward pass forks once per
 //! convolution, microseconds apart) and then parks, so an idle session costs no CPU.
 //!
 //! Must not know about models or kernels: the session decides what the members do (disjoint
@@ -39,16 +43,18 @@ struct Shared {
     /// see the new epoch.
     job: UnsafeCell<Option<Job>>,
     epoch: AtomicU64,
-    /// Workers that have not finished the current job.
-    pending: AtomicUsize,
+    /// The epoch workers may still join (0: closed).
+    open: AtomicU64,
+    /// Workers inside the current job.
+    active: AtomicUsize,
     /// A worker's job panicked (kernels never do; a bug, reported rather than hung on).
     panicked: AtomicBool,
     stop: AtomicBool,
 }
 
-// SAFETY: `job` is written only by `Team::run` while no worker reads it (all workers have
-// finished the previous job: `pending` is 0) and read by workers only after an acquire load of
-// the `epoch` that `run` released after the write. The job's closure is `Sync`.
+// SAFETY: `job` is written only by `Team::run` while no worker reads it (the previous job was
+// closed and `active` was 0) and read by workers only after joining the open epoch that `run`
+// released after the write. The job's closure is `Sync`.
 unsafe impl Sync for Shared {}
 // SAFETY: the raw pointers in `job` refer to a `Sync` closure (see above).
 unsafe impl Send for Shared {}
@@ -77,7 +83,8 @@ impl Team {
         let shared = Arc::new(Shared {
             job: UnsafeCell::new(None),
             epoch: AtomicU64::new(0),
-            pending: AtomicUsize::new(0),
+            open: AtomicU64::new(0),
+            active: AtomicUsize::new(0),
             panicked: AtomicBool::new(false),
             stop: AtomicBool::new(false),
         });
@@ -125,8 +132,10 @@ impl Team {
         self.scratch_bytes
     }
 
-    /// Runs `job(member)` for every member at once (member 0 on the calling thread) and returns
-    /// when all are done. Returns false if a worker's job panicked.
+    /// Offers `job(member)` to every member (member 0, the calling thread, always runs it) and
+    /// returns when the caller's call and every joined worker's call are done. Workers that
+    /// have not joined when the caller's call returns skip this job, so `job` must let any
+    /// subset of members do all the work. Returns false if a worker's job panicked.
     pub fn run<F: Fn(usize) + Sync>(&self, job: &F) -> bool {
         let workers = self.workers.len();
         if workers == 0 {
@@ -134,22 +143,25 @@ impl Team {
             return true;
         }
         let s = &*self.shared;
-        // SAFETY: no worker reads `job` now: the previous `run` waited for `pending == 0`.
+        // SAFETY: no worker reads `job` now: the previous `run` closed its job and waited for
+        // `active == 0`, and no worker joins a closed job.
         unsafe {
             *s.job.get() = Some(Job {
                 data: (job as *const F).cast(),
                 call: call_job::<F>,
             });
         }
-        s.pending.store(workers, Ordering::Relaxed);
-        s.epoch.fetch_add(1, Ordering::Release);
+        let epoch = s.epoch.load(Ordering::Relaxed) + 1;
+        s.open.store(epoch, Ordering::SeqCst);
+        s.epoch.store(epoch, Ordering::Release);
         for (_, t) in &self.workers {
             t.unpark();
         }
         let mine = catch_unwind(AssertUnwindSafe(|| job(0)));
-        // The job borrows from our caller: wait for every worker before returning.
+        // Close the job, then wait for the workers inside it: it borrows from our caller.
+        s.open.store(0, Ordering::SeqCst);
         let mut spins = 0u32;
-        while s.pending.load(Ordering::Acquire) != 0 {
+        while s.active.load(Ordering::SeqCst) != 0 {
             if spins < SPINS {
                 std::hint::spin_loop();
                 spins += 1;
@@ -185,16 +197,21 @@ fn worker(s: &Shared, member: usize) {
                 thread::park();
             }
         }
-        // SAFETY: written by `run` before the epoch we just acquired; unchanged until every
-        // worker, this one included, has decremented `pending`.
-        if let Some(job) = unsafe { *s.job.get() } {
-            // SAFETY: `run` keeps the closure alive until `pending` reaches 0.
-            let r = catch_unwind(AssertUnwindSafe(|| unsafe { (job.call)(job.data, member) }));
-            if r.is_err() {
-                s.panicked.store(true, Ordering::Relaxed);
+        // Join, then check the job is still open: `run` closes it before it waits for
+        // `active` to reach 0, so either it sees us or we see it closed.
+        s.active.fetch_add(1, Ordering::SeqCst);
+        if s.open.load(Ordering::SeqCst) == seen {
+            // SAFETY: written by `run` before the epoch we acquired; unchanged until `run`
+            // has seen `active` reach 0 after closing, which waits for us.
+            if let Some(job) = unsafe { *s.job.get() } {
+                // SAFETY: `run` keeps the closure alive until `active` reaches 0.
+                let r = catch_unwind(AssertUnwindSafe(|| unsafe { (job.call)(job.data, member) }));
+                if r.is_err() {
+                    s.panicked.store(true, Ordering::Relaxed);
+                }
             }
         }
-        s.pending.fetch_sub(1, Ordering::Release);
+        s.active.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -213,18 +230,49 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_member_runs_each_job_once() {
+    fn members_share_dynamically_handed_out_work_exactly_once() {
         let team = Team::new(3, 100, 64).expect("spawn");
         assert_eq!(team.size(), 3);
-        let counts: Vec<AtomicUsize> = (0..3).map(|_| AtomicUsize::new(0)).collect();
+        let done: Vec<AtomicUsize> = (0..100).map(|_| AtomicUsize::new(0)).collect();
+        let joined: Vec<AtomicUsize> = (0..3).map(|_| AtomicUsize::new(0)).collect();
         for _ in 0..1000 {
+            let next = AtomicUsize::new(0);
             assert!(team.run(&|m| {
-                counts[m].fetch_add(1, Ordering::Relaxed);
+                joined[m].fetch_add(1, Ordering::Relaxed);
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= done.len() {
+                        break;
+                    }
+                    done[i].fetch_add(1, Ordering::Relaxed);
+                }
             }));
         }
-        for c in &counts {
-            assert_eq!(c.load(Ordering::Relaxed), 1000);
+        for d in &done {
+            assert_eq!(d.load(Ordering::Relaxed), 1000);
         }
+        assert_eq!(
+            joined[0].load(Ordering::Relaxed),
+            1000,
+            "the caller always runs"
+        );
+    }
+
+    #[test]
+    fn a_worker_joins_while_the_caller_waits_for_it() {
+        let team = Team::new(2, 0, 0).expect("spawn");
+        let seen = AtomicBool::new(false);
+        assert!(team.run(&|m| {
+            if m == 1 {
+                seen.store(true, Ordering::SeqCst);
+            } else {
+                let start = std::time::Instant::now();
+                while !seen.load(Ordering::SeqCst) && start.elapsed().as_secs() < 10 {
+                    std::hint::spin_loop();
+                }
+            }
+        }));
+        assert!(seen.load(Ordering::SeqCst), "the worker ran the job");
     }
 
     #[test]
@@ -232,7 +280,16 @@ mod tests {
         let team = Team::new(2, 64, 128).expect("spawn");
         let data: Vec<u64> = (0..1000).collect();
         let sums = [AtomicU64::new(0), AtomicU64::new(0)];
+        let joined = AtomicBool::new(false);
         team.run(&|m| {
+            if m == 1 {
+                joined.store(true, Ordering::SeqCst);
+            } else {
+                let start = std::time::Instant::now();
+                while !joined.load(Ordering::SeqCst) && start.elapsed().as_secs() < 10 {
+                    std::hint::spin_loop();
+                }
+            }
             let half = &data[m * 500..(m + 1) * 500];
             sums[m].store(half.iter().sum(), Ordering::Relaxed);
             // SAFETY: member m's own scratch, 128 bytes.
@@ -250,9 +307,15 @@ mod tests {
     #[test]
     fn a_panicking_worker_is_reported_not_hung_on() {
         let team = Team::new(2, 0, 0).expect("spawn");
+        let joined = AtomicBool::new(false);
         let ok = team.run(&|m| {
             if m == 1 {
+                joined.store(true, Ordering::SeqCst);
                 panic!("worker bug");
+            }
+            let start = std::time::Instant::now();
+            while !joined.load(Ordering::SeqCst) && start.elapsed().as_secs() < 10 {
+                std::hint::spin_loop();
             }
         });
         assert!(!ok);
