@@ -110,10 +110,7 @@ pub fn write_cpu(
 type Tensors = (Vec<BufferSpec>, Vec<TensorSpec>, Vec<TensorSpec>);
 
 /// The plan's buffers and the graph's inputs and outputs as manifest entries.
-fn tensors(
-    graph: &Graph,
-    plan: &MemoryPlan,
-) -> Result<Tensors, ArtifactError> {
+fn tensors(graph: &Graph, plan: &MemoryPlan) -> Result<Tensors, ArtifactError> {
     let buffers = plan
         .liveness
         .buffers

@@ -11,10 +11,15 @@
 
 pub mod abi;
 pub mod cpu;
+pub mod cuda;
 pub mod error;
 pub mod format;
 
+mod dispatch;
+// `model::Model::load` and its accessors are reached through `dispatch::Model`, which
+// forwards to them per backend; `load` itself is superseded by `dispatch::Model::load`.
+#[allow(dead_code)]
 mod model;
 
+pub use dispatch::{Model, Session};
 pub use error::{LoadError, RunError};
-pub use model::{Model, Session};

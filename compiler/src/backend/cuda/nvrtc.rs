@@ -135,14 +135,40 @@ fn compile_one(source: &CString, arch: &str) -> Result<Vec<u8>, NvrtcError> {
 }
 
 /// Compiles the generated source for every architecture in [`CUBIN_ARCHS`] and PTX for
-/// [`PTX_ARCH`].
+/// [`PTX_ARCH`], one thread per architecture (NVRTC programs are independent).
 pub fn compile(source: &str) -> Result<Compiled, NvrtcError> {
+    compile_for(source, CUBIN_ARCHS)
+}
+
+/// Like [`compile`], with cubins for `archs` only (PTX always).
+pub fn compile_for(source: &str, archs: &[&str]) -> Result<Compiled, NvrtcError> {
     let version = version()?;
     let source = CString::new(source).map_err(|_| NvrtcError::Nul)?;
+    let targets: Vec<(&str, &str)> = archs
+        .iter()
+        .map(|a| (*a, *a))
+        .chain([("ptx", PTX_ARCH)])
+        .collect();
+    let results: Vec<Result<Vec<u8>, NvrtcError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = targets
+            .iter()
+            .map(|&(_, arch)| scope.spawn(|| compile_one(&source, arch)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(NvrtcError::Call {
+                        call: "nvrtcCompileProgram",
+                        code: "the compiling thread panicked".into(),
+                    })
+                })
+            })
+            .collect()
+    });
     let mut blobs = Vec::new();
-    for arch in CUBIN_ARCHS {
-        blobs.push((arch.to_string(), compile_one(&source, arch)?));
+    for ((name, _), r) in targets.iter().zip(results) {
+        blobs.push((name.to_string(), r?));
     }
-    blobs.push(("ptx".to_string(), compile_one(&source, PTX_ARCH)?));
     Ok(Compiled { version, blobs })
 }
