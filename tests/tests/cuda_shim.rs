@@ -17,6 +17,7 @@ use sparsec::weights::load_tensors;
 use std::ffi::{CString, c_void};
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 const TOLERANCE: f64 = 2e-4;
 
@@ -34,9 +35,12 @@ struct Library {
 
 impl Library {
     fn build(name: &str, source: &str) -> Result<Library> {
-        let dir = repo()
-            .join("target/cuda-shim")
-            .join(format!("{name}-{}", std::process::id()));
+        static BUILDS: AtomicUsize = AtomicUsize::new(0);
+        let dir = repo().join("target/cuda-shim").join(format!(
+            "{name}-{}-{}",
+            std::process::id(),
+            BUILDS.fetch_add(1, Ordering::Relaxed)
+        ));
         std::fs::create_dir_all(&dir)?;
         std::fs::write(dir.join("shim.h"), SHIM_HEADER)?;
         std::fs::write(dir.join("kernels.cu"), source)?;
@@ -46,7 +50,14 @@ impl Library {
         )?;
         let so = dir.join("kernels.so");
         let out = Command::new("g++")
-            .args(["-O2", "-std=c++17", "-shared", "-fPIC", "-U_FORTIFY_SOURCE"])
+            .args([
+                "-O2",
+                "-std=c++17",
+                "-shared",
+                "-fPIC",
+                "-U_FORTIFY_SOURCE",
+                "-fno-gnu-unique",
+            ])
             .args(["-Wno-unknown-pragmas", "-o"])
             .arg(&so)
             .arg(dir.join("main.cpp"))

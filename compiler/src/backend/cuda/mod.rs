@@ -267,7 +267,6 @@ pub fn generate(
                 });
             }
         };
-        source.push_str(&input.emit());
         source.push_str(&text);
         out_steps.push(Step {
             kind,

@@ -1,7 +1,9 @@
 // sparsec CUDA shim: compiles the generated CUDA C as C++ (g++) and runs a launch on the CPU,
 // so every generated kernel is checked without a GPU. Include it once, before the generated
 // source, in one translation unit; build with -U_FORTIFY_SOURCE (the scheduler longjmps
-// between stacks, which fortified longjmp rejects).
+// between stacks, which fortified longjmp rejects) and -fno-gnu-unique (the __shared__
+// statics of the prelude's templates would otherwise be STB_GNU_UNIQUE symbols, one copy for
+// every library loaded in the process, so two models run at once would share them).
 //
 // Semantics: the grid's blocks run one after another; inside a block every thread is a fiber
 // with its own stack. A fiber runs until it calls __syncthreads() or returns; when every fiber
