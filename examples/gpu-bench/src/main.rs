@@ -88,7 +88,7 @@ fn run(args: &Args) -> Result<(), String> {
             "{{\"model\": \"{}\", \"check\": \"{io}\", \"relative_error\": {error:e}}}",
             model.name()
         );
-        if !(error < 2e-4) {
+        if error.is_nan() || error >= 2e-4 {
             return Err(format!("relative error {error:e} is not below 2e-4"));
         }
     }
