@@ -65,6 +65,32 @@ pub fn compile_cpu(
     Ok((opt, bytes))
 }
 
+/// Compiles a loaded graph for CUDA: like [`compile_cpu`], then one generated kernel per
+/// step, compiled by NVRTC (cubins for `sm_80` and `sm_90`, PTX for `compute_80`).
+pub fn compile_cuda(
+    graph: Graph,
+    weights: &WeightsSource,
+    max_batch: u32,
+    verify: bool,
+) -> Result<(Optimized, Vec<u8>), DriverError> {
+    if max_batch > crate::backend::cuda::MAX_BATCH {
+        return Err(DriverError::Backend(
+            crate::backend::BackendError::TooLarge {
+                what: format!(
+                    "a maximum batch of {max_batch} (CUDA models take at most {})",
+                    crate::backend::cuda::MAX_BATCH
+                ),
+            },
+        ));
+    }
+    let opt = optimize(graph, weights, 1, verify)?;
+    let program = crate::backend::cuda::generate(&opt.graph, &opt.plan, true)?;
+    let compiled = crate::backend::cuda::nvrtc::compile(&program.source)
+        .map_err(crate::backend::BackendError::from)?;
+    let bytes = crate::artifact::write_cuda(&opt.graph, &opt.plan, &program, &compiled, max_batch)?;
+    Ok((opt, bytes))
+}
+
 /// A model parsed and lowered from a file.
 pub fn load(path: &Path) -> Result<Graph, DriverError> {
     let source = std::fs::read_to_string(path).map_err(|source| DriverError::Io {

@@ -48,9 +48,19 @@ struct CompileArgs {
     /// Write the compiled model (CPU machine code, weights, plan) to this file.
     #[arg(short = 'o', long = "output", value_name = "MODEL.bin")]
     output: Option<PathBuf>,
+    /// What `-o` compiles for: CPU machine code, or CUDA kernels (NVRTC: cubins for sm_80 and
+    /// sm_90, PTX fallback).
+    #[arg(long, value_enum, default_value = "cpu")]
+    target: TargetKind,
     /// Largest batch the compiled model accepts (the arena grows with the batch).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     max_batch: u32,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum TargetKind {
+    Cpu,
+    Cuda,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -63,6 +73,8 @@ enum Emit {
     Plan,
     /// An SVG of live memory over the schedule and the arena's blocks.
     MemorySvg,
+    /// The generated CUDA C kernels (plan made at batch 1; weights not needed).
+    Cuda,
 }
 
 #[derive(Subcommand)]
@@ -171,8 +183,11 @@ fn run(cli: Cli) -> Result<()> {
                 "code generation needs weights: pass --weights W.safetensors or --random-weights SEED"
             );
         }
-        let (opt, bytes) =
-            driver::compile_cpu(graph, &weights, args.max_batch, cfg!(debug_assertions))?;
+        let compile = match args.target {
+            TargetKind::Cpu => driver::compile_cpu,
+            TargetKind::Cuda => driver::compile_cuda,
+        };
+        let (opt, bytes) = compile(graph, &weights, args.max_batch, cfg!(debug_assertions))?;
         print_timings(args.timings, &opt.timings);
         std::fs::write(out, &bytes).with_context(|| format!("cannot write `{}`", out.display()))?;
         eprintln!(
@@ -183,6 +198,14 @@ fn run(cli: Cli) -> Result<()> {
             stats::group(opt.plan.arena.arena_bytes),
             args.max_batch
         );
+        return Ok(());
+    }
+    if args.emit == Some(Emit::Cuda) {
+        // Kernels address buffers at `offset_per_image * batch`: the plan is made at batch 1.
+        let opt = driver::optimize(graph, &weights, 1, cfg!(debug_assertions))?;
+        print_timings(args.timings, &opt.timings);
+        let program = sparsec::backend::cuda::generate(&opt.graph, &opt.plan, false)?;
+        print!("{}", program.source);
         return Ok(());
     }
     let raw = graph.clone();
@@ -198,7 +221,7 @@ fn run(cli: Cli) -> Result<()> {
                 plan::svg::memory_svg(&raw.name, &raw_liveness, &opt.plan)
             );
         }
-        Some(Emit::Ir) | None => {
+        Some(Emit::Ir | Emit::Cuda) | None => {
             eprintln!(
                 "checked {}: {} nodes after optimisation, arena {} bytes at batch {}",
                 model.display(),

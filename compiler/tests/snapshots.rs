@@ -74,7 +74,10 @@ fn no_orphan_snapshots() {
             .split_once('@')
             .unwrap_or_else(|| panic!("unexpected file {name} in tests/snapshots"));
         let source_dir = match prefix {
-            "snapshots__emit_ir" | "optimize__emit_opt_ir" | "optimize__emit_plan" => &examples,
+            "snapshots__emit_ir"
+            | "optimize__emit_opt_ir"
+            | "optimize__emit_plan"
+            | "cuda__emit_cuda" => &examples,
             "snapshots__diagnostics" => &fixtures,
             _ => panic!("snapshot {name} has no test"),
         };

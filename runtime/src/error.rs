@@ -136,6 +136,10 @@ pub enum LoadError {
         max_batch: u32,
     },
 
+    /// The code does not match the backend, or the CUDA code is malformed (blobs, launches).
+    #[error("model.bin code: {reason}")]
+    Code { reason: String },
+
     /// The file was compiled for another architecture, or names a CPU feature this runtime does
     /// not know.
     #[error("model.bin target mismatch: {reason}")]
@@ -151,6 +155,20 @@ pub enum LoadError {
     /// The file has no code for the backend asked for.
     #[error("model.bin has no code for the {backend} backend")]
     NoCode { backend: Backend },
+
+    /// The model needs a backend this runtime was built without.
+    #[error(
+        "model.bin is compiled for the {backend} backend, but this runtime was built without it \
+         (build the `runtime` crate with `--features {feature}`)"
+    )]
+    BackendNotBuilt {
+        backend: Backend,
+        feature: &'static str,
+    },
+
+    /// No usable device: no driver library, no GPU, or a GPU the code cannot run on.
+    #[error("cannot run the {backend} model on this machine: {reason}")]
+    Device { backend: Backend, reason: String },
 
     /// Mapping or preparing the code failed (mmap, mprotect, driver load, ...).
     #[error("cannot prepare the model's code: {0}")]

@@ -206,13 +206,67 @@ pub struct CpuCode {
     pub entry_offset: u64,
 }
 
-/// CUDA code: one blob per architecture.
+/// CUDA code: one blob per architecture and one kernel launch per step.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CudaCode {
-    /// The NVRTC version that compiled the blobs.
+    /// The NVRTC version that compiled the blobs, `"major.minor"`.
     pub nvrtc_version: String,
     /// `(arch, bytes)`: arch like `"sm_90"` for a cubin or `"ptx"` for PTX text.
     pub blobs: Vec<(String, Section)>,
+    /// One launch per step, in step order.
+    pub launches: Vec<CudaLaunch>,
+}
+
+/// How a step's kernel is launched: `kernel<<<(grid[0], grid[1], batch), block,
+/// shared_bytes>>>(arena, weights, batch)`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CudaLaunch {
+    /// The `extern "C"` kernel name in every blob.
+    pub kernel: String,
+    /// Grid x and y; z is the batch.
+    pub grid: [u32; 2],
+    /// Threads per block (x only).
+    pub block: u32,
+    /// Dynamic shared memory in bytes.
+    pub shared_bytes: u32,
+}
+
+/// The largest batch of a CUDA model: the batch is the grid's z dimension.
+pub const CUDA_MAX_BATCH: u32 = 65_535;
+
+impl CudaLaunch {
+    /// Checks the launch against CUDA's limits; the reason when it breaks one.
+    pub fn check(&self) -> Result<(), String> {
+        let name_ok = !self.kernel.is_empty()
+            && self.kernel.len() <= 256
+            && self
+                .kernel
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            && !self.kernel.as_bytes()[0].is_ascii_digit();
+        if !name_ok {
+            return Err(format!(
+                "kernel name {:?} is not a C identifier",
+                self.kernel
+            ));
+        }
+        if !(1..=1024).contains(&self.block) {
+            return Err(format!("block of {} threads (1 to 1024)", self.block));
+        }
+        if self.grid[0] == 0 || self.grid[0] > i32::MAX as u32 {
+            return Err(format!("grid x {} (1 to 2^31 - 1)", self.grid[0]));
+        }
+        if self.grid[1] == 0 || self.grid[1] > 65_535 {
+            return Err(format!("grid y {} (1 to 65535)", self.grid[1]));
+        }
+        if self.shared_bytes > 48 * 1024 {
+            return Err(format!(
+                "{} bytes of dynamic shared memory (at most 49152)",
+                self.shared_bytes
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Manifest {
@@ -779,6 +833,56 @@ fn validate(m: &Manifest, data_len: u64, data_base: u64, file_len: u64) -> Resul
             max_batch: m.max_batch,
         });
     }
+    validate_code(m)
+}
+
+/// The code matches the backend: a CUDA model has CUDA code and `max_batch` within the grid's
+/// z limit; CUDA code, wherever present, has at least one blob, each named `sm_XY` or `ptx`
+/// once, and one valid launch per step.
+fn validate_code(m: &Manifest) -> Result<(), LoadError> {
+    let fail = |reason: String| Err(LoadError::Code { reason });
+    if m.target.backend == Backend::Cuda {
+        if m.cuda.is_none() {
+            return fail("a CUDA model without CUDA code".into());
+        }
+        if m.max_batch > CUDA_MAX_BATCH {
+            return fail(format!(
+                "max_batch {} of a CUDA model is above {CUDA_MAX_BATCH} (the grid's z limit)",
+                m.max_batch
+            ));
+        }
+    }
+    let Some(c) = &m.cuda else {
+        return Ok(());
+    };
+    if c.blobs.is_empty() {
+        return fail("CUDA code without any cubin or PTX".into());
+    }
+    for (i, (arch, _)) in c.blobs.iter().enumerate() {
+        let known = arch == "ptx"
+            || arch.strip_prefix("sm_").is_some_and(|v| {
+                (2..=4).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_digit())
+            });
+        if !known {
+            return fail(format!(
+                "CUDA blob {i} has an unknown architecture {arch:?}"
+            ));
+        }
+        if c.blobs[..i].iter().any(|(a, _)| a == arch) {
+            return fail(format!("CUDA blob {i}: a second blob for {arch:?}"));
+        }
+    }
+    if c.launches.len() != m.steps.len() {
+        return fail(format!(
+            "{} CUDA launches for {} steps",
+            c.launches.len(),
+            m.steps.len()
+        ));
+    }
+    for (i, l) in c.launches.iter().enumerate() {
+        l.check()
+            .or_else(|reason| fail(format!("CUDA launch of step {i}: {reason}")))?;
+    }
     Ok(())
 }
 
@@ -987,6 +1091,14 @@ mod tests {
             cuda: Some(CudaCode {
                 nvrtc_version: "12.4".into(),
                 blobs: vec![("ptx".into(), ptx)],
+                launches: (0..3)
+                    .map(|i| CudaLaunch {
+                        kernel: format!("s{i:03}"),
+                        grid: [4, 1],
+                        block: 256,
+                        shared_bytes: 0,
+                    })
+                    .collect(),
             }),
         };
         (manifest, w.data)
@@ -1298,6 +1410,69 @@ mod tests {
                 }
             ),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn cuda_code_failures() {
+        let code_err = |edit: fn(&mut Manifest), words: &str| {
+            let e = with_manifest(edit);
+            assert!(
+                matches!(&e, LoadError::Code { reason } if reason.contains(words)),
+                "{words}: {e}"
+            );
+        };
+        code_err(
+            |m| m.cuda.as_mut().expect("cuda").blobs.clear(),
+            "without any",
+        );
+        code_err(
+            |m| m.cuda.as_mut().expect("cuda").blobs[0].0 = "sm_x".into(),
+            "unknown architecture",
+        );
+        code_err(
+            |m| {
+                let c = m.cuda.as_mut().expect("cuda");
+                let again = c.blobs[0].clone();
+                c.blobs.push(again);
+            },
+            "a second blob",
+        );
+        code_err(
+            |m| {
+                m.cuda.as_mut().expect("cuda").launches.pop();
+            },
+            "2 CUDA launches for 3 steps",
+        );
+        code_err(
+            |m| m.cuda.as_mut().expect("cuda").launches[1].kernel = "1x; evil".into(),
+            "not a C identifier",
+        );
+        code_err(
+            |m| m.cuda.as_mut().expect("cuda").launches[1].block = 2048,
+            "threads",
+        );
+        code_err(
+            |m| m.cuda.as_mut().expect("cuda").launches[2].grid = [1, 0],
+            "grid y",
+        );
+        code_err(
+            |m| m.cuda.as_mut().expect("cuda").launches[2].shared_bytes = 1 << 20,
+            "shared memory",
+        );
+        code_err(
+            |m| {
+                m.target.backend = Backend::Cuda;
+                m.cuda = None;
+            },
+            "without CUDA code",
+        );
+        code_err(
+            |m| {
+                m.target.backend = Backend::Cuda;
+                m.max_batch = 70_000;
+            },
+            "z limit",
         );
     }
 

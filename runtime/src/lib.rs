@@ -11,12 +11,18 @@
 
 pub mod abi;
 pub mod cpu;
+pub mod cuda;
 pub mod error;
 pub mod format;
 
 mod aligned;
+mod dispatch;
+// `model::Model::load` and its accessors are reached through `dispatch::Model`, which
+// forwards to them per backend; `load` itself is superseded by `dispatch::Model::load`.
+#[allow(dead_code)]
 mod model;
 pub mod profile;
 
+pub use dispatch::{Model, Session};
 pub use error::{LoadError, RunError};
-pub use model::{Model, Session, default_threads};
+pub use model::default_threads;

@@ -4,6 +4,8 @@
 //! Must not change the graph or the plan: they are inputs.
 
 pub mod cpu;
+pub mod cuda;
+pub mod steps;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -11,7 +13,7 @@ pub enum BackendError {
         "code generation needs weights: parameter `{0}` has no data (pass --weights or --random-weights)"
     )]
     Unbound(String),
-    #[error("the CPU backend cannot compile `{op}` at {node}: {reason}")]
+    #[error("cannot compile `{op}` at {node}: {reason}")]
     Unsupported {
         node: String,
         op: &'static str,
@@ -23,6 +25,8 @@ pub enum BackendError {
         "generated code has {0} relocations; it must have none (position-independent, table calls only)"
     )]
     Relocations(usize),
+    #[error(transparent)]
+    Nvrtc(#[from] cuda::nvrtc::NvrtcError),
     #[error("the model needs {what}, more than a model.bin can describe")]
     TooLarge { what: String },
 }

@@ -1,0 +1,337 @@
+//! The CUDA C text of each step, specialised to it: every shape, plan offset and weight
+//! offset is a literal (`static constexpr` members of the step's description struct), so
+//! NVRTC folds the index arithmetic. The kernel bodies are templates written once in
+//! `prelude.cuh`, at the top of every generated file; each step adds a description struct
+//! (with its input loader `x`) and an `extern "C"` kernel instantiating one template. Kernels take
+//! `(float* arena, const float* weights, unsigned batch)`; buffer `b` of the step lives at
+//! `arena + offset_per_image * batch` (in floats), image `n` at `+ n * floats_per_image`, and
+//! `blockIdx.z` is the image. The same text compiles as C++ under `shim.h`, so it uses only
+//! what the shim provides (`threadIdx`, `blockIdx`, `__shared__`, `__syncthreads`, `fmaxf`,
+//! `INFINITY`) and every thread of a block reaches every `__syncthreads()`.
+//!
+//! Design:
+//! - convolution: implicit GEMM, output tile of `bm` channels x 64 pixels per block, 256
+//!   threads each owning `bm/16` x 4 outputs; per 16-deep slice of `k = (c, kh, kw)` the block
+//!   stages the weight tile and the im2col input tile (pieces read in place, prologue applied
+//!   while loading, zero padding after it) in shared memory between two barriers; bias and
+//!   ReLU in the epilogue.
+//! - pool: one thread per output value, prologue per loaded value.
+//! - linear (the fused head): one block per image; the prologued, globally averaged input is
+//!   staged in shared memory, then each thread computes output features.
+//!
+//! Must not decide layouts or offsets (`mod.rs` and the plan do); only writes text.
+//! `prelude.cuh` and the constants written here must agree on names.
+
+use super::THREADS;
+use crate::backend::steps::StepPlan;
+use ir::op::{Combine, Conv2d, Linear as LinearOp, Pool as PoolOp, PoolKind};
+use runtime::format::CudaLaunch;
+use std::fmt::Write;
+
+/// Pixels per convolution tile (the prelude's `SPARSEC_BN`).
+const BN: u32 = 64;
+/// Shared memory a kernel may use statically.
+const MAX_SHARED: u64 = 48 * 1024;
+
+/// The kernel bodies, written once as templates over a step description `S` (a struct of
+/// `static constexpr` shapes and offsets plus `S::x`, the input loader); each step's
+/// `extern "C"` kernel instantiates one of them.
+const PRELUDE: &str = include_str!("prelude.cuh");
+
+/// The prologue of a reader: float offsets of scale and shift in the weights.
+#[derive(Clone, Copy, Debug)]
+pub struct Prologue {
+    pub scale: u64,
+    pub shift: u64,
+    pub relu: bool,
+}
+
+/// The file's first lines.
+pub fn header(model: &str, steps: usize) -> String {
+    format!(
+        "// sparsec CUDA kernels for `{model}`: {steps} steps, one kernel each, launched in step\n\
+         // order with (arena, weights, batch); grid z = batch.\n\
+         // Generated code: every shape, arena offset and weight offset is a literal.\n{PRELUDE}"
+    )
+}
+
+/// How a step reads its logical input: pieces, combine rule, prologue.
+pub struct Input {
+    /// The kernel's name; its step description is `NAME_t`.
+    name: String,
+    pieces: Vec<(u32, u64, u64)>, // (channels, float offset per image, floats per image)
+    combine: Combine,
+    plane: u64,
+    pub prologue: Option<Prologue>,
+}
+
+impl Input {
+    pub fn new(
+        name: &str,
+        step: &StepPlan<'_>,
+        prologue: Option<Prologue>,
+    ) -> Result<Input, crate::backend::BackendError> {
+        Ok(Input {
+            name: name.to_string(),
+            pieces: step
+                .pieces
+                .iter()
+                .map(|p| {
+                    (
+                        p.channels,
+                        p.buffer.offset_per_image / 4,
+                        p.buffer.bytes_per_image / 4,
+                    )
+                })
+                .collect(),
+            combine: step.op.access().map_or(Combine::Concat, |a| a.combine),
+            plane: u64::from(step.input.height) * u64::from(step.input.width),
+            prologue,
+        })
+    }
+
+    /// The loader `x(a, w, B, n, c, hw)` of the step description: the value of channel `c`
+    /// at plane position `hw` of image `n`, pieces combined, prologue applied.
+    fn emit(&self) -> String {
+        let mut s = String::new();
+        let hw = self.plane;
+        s.push_str(
+            "  static __device__ __forceinline__ float x(const float* __restrict__ a, const \
+             float* __restrict__ w, size_t B, unsigned n, unsigned c, unsigned hw) {\n",
+        );
+        let at = |off: u64, per: u64, ch: &str| {
+            format!("a[{off}ull * B + (size_t)n * {per}ull + (size_t)({ch}) * {hw}ull + hw]")
+        };
+        match self.combine {
+            Combine::Sum => {
+                let terms: Vec<String> = self
+                    .pieces
+                    .iter()
+                    .map(|&(_, off, per)| at(off, per, "c"))
+                    .collect();
+                let _ = writeln!(s, "    float v = {};", terms.join("\n            + "));
+            }
+            Combine::Concat if self.pieces.len() == 1 => {
+                let (_, off, per) = self.pieces[0];
+                let _ = writeln!(s, "    float v = {};", at(off, per, "c"));
+            }
+            Combine::Concat => {
+                let _ = writeln!(s, "    float v;");
+                let mut start = 0u32;
+                let last = self.pieces.len() - 1;
+                for (i, &(ch, off, per)) in self.pieces.iter().enumerate() {
+                    let local = if start == 0 {
+                        "c".to_string()
+                    } else {
+                        format!("c - {start}u")
+                    };
+                    let load = at(off, per, &local);
+                    if i == 0 {
+                        let _ = writeln!(s, "    if (c < {}u) v = {load};", start + ch);
+                    } else if i == last {
+                        let _ = writeln!(s, "    else v = {load};");
+                    } else {
+                        let _ = writeln!(s, "    else if (c < {}u) v = {load};", start + ch);
+                    }
+                    start += ch;
+                }
+            }
+        }
+        if let Some(p) = self.prologue {
+            let _ = writeln!(s, "    v = v * w[{}u + c] + w[{}u + c];", p.scale, p.shift);
+            if p.relu {
+                let _ = writeln!(s, "    v = fmaxf(v, 0.0f);");
+            }
+        }
+        s.push_str("    return v;\n  }\n");
+        s
+    }
+}
+
+/// A step description struct (`constants`, then the loader) and its `extern "C"` kernel,
+/// which instantiates `body` (a prelude template) with it.
+fn kernel(comment: &str, input: &Input, constants: &[String], body: &str) -> String {
+    let name = &input.name;
+    let mut t = String::new();
+    let _ = writeln!(t, "\n// {comment}\nstruct {name}_t {{");
+    for c in constants {
+        let _ = writeln!(t, "  static constexpr {c};");
+    }
+    t.push_str(&input.emit());
+    let _ = write!(
+        t,
+        "}};\nextern \"C\" __global__ void __launch_bounds__({THREADS}) {name}(float* __restrict__ \
+         a, const float* __restrict__ w, unsigned batch) {{\n  {body}<{name}_t>(a, w, batch);\n}}\n"
+    );
+    t
+}
+
+fn launch(grid: [u32; 2]) -> CudaLaunch {
+    CudaLaunch {
+        kernel: String::new(),
+        grid,
+        block: THREADS,
+        shared_bytes: 0,
+    }
+}
+
+fn bias(b: Option<u64>) -> String {
+    format!("long long BIAS = {}", b.map_or(-1, |b| b as i64))
+}
+
+/// A convolution step.
+pub struct Conv<'a> {
+    pub input: &'a Input,
+    pub step: &'a StepPlan<'a>,
+    pub conv: &'a Conv2d,
+    /// Float offsets in the weights.
+    pub weight: u64,
+    pub bias: Option<u64>,
+}
+
+impl Conv<'_> {
+    pub fn emit(&self) -> (String, CudaLaunch) {
+        let (c, s) = (self.conv, self.step);
+        let (ih, iw) = (s.input.height, s.input.width);
+        let (oh, ow) = (s.output.height, s.output.width);
+        let oc = c.out_channels;
+        let (kh, kw) = (c.kernel[0], c.kernel[1]);
+        let p = u64::from(oh) * u64::from(ow);
+        // Output channels per tile: the smallest of 16, 32, 64 that covers them (or 64).
+        let bm: u32 = match oc {
+            0..=16 => 16,
+            17..=32 => 32,
+            _ => 64,
+        };
+        let comment = format!(
+            "{}: conv {kh}x{kw} stride {}x{} pad {}x{}, {} -> {oc} channels, {ih}x{iw} -> \
+             {oh}x{ow}{}{}",
+            s.label,
+            c.stride[0],
+            c.stride[1],
+            c.pad[0],
+            c.pad[1],
+            s.input.channels,
+            if c.bias.is_some() { ", bias" } else { "" },
+            if c.relu { ", relu" } else { "" },
+        );
+        let constants = [
+            format!(
+                "unsigned BM = {bm}, OC = {oc}, CIN = {}, IH = {ih}, IW = {iw}, OH = {oh}, \
+                 OW = {ow}, KH = {kh}, KW = {kw}, SH = {}, SW = {}, PH = {}, PW = {}",
+                s.input.channels, c.stride[0], c.stride[1], c.pad[0], c.pad[1]
+            ),
+            format!(
+                "unsigned long long WEIGHT = {}, OUT = {}, OUT_PER_IMAGE = {}",
+                self.weight,
+                s.out.offset_per_image / 4,
+                s.out.bytes_per_image / 4
+            ),
+            bias(self.bias),
+            format!("bool RELU = {}", c.relu),
+        ];
+        let text = kernel(&comment, self.input, &constants, "sparsec_conv");
+        let grid = [p.div_ceil(u64::from(BN)) as u32, oc.div_ceil(bm)];
+        (text, launch(grid))
+    }
+}
+
+/// A pooling step.
+pub struct Pool<'a> {
+    pub input: &'a Input,
+    pub step: &'a StepPlan<'a>,
+    pub pool: &'a PoolOp,
+}
+
+impl Pool<'_> {
+    pub fn emit(&self) -> (String, CudaLaunch) {
+        let (p, s) = (self.pool, self.step);
+        let (ih, iw) = (s.input.height, s.input.width);
+        let (oh, ow) = (s.output.height, s.output.width);
+        let ch = s.input.channels;
+        let total = u64::from(ch) * u64::from(oh) * u64::from(ow);
+        let kind = match p.kind {
+            PoolKind::Avg => "avg",
+            PoolKind::Max => "max",
+        };
+        let comment = if p.global {
+            format!(
+                "{}: global {kind} pool, {ch} channels, {ih}x{iw} -> 1x1",
+                s.label
+            )
+        } else {
+            format!(
+                "{}: {kind} pool {}x{} stride {}x{} pad {}x{}, {ch} channels, {ih}x{iw} -> \
+                 {oh}x{ow}",
+                s.label, p.kernel[0], p.kernel[1], p.stride[0], p.stride[1], p.pad[0], p.pad[1]
+            )
+        };
+        let constants = [
+            format!(
+                "unsigned C = {ch}, IH = {ih}, IW = {iw}, OH = {oh}, OW = {ow}, KH = {}, KW = {}, \
+                 SH = {}, SW = {}, PH = {}, PW = {}",
+                p.kernel[0], p.kernel[1], p.stride[0], p.stride[1], p.pad[0], p.pad[1]
+            ),
+            format!(
+                "unsigned long long OUT = {}, OUT_PER_IMAGE = {}",
+                s.out.offset_per_image / 4,
+                s.out.bytes_per_image / 4
+            ),
+            format!(
+                "bool MAX = {}, GLOBAL = {}",
+                p.kind == PoolKind::Max,
+                p.global
+            ),
+        ];
+        let text = kernel(&comment, self.input, &constants, "sparsec_pool");
+        (text, launch([total.div_ceil(u64::from(THREADS)) as u32, 1]))
+    }
+}
+
+/// A fully connected step (the fused head when it averages globally).
+pub struct Linear<'a> {
+    pub input: &'a Input,
+    pub step: &'a StepPlan<'a>,
+    pub linear: &'a LinearOp,
+    pub weight: u64,
+    pub bias: Option<u64>,
+}
+
+impl Linear<'_> {
+    pub fn emit(&self) -> Result<(String, CudaLaunch), String> {
+        let (l, s) = (self.linear, self.step);
+        let cin = s.input.channels;
+        let out = l.out_features;
+        let plane = u64::from(s.input.height) * u64::from(s.input.width);
+        let shared = u64::from(cin) * 4;
+        if shared > MAX_SHARED {
+            return Err(format!(
+                "the CUDA head stages {cin} input channels in shared memory ({shared} bytes, at \
+                 most {MAX_SHARED})"
+            ));
+        }
+        let comment = format!(
+            "{}: linear {cin} -> {out}{}, input {}x{}",
+            s.label,
+            if l.global_pool {
+                " after a global average"
+            } else {
+                ""
+            },
+            s.input.height,
+            s.input.width
+        );
+        let constants = [
+            format!("unsigned CIN = {cin}, OUTF = {out}, PLANE = {plane}"),
+            format!(
+                "unsigned long long WEIGHT = {}, OUT = {}, OUT_PER_IMAGE = {}",
+                self.weight,
+                s.out.offset_per_image / 4,
+                s.out.bytes_per_image / 4
+            ),
+            bias(self.bias),
+        ];
+        let text = kernel(&comment, self.input, &constants, "sparsec_linear");
+        Ok((text, launch([1, 1])))
+    }
+}

@@ -1,0 +1,321 @@
+//! The CUDA backend: turns the optimised graph and its memory plan (as `backend::steps`) into
+//! one generated CUDA C kernel per step, specialised to the step's shapes, plan offsets and
+//! weight offsets (`kernels.rs` writes the text), the weights section in the layout those
+//! kernels read, one `abi` descriptor per step (so the runtime can check every step's geometry
+//! against its buffers and the weights section) and one launch description per step. NVRTC
+//! turns the source into cubins and PTX (`nvrtc.rs`). `shim.h` lets the same source run on the
+//! CPU (g++), which is how the kernels are checked without a GPU.
+//!
+//! Weights layout (f32, each array 64-byte aligned): convolution weights transposed to
+//! `[in_channels * kh * kw][out_channels]` (a block's weight tile is one coalesced row per
+//! `k`), linear weights transposed to `[in][out]`, bias, scale and shift as plain arrays.
+//! Must not change the graph or the plan.
+
+pub mod kernels;
+pub mod nvrtc;
+
+use super::BackendError;
+use super::steps::{self, StepPlan};
+use crate::plan::memory::MemoryPlan;
+use ir::op::{Access, Combine, PoolKind};
+use ir::{Graph, Op, ParamId};
+use runtime::abi;
+use runtime::format::{CudaLaunch, Descriptor, Step, StepKind};
+use std::collections::HashMap;
+
+/// The shim header that compiles the generated source as C++ (g++) and runs each launch on
+/// the CPU: a grid of blocks one after another, each block's threads as fibers that switch at
+/// `__syncthreads()`. Tests write it next to the source.
+pub const SHIM_HEADER: &str = include_str!("shim.h");
+
+/// Threads per block of every generated kernel.
+pub const THREADS: u32 = 256;
+
+/// The largest batch a CUDA model.bin accepts: the batch is the grid's z dimension.
+pub const MAX_BATCH: u32 = 65_535;
+
+/// Everything the artifact writer and NVRTC need.
+#[derive(Clone, Debug)]
+pub struct CudaProgram {
+    /// The CUDA C source of every kernel (stable text: `--emit cuda`).
+    pub source: String,
+    pub weights: Vec<u8>,
+    pub consts: Vec<u8>,
+    pub steps: Vec<Step>,
+    /// One launch per step, in step order.
+    pub launches: Vec<CudaLaunch>,
+}
+
+/// An aligned f32 section being filled; unbound parameters take their size in zeros when the
+/// caller only wants the source.
+struct Weights<'g> {
+    graph: &'g Graph,
+    bytes: Vec<u8>,
+    placed: HashMap<ParamId, u64>,
+    need_data: bool,
+}
+
+impl Weights<'_> {
+    fn data(&self, id: ParamId) -> Result<Option<&[f32]>, BackendError> {
+        let p = self.graph.params.get(id);
+        match p.data.as_deref() {
+            Some(d) => Ok(Some(d)),
+            None if self.need_data => Err(BackendError::Unbound(p.name.clone())),
+            None => Ok(None),
+        }
+    }
+
+    /// Appends `len` floats (zeros when `data` is `None`); returns the byte offset.
+    fn push(&mut self, data: Option<&[f32]>, len: usize) -> u64 {
+        while !self.bytes.len().is_multiple_of(64) {
+            self.bytes.push(0);
+        }
+        let at = self.bytes.len() as u64;
+        match data {
+            Some(d) => d
+                .iter()
+                .for_each(|v| self.bytes.extend_from_slice(&v.to_le_bytes())),
+            None => self.bytes.resize(self.bytes.len() + 4 * len, 0),
+        }
+        at
+    }
+
+    /// A plain parameter, stored once however many readers it has.
+    fn param(&mut self, id: ParamId) -> Result<u64, BackendError> {
+        if let Some(&at) = self.placed.get(&id) {
+            return Ok(at);
+        }
+        let len = self.graph.params.get(id).shape.iter().product();
+        let data = self.data(id)?.map(<[f32]>::to_vec);
+        let at = self.push(data.as_deref(), len);
+        self.placed.insert(id, at);
+        Ok(at)
+    }
+
+    /// A `[rows, cols]` parameter stored transposed as `[cols, rows]`.
+    fn transposed(&mut self, id: ParamId, rows: usize, cols: usize) -> Result<u64, BackendError> {
+        let data = self.data(id)?.map(|d| {
+            let mut t = vec![0.0f32; rows * cols];
+            for r in 0..rows {
+                for c in 0..cols {
+                    t[c * rows + r] = d[r * cols + c];
+                }
+            }
+            t
+        });
+        Ok(self.push(data.as_deref(), rows * cols))
+    }
+
+    fn prologue(&mut self, access: &Access) -> Result<Option<kernels::Prologue>, BackendError> {
+        let Some(p) = access.prologue else {
+            return Ok(None);
+        };
+        Ok(Some(kernels::Prologue {
+            scale: self.param(p.scale)? / 4,
+            shift: self.param(p.shift)? / 4,
+            relu: p.relu,
+        }))
+    }
+}
+
+fn push_desc<D: Descriptor>(consts: &mut Vec<u8>, desc: &D) -> u64 {
+    while !consts.len().is_multiple_of(64) {
+        consts.push(0);
+    }
+    let at = consts.len() as u64;
+    desc.encode(consts);
+    at
+}
+
+/// Generates the kernels of an optimised, planned graph. With `need_data` every parameter must
+/// be bound (model.bin); without it unbound parameters become zeros of their size, which is
+/// enough for the source (`--emit cuda`): the text depends on sizes and offsets only.
+pub fn generate(
+    graph: &Graph,
+    plan: &MemoryPlan,
+    need_data: bool,
+) -> Result<CudaProgram, BackendError> {
+    let plans = steps::analyze(graph, plan)?;
+    let mut w = Weights {
+        graph,
+        bytes: Vec::new(),
+        placed: HashMap::new(),
+        need_data,
+    };
+    let mut consts = Vec::new();
+    let mut source = kernels::header(&graph.name, plans.len());
+    let mut out_steps = Vec::new();
+    let mut launches = Vec::new();
+    for (index, s) in plans.iter().enumerate() {
+        let name = format!("s{index:03}_{}", s.op.mnemonic().replace('-', "_"));
+        let input = kernels::Input::new(&name, s, w.prologue_of(s.op)?)?;
+        let (kind, desc_offset, launch, text) = match s.op {
+            Op::Conv2d(c) => {
+                let k = (s.input.channels * c.kernel[0] * c.kernel[1]) as usize;
+                let weight = w.transposed(c.weight, c.out_channels as usize, k)?;
+                let bias = c.bias.map(|b| w.param(b)).transpose()?;
+                let conv = kernels::Conv {
+                    input: &input,
+                    step: s,
+                    conv: c,
+                    weight: weight / 4,
+                    bias: bias.map(|b| b / 4),
+                };
+                let desc = abi::ConvDesc {
+                    in_channels: s.input.channels,
+                    in_h: s.input.height,
+                    in_w: s.input.width,
+                    out_channels: c.out_channels,
+                    out_h: s.output.height,
+                    out_w: s.output.width,
+                    kernel_h: c.kernel[0],
+                    kernel_w: c.kernel[1],
+                    stride_h: c.stride[0],
+                    stride_w: c.stride[1],
+                    pad_h: c.pad[0],
+                    pad_w: c.pad[1],
+                    combine: combine(&c.access),
+                    flags: flags(&c.access)
+                        | if c.bias.is_some() { abi::FLAG_BIAS } else { 0 }
+                        | if c.relu { abi::FLAG_RELU } else { 0 },
+                    n_pieces: pieces(s)?,
+                    reserved: 0,
+                    weight_off: weight,
+                    bias_off: bias.unwrap_or(0),
+                    scale_off: input.prologue.map_or(0, |p| p.scale * 4),
+                    shift_off: input.prologue.map_or(0, |p| p.shift * 4),
+                };
+                let (text, launch) = conv.emit();
+                (StepKind::Conv, push_desc(&mut consts, &desc), launch, text)
+            }
+            Op::Pool(p) => {
+                let pool = kernels::Pool {
+                    input: &input,
+                    step: s,
+                    pool: p,
+                };
+                let desc = abi::PoolDesc {
+                    channels: s.input.channels,
+                    in_h: s.input.height,
+                    in_w: s.input.width,
+                    out_h: s.output.height,
+                    out_w: s.output.width,
+                    kernel_h: p.kernel[0],
+                    kernel_w: p.kernel[1],
+                    stride_h: p.stride[0],
+                    stride_w: p.stride[1],
+                    pad_h: p.pad[0],
+                    pad_w: p.pad[1],
+                    kind: match p.kind {
+                        PoolKind::Avg => abi::POOL_AVG,
+                        PoolKind::Max => abi::POOL_MAX,
+                    },
+                    combine: combine(&p.access),
+                    flags: flags(&p.access) | if p.global { abi::FLAG_GLOBAL } else { 0 },
+                    n_pieces: pieces(s)?,
+                    reserved: 0,
+                    scale_off: input.prologue.map_or(0, |p| p.scale * 4),
+                    shift_off: input.prologue.map_or(0, |p| p.shift * 4),
+                };
+                let (text, launch) = pool.emit();
+                (StepKind::Pool, push_desc(&mut consts, &desc), launch, text)
+            }
+            Op::Linear(l) => {
+                let weight =
+                    w.transposed(l.weight, l.out_features as usize, s.input.channels as usize)?;
+                let bias = l.bias.map(|b| w.param(b)).transpose()?;
+                let linear = kernels::Linear {
+                    input: &input,
+                    step: s,
+                    linear: l,
+                    weight: weight / 4,
+                    bias: bias.map(|b| b / 4),
+                };
+                let desc = abi::LinearDesc {
+                    in_channels: s.input.channels,
+                    in_h: s.input.height,
+                    in_w: s.input.width,
+                    out_features: l.out_features,
+                    combine: combine(&l.access),
+                    flags: flags(&l.access)
+                        | if l.bias.is_some() { abi::FLAG_BIAS } else { 0 }
+                        | if l.global_pool { abi::FLAG_GLOBAL } else { 0 },
+                    n_pieces: pieces(s)?,
+                    reserved: 0,
+                    weight_off: weight,
+                    bias_off: bias.unwrap_or(0),
+                    scale_off: input.prologue.map_or(0, |p| p.scale * 4),
+                    shift_off: input.prologue.map_or(0, |p| p.shift * 4),
+                };
+                let (text, launch) = linear.emit().map_err(|reason| BackendError::Unsupported {
+                    node: s.label.clone(),
+                    op: s.op.mnemonic(),
+                    reason,
+                })?;
+                (
+                    StepKind::Linear,
+                    push_desc(&mut consts, &desc),
+                    launch,
+                    text,
+                )
+            }
+            other => {
+                return Err(BackendError::Unsupported {
+                    node: s.label.clone(),
+                    op: other.mnemonic(),
+                    reason: "not a reader op".into(),
+                });
+            }
+        };
+        source.push_str(&text);
+        out_steps.push(Step {
+            kind,
+            label: s.label.clone(),
+            desc_offset,
+            output: s.out.index,
+            pieces: s.pieces.iter().map(|p| p.buffer.index).collect(),
+            flops_per_image: s.flops_per_image,
+        });
+        launches.push(CudaLaunch {
+            kernel: name,
+            ..launch
+        });
+    }
+    Ok(CudaProgram {
+        source,
+        weights: w.bytes,
+        consts,
+        steps: out_steps,
+        launches,
+    })
+}
+
+impl Weights<'_> {
+    fn prologue_of(&mut self, op: &Op) -> Result<Option<kernels::Prologue>, BackendError> {
+        match op.access() {
+            Some(a) => self.prologue(a),
+            None => Ok(None),
+        }
+    }
+}
+
+fn combine(access: &Access) -> u32 {
+    match access.combine {
+        Combine::Concat => abi::COMBINE_CONCAT,
+        Combine::Sum => abi::COMBINE_SUM,
+    }
+}
+
+fn flags(access: &Access) -> u32 {
+    match access.prologue {
+        None => 0,
+        Some(p) if p.relu => abi::FLAG_PROLOGUE | abi::FLAG_PROLOGUE_RELU,
+        Some(_) => abi::FLAG_PROLOGUE,
+    }
+}
+
+fn pieces(s: &StepPlan<'_>) -> Result<u32, BackendError> {
+    u32::try_from(s.pieces.len()).map_err(|_| BackendError::TooLarge {
+        what: "pieces".into(),
+    })
+}

@@ -1,0 +1,56 @@
+//! The CUDA backend's generated source on every example model: `--emit cuda` is snapshotted
+//! (the text is the test API: `cargo insta review` after an intended change), is the same
+//! with and without weights (the text depends on sizes and offsets only), and every step has
+//! exactly one `extern "C"` kernel, named as its launch says, with a launch inside CUDA's
+//! limits. Whether the kernels compute the right numbers is `tests/tests/cuda_shim.rs`; whether
+//! NVRTC compiles them is `nvrtc.rs`.
+
+use sparsec::backend::cuda;
+use sparsec::driver::{self, WeightsSource};
+use std::path::Path;
+
+fn source(path: &Path, weights: &WeightsSource) -> cuda::CudaProgram {
+    let graph = driver::load(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let opt = driver::optimize(graph, weights, 1, true)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    cuda::generate(
+        &opt.graph,
+        &opt.plan,
+        !matches!(weights, WeightsSource::None),
+    )
+    .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn emit_cuda() {
+    insta::glob!("../../examples/models", "*.snet", |path| {
+        let program = source(path, &WeightsSource::None);
+        let kernels = program.source.matches("extern \"C\" __global__").count();
+        assert_eq!(kernels, program.steps.len(), "{}", path.display());
+        assert_eq!(program.launches.len(), program.steps.len());
+        for l in &program.launches {
+            assert!(
+                program
+                    .source
+                    .contains(&format!("__launch_bounds__(256) {}(", l.kernel)),
+                "{}: no kernel {}",
+                path.display(),
+                l.kernel
+            );
+            runtime::format::CudaLaunch::check(l).unwrap_or_else(|e| panic!("{e}"));
+        }
+        insta::assert_snapshot!(program.source);
+    });
+}
+
+#[test]
+fn the_source_does_not_depend_on_weight_values() {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/models/sparsenet-bc-100-24.snet");
+    let without = source(&path, &WeightsSource::None);
+    let with = source(&path, &WeightsSource::Random(5));
+    assert_eq!(without.source, with.source);
+    assert_eq!(without.weights.len(), with.weights.len());
+    assert!(without.weights.iter().all(|&b| b == 0));
+    assert!(with.weights.iter().any(|&b| b != 0));
+}

@@ -1,0 +1,132 @@
+//! `gpu-bench MODEL.bin [--check IO.safetensors] [--batch B]... [--iters N] [--warmup W]`:
+//! loads a model.bin with the runtime (built with `--features cuda` for CUDA models), checks
+//! it against a golden input/output pair if asked (relative error, PyTorch's float64 forward
+//! as reference), then times `Session::run` (input copy in, graph replay, output copy out,
+//! synchronised) at each batch and prints one JSON object per batch on standard output:
+//! `{"model": ..., "backend": ..., "batch": B, "median_ms": ..., "p10_ms": ..., "p90_ms": ...}`.
+//! Carried to the GPU machine prebuilt (it has no Rust); see docs/cuda.md.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+struct Args {
+    model: String,
+    check: Option<String>,
+    batches: Vec<usize>,
+    iters: usize,
+    warmup: usize,
+}
+
+fn parse() -> Result<Args, String> {
+    let mut it = std::env::args().skip(1);
+    let mut args = Args {
+        model: String::new(),
+        check: None,
+        batches: Vec::new(),
+        iters: 100,
+        warmup: 10,
+    };
+    let number = |v: Option<String>, what: &str| -> Result<usize, String> {
+        v.and_then(|s| s.parse().ok())
+            .ok_or(format!("{what} needs a number"))
+    };
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--check" => args.check = Some(it.next().ok_or("--check needs a file")?),
+            "--batch" => args.batches.push(number(it.next(), "--batch")?),
+            "--iters" => args.iters = number(it.next(), "--iters")?.max(1),
+            "--warmup" => args.warmup = number(it.next(), "--warmup")?,
+            _ if args.model.is_empty() && !a.starts_with('-') => args.model = a,
+            _ => return Err(format!("unexpected argument {a:?}")),
+        }
+    }
+    if args.model.is_empty() {
+        return Err(
+            "usage: gpu-bench MODEL.bin [--check IO.safetensors] [--batch B]... \
+                    [--iters N] [--warmup W]"
+                .into(),
+        );
+    }
+    Ok(args)
+}
+
+fn tensor(path: &str, name: &str) -> Result<Vec<f32>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| format!("{path}: {e}"))?;
+    let t = st
+        .tensor(name)
+        .map_err(|e| format!("{path}: {name}: {e}"))?;
+    Ok(t.data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect())
+}
+
+fn relative_error(got: &[f32], want: &[f32]) -> f64 {
+    if got.len() != want.len() {
+        return f64::INFINITY;
+    }
+    let (mut d, mut n) = (0.0f64, 0.0f64);
+    for (&g, &w) in got.iter().zip(want) {
+        d += (f64::from(g) - f64::from(w)).powi(2);
+        n += f64::from(w).powi(2);
+    }
+    (d / n).sqrt()
+}
+
+fn run(args: &Args) -> Result<(), String> {
+    let model = runtime::Model::load(&args.model).map_err(|e| e.to_string())?;
+    let mut session = model.session();
+    let per_image: usize = model.input().shape.iter().map(|&d| d as usize).product();
+    if let Some(io) = &args.check {
+        let input = tensor(io, "input")?;
+        let want = tensor(io, "output")?;
+        let batch = input.len() / per_image;
+        let got = session.run(&input, batch).map_err(|e| e.to_string())?;
+        let error = relative_error(got, &want);
+        println!(
+            "{{\"model\": \"{}\", \"check\": \"{io}\", \"relative_error\": {error:e}}}",
+            model.name()
+        );
+        if error.is_nan() || error >= 2e-4 {
+            return Err(format!("relative error {error:e} is not below 2e-4"));
+        }
+    }
+    for &batch in &args.batches {
+        let input: Vec<f32> = (0..batch * per_image)
+            .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+            .collect();
+        for _ in 0..args.warmup {
+            session.run(&input, batch).map_err(|e| e.to_string())?;
+        }
+        let mut times = Vec::with_capacity(args.iters);
+        for _ in 0..args.iters {
+            let t = Instant::now();
+            session.run(&input, batch).map_err(|e| e.to_string())?;
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        times.sort_by(f64::total_cmp);
+        let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
+        println!(
+            "{{\"model\": \"{}\", \"backend\": \"{}\", \"batch\": {batch}, \"median_ms\": {:.4}, \
+             \"p10_ms\": {:.4}, \"p90_ms\": {:.4}, \"iters\": {}}}",
+            model.name(),
+            model.backend(),
+            at(0.5),
+            at(0.1),
+            at(0.9),
+            args.iters
+        );
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match parse().and_then(|a| run(&a)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gpu-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

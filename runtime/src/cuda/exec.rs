@@ -1,0 +1,300 @@
+//! The CUDA executor proper (feature `cuda`): driver presence check (cudarc panics on a
+//! missing `libcuda`, so it is checked first), context on device 0, the cubin matching the
+//! device's compute capability or else the PTX (JIT-compiled by the driver), weights
+//! uploaded once per model, and per session one stream, one arena (grown to the largest batch
+//! seen) and one CUDA graph per batch size holding every step's launch. `run` copies the
+//! input in, replays the graph and copies the output out.
+//!
+//! cudarc's per-slice event tracking is turned off (before any allocation): a session's work
+//! is one stream, and the weights are uploaded and synchronised before any session exists.
+//! Must not validate the file beyond what `validate` did.
+
+use crate::error::{LoadError, RunError};
+use crate::format::{Backend, Manifest, ModelFile};
+use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaGraph, CudaModule, CudaSlice, CudaStream, LaunchConfig,
+    PushKernelArg,
+};
+use cudarc::nvrtc::Ptx;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+fn device_error(reason: impl std::fmt::Display) -> LoadError {
+    LoadError::Device {
+        backend: Backend::Cuda,
+        reason: reason.to_string(),
+    }
+}
+
+fn run_error(what: &str, e: impl std::fmt::Debug) -> RunError {
+    RunError::Backend(format!("CUDA {what}: {e:?}"))
+}
+
+/// A CUDA model on device 0: module loaded, weights resident. `Send + Sync`.
+pub struct CudaModel {
+    manifest: Manifest,
+    ctx: Arc<CudaContext>,
+    _module: Arc<CudaModule>,
+    functions: Vec<CudaFunction>,
+    weights: CudaSlice<f32>,
+    /// Which blob was loaded (`"sm_90"`, or `"ptx"`).
+    blob: String,
+}
+
+impl std::fmt::Debug for CudaModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaModel")
+            .field("name", &self.manifest.model_name)
+            .field("blob", &self.blob)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CudaModel {
+    /// Loads a parsed CUDA model.bin onto device 0.
+    pub fn load(file: &ModelFile<'_>) -> Result<CudaModel, LoadError> {
+        super::validate::validate(file)?;
+        let m = &file.manifest;
+        let code = m
+            .cuda
+            .as_ref()
+            .ok_or_else(|| device_error("no CUDA code"))?;
+        // SAFETY: only tries to dlopen the driver library names and closes what it opened.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            return Err(device_error(
+                "the NVIDIA driver library (libcuda.so) was not found",
+            ));
+        }
+        let ctx = CudaContext::new(0).map_err(|e| device_error(format!("no GPU 0: {e:?}")))?;
+        // SAFETY: everything below uses one stream per session; the weights are uploaded and
+        // synchronised here before any session can use them, and are freed only when the
+        // model (which every session borrows) is dropped.
+        unsafe { ctx.disable_event_tracking() };
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(|e| device_error(format!("compute capability: {e:?}")))?;
+        let native = format!("sm_{major}{minor}");
+        let blob = |arch: &str| code.blobs.iter().find(|(a, _)| a == arch);
+        let mut tried = Vec::new();
+        let mut module = None;
+        for (arch, section) in [blob(&native), blob("ptx")].into_iter().flatten() {
+            let bytes = file.section(section);
+            let ptx = if arch == "ptx" {
+                // validate: NUL-free UTF-8.
+                Ptx::from_src(String::from_utf8_lossy(bytes).into_owned())
+            } else {
+                Ptx::from_binary(bytes.to_vec())
+            };
+            match ctx.load_module(ptx) {
+                Ok(mdl) => {
+                    module = Some((arch.clone(), mdl));
+                    break;
+                }
+                Err(e) => tried.push(format!("{arch}: {e:?}")),
+            }
+        }
+        let Some((blob, module)) = module else {
+            let have: Vec<&str> = code.blobs.iter().map(|(a, _)| a.as_str()).collect();
+            return Err(device_error(format!(
+                "no loadable code for this {native} GPU (the file has {have:?}, NVRTC {}); {}",
+                code.nvrtc_version,
+                tried.join("; ")
+            )));
+        };
+        let functions = code
+            .launches
+            .iter()
+            .map(|l| {
+                module
+                    .load_function(&l.kernel)
+                    .map_err(|e| device_error(format!("kernel {}: {e:?}", l.kernel)))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let host: Vec<f32> = file
+            .weights()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        let stream = ctx.default_stream();
+        let weights = stream
+            .clone_htod(&host)
+            .map_err(|e| device_error(format!("uploading weights: {e:?}")))?;
+        stream
+            .synchronize()
+            .map_err(|e| device_error(format!("uploading weights: {e:?}")))?;
+        Ok(CudaModel {
+            manifest: m.clone(),
+            ctx,
+            _module: module,
+            functions,
+            weights,
+            blob,
+        })
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// The blob that was loaded: `"sm_90"`, ..., or `"ptx"`.
+    pub fn blob(&self) -> &str {
+        &self.blob
+    }
+
+    /// A session: its own stream; the arena and graphs come with the first `run`.
+    pub fn session(&self) -> CudaSession<'_> {
+        CudaSession {
+            model: self,
+            stream: None,
+            arena: None,
+            arena_batch: 0,
+            graphs: HashMap::new(),
+            output: Vec::new(),
+        }
+    }
+}
+
+/// One thread's device arena, stream and captured graphs.
+pub struct CudaSession<'m> {
+    model: &'m CudaModel,
+    stream: Option<Arc<CudaStream>>,
+    arena: Option<CudaSlice<f32>>,
+    arena_batch: usize,
+    graphs: HashMap<usize, CudaGraph>,
+    output: Vec<f32>,
+}
+
+impl std::fmt::Debug for CudaSession<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaSession")
+            .field("model", &self.model)
+            .field("arena_batch", &self.arena_batch)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CudaSession<'_> {
+    /// Runs a batch (the same contract as the CPU session's `run`).
+    pub fn run(&mut self, input: &[f32], batch: usize) -> Result<&[f32], RunError> {
+        let m = &self.model.manifest;
+        if batch == 0 {
+            return Err(RunError::ZeroBatch);
+        }
+        if batch > m.max_batch as usize {
+            return Err(RunError::Batch {
+                batch,
+                max: m.max_batch as usize,
+            });
+        }
+        let spec = &m.inputs[0];
+        let per_image: usize = spec.shape.iter().map(|&d| d as usize).product();
+        if input.len() != per_image * batch {
+            return Err(RunError::InputLength {
+                name: spec.name.clone(),
+                expected: per_image * batch,
+                found: input.len(),
+            });
+        }
+        let stream = match &self.stream {
+            Some(s) => s.clone(),
+            None => {
+                let s = self
+                    .model
+                    .ctx
+                    .new_stream()
+                    .map_err(|e| run_error("stream", e))?;
+                self.stream = Some(s.clone());
+                s
+            }
+        };
+        if self.arena.is_none() || self.arena_batch < batch {
+            // Graphs hold the old arena's address: drop them with it.
+            self.graphs.clear();
+            self.arena = None;
+            let floats = (m.arena_bytes_per_image as usize * batch)
+                .div_ceil(4)
+                .max(1);
+            self.arena = Some(
+                stream
+                    .alloc_zeros::<f32>(floats)
+                    .map_err(|e| run_error("arena allocation", e))?,
+            );
+            self.arena_batch = batch;
+        }
+        let Some(arena) = self.arena.as_mut() else {
+            return Err(RunError::Backend("CUDA arena missing".into()));
+        };
+        let b = batch;
+        let in_buf = m.buffers[spec.buffer as usize];
+        let at = in_buf.offset_per_image as usize * b / 4;
+        stream
+            .memcpy_htod(input, &mut arena.slice_mut(at..at + input.len()))
+            .map_err(|e| run_error("input copy", e))?;
+        if !self.graphs.contains_key(&batch) {
+            let graph = capture(self.model, &stream, arena, batch)?;
+            self.graphs.insert(batch, graph);
+        }
+        let graph = &self.graphs[&batch];
+        graph.launch().map_err(|e| run_error("graph launch", e))?;
+        let out = &m.outputs[0];
+        let out_buf = m.buffers[out.buffer as usize];
+        let at = out_buf.offset_per_image as usize * b / 4;
+        let len = out_buf.bytes_per_image as usize * b / 4;
+        self.output.resize(len, 0.0);
+        stream
+            .memcpy_dtoh(&arena.slice(at..at + len), &mut self.output[..])
+            .map_err(|e| run_error("output copy", e))?;
+        stream
+            .synchronize()
+            .map_err(|e| run_error("synchronize", e))?;
+        Ok(&self.output)
+    }
+}
+
+/// Captures every step's launch for `batch` into one graph.
+fn capture(
+    model: &CudaModel,
+    stream: &Arc<CudaStream>,
+    arena: &mut CudaSlice<f32>,
+    batch: usize,
+) -> Result<CudaGraph, RunError> {
+    let m = &model.manifest;
+    let code = m
+        .cuda
+        .as_ref()
+        .ok_or_else(|| RunError::Backend("no CUDA code".into()))?;
+    let batch_arg = batch as u32;
+    stream
+        .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+        .map_err(|e| run_error("begin capture", e))?;
+    let mut failed = None;
+    for (i, (launch, function)) in code.launches.iter().zip(&model.functions).enumerate() {
+        let cfg = LaunchConfig {
+            grid_dim: (launch.grid[0], launch.grid[1], batch_arg),
+            block_dim: (launch.block, 1, 1),
+            shared_mem_bytes: launch.shared_bytes,
+        };
+        let mut args = stream.launch_builder(function);
+        args.arg(&mut *arena).arg(&model.weights).arg(&batch_arg);
+        // SAFETY: every kernel takes (float* arena, const float* weights, unsigned batch);
+        // `validate` checked that each step's weight ranges lie inside the weights section,
+        // and the arena holds `arena_bytes_per_image * batch` bytes or more, which bounds
+        // every buffer the generated offsets address at this batch.
+        if let Err(e) = unsafe { args.launch(cfg) } {
+            failed = Some(RunError::Kernel {
+                step: i,
+                label: m.steps[i].label.clone(),
+                status: e.0 as i32,
+            });
+            break;
+        }
+    }
+    let graph = stream.end_capture(CUgraphInstantiate_flags(0));
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    graph
+        .map_err(|e| run_error("end capture", e))?
+        .ok_or_else(|| RunError::Backend("CUDA graph capture produced no graph".into()))
+}

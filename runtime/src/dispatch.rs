@@ -1,0 +1,147 @@
+//! The public [`Model`] and [`Session`]: one API whatever the backend. Loading parses the
+//! file once to read its target, then hands it to the CPU executor (`model.rs`) or the CUDA
+//! executor (`cuda/`); every method forwards. A CUDA model loaded by a runtime built without
+//! the `cuda` feature is [`LoadError::BackendNotBuilt`].
+//!
+//! Must not contain executor logic: only the choice of executor.
+
+use crate::cuda::{CudaModel, CudaSession};
+use crate::error::{LoadError, RunError};
+use crate::format::{self, Backend, Manifest, ModelFile, TensorSpec};
+use crate::model;
+use std::path::Path;
+
+/// A loaded model (CPU or CUDA): validated, ready to run. `Send + Sync`.
+#[derive(Debug)]
+pub struct Model {
+    inner: Inner,
+}
+
+#[derive(Debug)]
+enum Inner {
+    Cpu(model::Model),
+    Cuda(CudaModel),
+}
+
+impl Model {
+    /// Reads and loads a model.bin file.
+    pub fn load(path: impl AsRef<Path>) -> Result<Model, LoadError> {
+        let bytes = format::read(path.as_ref())?;
+        Model::from_bytes(&bytes)
+    }
+
+    /// Validates and loads model.bin bytes for the executor its target names. Nothing runs
+    /// and nothing is mapped or uploaded unless every check passes.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Model, LoadError> {
+        let file = ModelFile::parse(bytes)?;
+        let inner = match file.manifest.target.backend {
+            Backend::Cpu => Inner::Cpu(model::Model::from_bytes(bytes)?),
+            Backend::Cuda => Inner::Cuda(CudaModel::load(&file)?),
+        };
+        Ok(Model { inner })
+    }
+
+    /// The backend that runs this model.
+    pub fn backend(&self) -> Backend {
+        match &self.inner {
+            Inner::Cpu(_) => Backend::Cpu,
+            Inner::Cuda(_) => Backend::Cuda,
+        }
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        match &self.inner {
+            Inner::Cpu(m) => m.manifest(),
+            Inner::Cuda(m) => m.manifest(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        match &self.inner {
+            Inner::Cpu(m) => m.name(),
+            Inner::Cuda(m) => &m.manifest().model_name,
+        }
+    }
+
+    pub fn input(&self) -> &TensorSpec {
+        match &self.inner {
+            Inner::Cpu(m) => m.input(),
+            Inner::Cuda(m) => &m.manifest().inputs[0],
+        }
+    }
+
+    pub fn output(&self) -> &TensorSpec {
+        match &self.inner {
+            Inner::Cpu(m) => m.output(),
+            Inner::Cuda(m) => &m.manifest().outputs[0],
+        }
+    }
+
+    pub fn max_batch(&self) -> usize {
+        match &self.inner {
+            Inner::Cpu(m) => m.max_batch(),
+            Inner::Cuda(m) => m.manifest().max_batch as usize,
+        }
+    }
+
+    /// A session: one caller's working memory. On the CPU it runs on every core
+    /// ([`crate::default_threads`]). Cheap: threads and memory come with the first `run`.
+    pub fn session(&self) -> Session<'_> {
+        self.session_with_threads(crate::default_threads())
+    }
+
+    /// A session running on `threads` CPU threads (the caller's plus `threads - 1` of its own).
+    /// A CUDA model ignores `threads`.
+    pub fn session_with_threads(&self, threads: usize) -> Session<'_> {
+        Session {
+            inner: match &self.inner {
+                Inner::Cpu(m) => SessionInner::Cpu(m.session_with_threads(threads)),
+                Inner::Cuda(m) => SessionInner::Cuda(m.session()),
+            },
+        }
+    }
+}
+
+/// One thread's working memory for a [`Model`].
+pub struct Session<'m> {
+    inner: SessionInner<'m>,
+}
+
+enum SessionInner<'m> {
+    Cpu(model::Session<'m>),
+    Cuda(CudaSession<'m>),
+}
+
+impl Session<'_> {
+    /// The CPU threads this session runs on (1 for a CUDA model).
+    pub fn threads(&self) -> usize {
+        match &self.inner {
+            SessionInner::Cpu(s) => s.threads(),
+            SessionInner::Cuda(_) => 1,
+        }
+    }
+
+    /// Runs a batch like [`Session::run`], timing every kernel call (CPU models only; see
+    /// [`crate::profile`]).
+    pub fn profile(
+        &mut self,
+        input: &[f32],
+        batch: usize,
+    ) -> Result<crate::profile::Profile, RunError> {
+        match &mut self.inner {
+            SessionInner::Cpu(s) => s.profile(input, batch),
+            SessionInner::Cuda(_) => Err(RunError::Backend(
+                "per-kernel profiles are for CPU models; use Nsight Systems for CUDA".into(),
+            )),
+        }
+    }
+
+    /// Runs a batch: `input` holds `batch` images in NCHW order (`batch * C * H * W` floats).
+    /// Returns the output (`batch * classes` floats), borrowed from the session.
+    pub fn run(&mut self, input: &[f32], batch: usize) -> Result<&[f32], RunError> {
+        match &mut self.inner {
+            SessionInner::Cpu(s) => s.run(input, batch),
+            SessionInner::Cuda(s) => s.run(input, batch),
+        }
+    }
+}

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Step 1 of the GPU benchmark, on a machine with Rust (this one): builds everything the GPU
+# machine needs, which has PyTorch and a GPU but no Rust and no network. Makes
+# target/gpu-bench-bundle/ (and a .tar.gz of it): the golden models compiled for CUDA with
+# NVRTC (max batch 256), the release `gpu-bench` binary (runtime built with `cuda`), the
+# golden weights and input/output pairs, gpu_bench.py and gpu-bench.sh. See docs/cuda.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+test -d ../shared/golden || { echo "needs ../shared/golden beside the clone"; exit 1; }
+NVRTC_LIB="$(bash .ci/nvrtc.sh)"
+export LD_LIBRARY_PATH="$NVRTC_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+cargo build --release -p sparsec -p gpu-bench --features gpu-bench/cuda
+out=target/gpu-bench-bundle
+rm -rf "$out" && mkdir -p "$out"
+for m in sparsenet-40-24 sparsenet-bc-100-24 densenet-bc-100-12 sparsenet-bc-1000-12; do
+  echo "compiling $m for CUDA"
+  target/release/sparsec "examples/models/$m.snet" --target cuda \
+    --weights "../shared/golden/$m.safetensors" --max-batch 256 -o "$out/$m.bin"
+  cp "../shared/golden/$m.safetensors" "../shared/golden/$m.io.safetensors" "$out/"
+done
+cp target/release/gpu-bench scripts/gpu_bench.py scripts/gpu-bench.sh "$out/"
+tar -C target -czf target/gpu-bench-bundle.tar.gz gpu-bench-bundle
+echo "bundle: $out (and target/gpu-bench-bundle.tar.gz); on the GPU machine: bash gpu-bench.sh"

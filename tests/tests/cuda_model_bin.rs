@@ -1,0 +1,116 @@
+//! CUDA model.bin files through the runtime's loader, without NVRTC and without a GPU: the
+//! blobs are stand-ins (the NVRTC suite, `compiler/tests/nvrtc.rs`, makes real ones). A
+//! well-formed file reaches the executor (a typed `BackendNotBuilt` when the runtime lacks
+//! the `cuda` feature); a file whose blob, weights or launches are wrong is rejected before
+//! anything runs, each with its own error.
+
+use anyhow::Result;
+use runtime::{LoadError, Model};
+use sparsec::artifact;
+use sparsec::backend::cuda::{self, CudaProgram, nvrtc::Compiled};
+use sparsec::driver::{self, Optimized, WeightsSource};
+use std::path::PathBuf;
+
+fn program() -> Result<(Optimized, CudaProgram)> {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/models/sparsenet-40-24.snet");
+    let graph = driver::load(&path)?;
+    let opt = driver::optimize(graph, &WeightsSource::Random(3), 1, false)?;
+    let program = cuda::generate(&opt.graph, &opt.plan, true)?;
+    Ok((opt, program))
+}
+
+fn fake_blobs() -> Compiled {
+    Compiled {
+        version: "12.9".into(),
+        blobs: vec![
+            ("sm_90".into(), b"\x7fELF stand-in cubin".to_vec()),
+            ("ptx".into(), b"// stand-in PTX\n".to_vec()),
+        ],
+    }
+}
+
+fn load(opt: &Optimized, program: &CudaProgram, compiled: &Compiled) -> Result<LoadError> {
+    let bytes = artifact::write_cuda(&opt.graph, &opt.plan, program, compiled, 64)?;
+    match Model::from_bytes(&bytes) {
+        Ok(_) => anyhow::bail!("the model loaded"),
+        Err(e) => Ok(e),
+    }
+}
+
+#[test]
+#[cfg(not(feature = "gpu-tests"))]
+fn a_well_formed_cuda_model_needs_the_cuda_feature() -> Result<()> {
+    let (opt, program) = program()?;
+    let e = load(&opt, &program, &fake_blobs())?;
+    assert!(
+        matches!(
+            e,
+            LoadError::BackendNotBuilt {
+                feature: "cuda",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("--features cuda"), "{e}");
+    Ok(())
+}
+
+#[test]
+fn a_bad_cubin_is_rejected() -> Result<()> {
+    let (opt, program) = program()?;
+    let mut compiled = fake_blobs();
+    compiled.blobs[0].1 = b"MZ not an ELF".to_vec();
+    let e = load(&opt, &program, &compiled)?;
+    assert!(
+        matches!(&e, LoadError::Code { reason } if reason.contains("sm_90")),
+        "{e}"
+    );
+    Ok(())
+}
+
+#[test]
+fn ptx_with_a_nul_is_rejected() -> Result<()> {
+    let (opt, program) = program()?;
+    let mut compiled = fake_blobs();
+    compiled.blobs[1].1 = b"// ptx\0trailing".to_vec();
+    let e = load(&opt, &program, &compiled)?;
+    assert!(
+        matches!(&e, LoadError::Code { reason } if reason.contains("ptx")),
+        "{e}"
+    );
+    Ok(())
+}
+
+#[test]
+fn weights_shorter_than_the_kernels_read_are_rejected() -> Result<()> {
+    let (opt, mut program) = program()?;
+    program.weights.truncate(program.weights.len() / 2);
+    let e = load(&opt, &program, &fake_blobs())?;
+    assert!(
+        matches!(&e, LoadError::Descriptor { reason, .. } if reason.contains("weights section")),
+        "{e}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_missing_launch_is_rejected() -> Result<()> {
+    let (opt, mut program) = program()?;
+    program.launches.pop();
+    let bytes = artifact::write_cuda(&opt.graph, &opt.plan, &program, &fake_blobs(), 64);
+    // The writer parses what it wrote, so it refuses too.
+    let e = bytes.expect_err("a file with a missing launch was written");
+    assert!(e.to_string().contains("CUDA launches"), "{e}");
+    Ok(())
+}
+
+#[test]
+fn no_cuda_model_runs_past_the_grid_limit() -> Result<()> {
+    let (opt, program) = program()?;
+    let e = artifact::write_cuda(&opt.graph, &opt.plan, &program, &fake_blobs(), 70_000)
+        .expect_err("max batch 70000 was accepted");
+    assert!(e.to_string().contains("z limit"), "{e}");
+    Ok(())
+}

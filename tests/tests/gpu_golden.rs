@@ -1,0 +1,92 @@
+//! The golden models on a GPU (feature `gpu-tests`; needs NVRTC on `LD_LIBRARY_PATH` and an
+//! NVIDIA driver with GPU 0): each is compiled for CUDA with its golden weights, loaded by the
+//! runtime's CUDA executor and run on the golden input (batch 2): relative error below 2e-4
+//! against PyTorch's float64 forward (the kernels are plain FP32: no TF32, no fast math).
+//! Each golden row run alone (batch 1) and inside batches of 7 and 64 gives exactly the
+//! batched result (every image is computed by the same threads whatever the batch).
+#![cfg(feature = "gpu-tests")]
+
+use anyhow::{Context, Result, bail};
+use runtime::Model;
+use runtime::format::Backend;
+use sparsec::driver::{self, WeightsSource};
+use sparsec::weights::load_tensors;
+use std::path::PathBuf;
+
+const TOLERANCE: f64 = 2e-4;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn check(name: &str) -> Result<()> {
+    let graph = driver::load(&repo().join(format!("examples/models/{name}.snet")))?;
+    let weights =
+        WeightsSource::Safetensors(repo().join(format!("../shared/golden/{name}.safetensors")));
+    let (_, bytes) = driver::compile_cuda(graph, &weights, 64, true)?;
+    let model = Model::from_bytes(&bytes)?;
+    assert_eq!(model.backend(), Backend::Cuda);
+    let path = repo().join(format!("../shared/golden/{name}.io.safetensors"));
+    let io = load_tensors(&std::fs::read(&path).with_context(|| path.display().to_string())?)?;
+    let get = |n: &str| {
+        io.iter()
+            .find(|t| t.0 == n)
+            .map(|t| t.2.clone())
+            .context("io tensor")
+    };
+    let (input, want) = (get("input")?, get("output")?);
+    let mut session = model.session();
+    let got = session.run(&input, 2)?.to_vec();
+    let error = ir::interp::relative_error(&got, &want);
+    eprintln!("{name}: CUDA relative error {error:.3e}");
+    if error.is_nan() || error >= TOLERANCE {
+        bail!("{name}: relative error {error:.3e} is not below {TOLERANCE:e}");
+    }
+    let per_image = input.len() / 2;
+    let classes = got.len() / 2;
+    for row in 0..2 {
+        let alone = session
+            .run(&input[row * per_image..(row + 1) * per_image], 1)?
+            .to_vec();
+        if alone != got[row * classes..(row + 1) * classes] {
+            bail!("{name}: row {row} at batch 1 differs from the batched result");
+        }
+    }
+    for batch in [7usize, 64] {
+        let mut x: Vec<f32> = (0..batch * per_image)
+            .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+            .collect();
+        let place = batch - 1;
+        x[place * per_image..(place + 1) * per_image].copy_from_slice(&input[..per_image]);
+        let y = session.run(&x, batch)?;
+        if y[place * classes..(place + 1) * classes] != got[..classes] {
+            bail!("{name}: row 0 inside a batch of {batch} differs from the batched result");
+        }
+    }
+    // Replaying a captured graph again gives the same answer.
+    let again = session.run(&input, 2)?.to_vec();
+    if again != got {
+        bail!("{name}: a second replay at batch 2 differs");
+    }
+    Ok(())
+}
+
+#[test]
+fn sparsenet_40_24() -> Result<()> {
+    check("sparsenet-40-24")
+}
+
+#[test]
+fn sparsenet_bc_100_24() -> Result<()> {
+    check("sparsenet-bc-100-24")
+}
+
+#[test]
+fn densenet_bc_100_12() -> Result<()> {
+    check("densenet-bc-100-12")
+}
+
+#[test]
+fn sparsenet_bc_1000_12() -> Result<()> {
+    check("sparsenet-bc-1000-12")
+}
