@@ -1205,7 +1205,7 @@ fn conv_portable_body(a: &mut ConvArgs<'_>, part: usize, parts: usize) {
         for (y0, rows) in winograd::bands(&g, &l, part, parts) {
             winograd::pack(a, &l, y0, rows, winograd::split_portable);
             winograd::transform_input(a.scratch, &l, g.ic, rows);
-            winograd::multiply_portable(a, &l);
+            winograd::multiply_portable(a, &l, rows);
             // SAFETY: this part's band, written by this call only.
             unsafe { winograd::transform_output(a, &l, y0, rows) };
         }
@@ -1769,8 +1769,9 @@ mod avx2 {
                     relu: false,
                     out: base.wrapping_add(l.m_at + xi * l.m_xi),
                 };
+                // Only the band's tiles (a short last band, or a part of a split, has fewer).
                 let mut v = 0;
-                let nvec = l.tiles / LANES;
+                let nvec = rows * l.tw / LANES;
                 while v < nvec {
                     let take = (nvec - v).min(NV);
                     let t = Tile {

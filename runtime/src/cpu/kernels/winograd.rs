@@ -325,9 +325,10 @@ pub(super) unsafe fn transform_output(a: &mut ConvArgs<'_>, l: &Layout, y0: usiz
     }
 }
 
-/// Step (3), portable: `M_ξ = U_ξ V_ξ` in plain loops.
+/// Step (3), portable: `M_ξ = U_ξ V_ξ` in plain loops, for the band's `rows * tw` tiles.
 #[inline(always)]
-pub(super) fn multiply_portable(a: &mut ConvArgs<'_>, l: &Layout) {
+pub(super) fn multiply_portable(a: &mut ConvArgs<'_>, l: &Layout, rows: usize) {
+    let n = rows * l.tw;
     let g = a.g;
     let ob = CONV_OC_BLOCK;
     let ocp = g.blocks * ob;
@@ -340,10 +341,10 @@ pub(super) fn multiply_portable(a: &mut ConvArgs<'_>, l: &Layout) {
         mx.fill(0.0);
         for b in 0..g.blocks {
             for c in 0..g.ic {
-                let row = &vx[c * l.tiles..][..l.tiles];
+                let row = &vx[c * l.tiles..][..n];
                 for lane in 0..ob {
                     let w = u[(b * g.ic + c) * ob + lane];
-                    let dst = &mut mx[(b * ob + lane) * l.tiles..][..l.tiles];
+                    let dst = &mut mx[(b * ob + lane) * l.tiles..][..n];
                     for (d, &x) in dst.iter_mut().zip(row) {
                         *d += w * x;
                     }
