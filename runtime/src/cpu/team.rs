@@ -19,9 +19,16 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread::{self, JoinHandle, Thread};
+use std::time::{Duration, Instant};
 
-/// Spin iterations a worker waits for the next job before it parks (about a millisecond).
+/// Spin iterations the caller waits for joined workers before it yields.
 const SPINS: u32 = 1 << 15;
+
+/// How long a worker spins for the next job before it parks. A batch-1 forward pass offers a
+/// job per convolution, with a pool or a small layer on the caller alone in between (tens of
+/// microseconds): waking a parked thread takes about as long, so a worker that parks sooner
+/// misses the next layers' jobs.
+const SPIN_TIME: Duration = Duration::from_millis(2);
 
 /// A job as two thin pointers: the closure and a function that calls it.
 #[derive(Clone, Copy)]
@@ -180,6 +187,7 @@ fn worker(s: &Shared, member: usize) {
     let mut seen = 0u64;
     loop {
         let mut spins = 0u32;
+        let idle = Instant::now();
         loop {
             if s.stop.load(Ordering::Acquire) {
                 return;
@@ -189,9 +197,9 @@ fn worker(s: &Shared, member: usize) {
                 seen = e;
                 break;
             }
-            if spins < SPINS {
+            spins += 1;
+            if spins % 256 != 0 || idle.elapsed() < SPIN_TIME {
                 std::hint::spin_loop();
-                spins += 1;
             } else {
                 // An unpark between the epoch check and here makes `park` return at once.
                 thread::park();
