@@ -63,9 +63,9 @@ fn check(path: &Path) {
 
 #[test]
 fn every_example_model_compiles() {
+    let paths = models();
+    let (a, b) = paths.split_at(paths.len() / 2);
     std::thread::scope(|s| {
-        let paths = models();
-        let (a, b) = paths.split_at(paths.len() / 2);
         let first = s.spawn(|| a.iter().for_each(|p| check(p)));
         b.iter().for_each(|p| check(p));
         first.join().expect("first half");
