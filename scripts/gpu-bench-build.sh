@@ -4,6 +4,7 @@
 # target/gpu-bench-bundle/ (and a .tar.gz of it): the golden models compiled for CUDA with
 # NVRTC (max batch 256), the release `gpu-bench` binary (runtime built with `cuda`), the
 # golden weights and input/output pairs, gpu_bench.py and gpu-bench.sh. See docs/cuda.md.
+# CUDA_ARCH=sm_90 builds cubins for H100/H200 only (smaller files); PTX is always included.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 test -d ../shared/golden || { echo "needs ../shared/golden beside the clone"; exit 1; }
@@ -15,7 +16,8 @@ rm -rf "$out" && mkdir -p "$out"
 for m in sparsenet-40-24 sparsenet-bc-100-24 densenet-bc-100-12 sparsenet-bc-1000-12; do
   echo "compiling $m for CUDA"
   target/release/sparsec "examples/models/$m.snet" --target cuda \
-    --weights "../shared/golden/$m.safetensors" --max-batch 256 -o "$out/$m.bin"
+    --weights "../shared/golden/$m.safetensors" --max-batch 256 \
+    --cuda-arch "${CUDA_ARCH:-sm_80,sm_90}" -o "$out/$m.bin"
   cp "../shared/golden/$m.safetensors" "../shared/golden/$m.io.safetensors" "$out/"
 done
 cp target/release/gpu-bench scripts/gpu_bench.py scripts/gpu-bench.sh "$out/"

@@ -175,14 +175,19 @@ def torch_variants(name, batches, iters, warmup, use_compile):
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
     model = Net(**CONFIGS[name])
-    missing, unexpected = model.load_state_dict(
-        read_safetensors(os.path.join(HERE, f"{name}.safetensors")), strict=False)
-    if unexpected or any(not k.endswith("num_batches_tracked") for k in missing):
-        raise ValueError(f"{name}: weights do not fit: missing {missing}, unexpected {unexpected}")
+    weights = os.path.join(HERE, f"{name}.safetensors")
+    # Timings do not depend on weight values: without the file (a smaller bundle), PyTorch
+    # runs its default initialisation and only its golden check is skipped.
+    if os.path.exists(weights):
+        missing, unexpected = model.load_state_dict(read_safetensors(weights), strict=False)
+        if unexpected or any(not k.endswith("num_batches_tracked") for k in missing):
+            raise ValueError(f"{name}: weights do not fit: missing {missing}, unexpected {unexpected}")
     model = model.eval().cuda()
     io = read_safetensors(os.path.join(HERE, f"{name}.io.safetensors"))
-    with torch.no_grad():
-        err = rel_error(model(io["input"].cuda()).cpu(), io["output"])
+    err = float("nan")
+    if os.path.exists(weights):
+        with torch.no_grad():
+            err = rel_error(model(io["input"].cuda()).cpu(), io["output"])
     results = {}
     for b in batches:
         x = torch.randn(b, 3, 32, 32)

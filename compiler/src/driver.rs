@@ -73,6 +73,23 @@ pub fn compile_cuda(
     max_batch: u32,
     verify: bool,
 ) -> Result<(Optimized, Vec<u8>), DriverError> {
+    compile_cuda_for(
+        graph,
+        weights,
+        max_batch,
+        verify,
+        crate::backend::cuda::nvrtc::CUBIN_ARCHS,
+    )
+}
+
+/// [`compile_cuda`] with cubins for `archs` (e.g. `["sm_90"]`); PTX is always included.
+pub fn compile_cuda_for(
+    graph: Graph,
+    weights: &WeightsSource,
+    max_batch: u32,
+    verify: bool,
+    archs: &[&str],
+) -> Result<(Optimized, Vec<u8>), DriverError> {
     if max_batch > crate::backend::cuda::MAX_BATCH {
         return Err(DriverError::Backend(
             crate::backend::BackendError::TooLarge {
@@ -85,7 +102,7 @@ pub fn compile_cuda(
     }
     let opt = optimize(graph, weights, 1, verify)?;
     let program = crate::backend::cuda::generate(&opt.graph, &opt.plan, true)?;
-    let compiled = crate::backend::cuda::nvrtc::compile(&program.source)
+    let compiled = crate::backend::cuda::nvrtc::compile_for(&program.source, archs)
         .map_err(crate::backend::BackendError::from)?;
     let bytes = crate::artifact::write_cuda(&opt.graph, &opt.plan, &program, &compiled, max_batch)?;
     Ok((opt, bytes))

@@ -52,6 +52,10 @@ struct CompileArgs {
     /// sm_90, PTX fallback).
     #[arg(long, value_enum, default_value = "cpu")]
     target: TargetKind,
+    /// With `--target cuda`: the real architectures to build cubins for (PTX for compute_80
+    /// is always included, for any other GPU).
+    #[arg(long, value_delimiter = ',', default_value = "sm_80,sm_90", value_parser = cuda_arch)]
+    cuda_arch: Vec<String>,
     /// Largest batch the compiled model accepts (the arena grows with the batch).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     max_batch: u32,
@@ -183,11 +187,14 @@ fn run(cli: Cli) -> Result<()> {
                 "code generation needs weights: pass --weights W.safetensors or --random-weights SEED"
             );
         }
-        let compile = match args.target {
-            TargetKind::Cpu => driver::compile_cpu,
-            TargetKind::Cuda => driver::compile_cuda,
+        let verify = cfg!(debug_assertions);
+        let (opt, bytes) = match args.target {
+            TargetKind::Cpu => driver::compile_cpu(graph, &weights, args.max_batch, verify)?,
+            TargetKind::Cuda => {
+                let archs: Vec<&str> = args.cuda_arch.iter().map(String::as_str).collect();
+                driver::compile_cuda_for(graph, &weights, args.max_batch, verify, &archs)?
+            }
         };
-        let (opt, bytes) = compile(graph, &weights, args.max_batch, cfg!(debug_assertions))?;
         print_timings(args.timings, &opt.timings);
         std::fs::write(out, &bytes).with_context(|| format!("cannot write `{}`", out.display()))?;
         eprintln!(
@@ -232,6 +239,20 @@ fn run(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `sm_` and two or three digits (`sm_80`, `sm_90`, `sm_100`).
+fn cuda_arch(s: &str) -> Result<String, String> {
+    let ok = s
+        .strip_prefix("sm_")
+        .is_some_and(|v| (2..=3).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_digit()));
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "`{s}` is not a real GPU architecture like sm_80 or sm_90"
+        ))
+    }
 }
 
 fn print_timings(enabled: bool, timings: &[sparsec::passes::PassTiming]) {

@@ -1,7 +1,8 @@
 //! `gpu-bench MODEL.bin [--check IO.safetensors] [--batch B]... [--iters N] [--warmup W]`:
 //! loads a model.bin with the runtime (built with `--features cuda` for CUDA models), checks
 //! it against a golden input/output pair if asked (relative error, PyTorch's float64 forward
-//! as reference), then times `Session::run` (input copy in, graph replay, output copy out,
+//! as reference; each row run alone and inside a batch of 7 must give the batched result
+//! bit for bit), then times `Session::run` (input copy in, graph replay, output copy out,
 //! synchronised) at each batch and prints one JSON object per batch on standard output:
 //! `{"model": ..., "backend": ..., "batch": B, "median_ms": ..., "p10_ms": ..., "p90_ms": ...}`.
 //! Carried to the GPU machine prebuilt (it has no Rust); see docs/cuda.md.
@@ -91,6 +92,32 @@ fn run(args: &Args) -> Result<(), String> {
         if error.is_nan() || error >= 2e-4 {
             return Err(format!("relative error {error:e} is not below 2e-4"));
         }
+        // Each row alone, and as the last row of a batch of 7, gives the batched result.
+        let got = got.to_vec();
+        let classes = got.len() / batch;
+        for row in 0..batch {
+            let x = &input[row * per_image..(row + 1) * per_image];
+            let alone = session.run(x, 1).map_err(|e| e.to_string())?;
+            if alone != &got[row * classes..(row + 1) * classes] {
+                return Err(format!("row {row} alone differs from the batched result"));
+            }
+            let mut seven: Vec<f32> = (0..7 * per_image)
+                .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+                .collect();
+            seven[6 * per_image..].copy_from_slice(x);
+            if model.max_batch() >= 7 {
+                let y = session.run(&seven, 7).map_err(|e| e.to_string())?;
+                if y[6 * classes..] != got[row * classes..(row + 1) * classes] {
+                    return Err(format!(
+                        "row {row} in a batch of 7 differs from the batched result"
+                    ));
+                }
+            }
+        }
+        println!(
+            "{{\"model\": \"{}\", \"rows_independent_of_batch\": true}}",
+            model.name()
+        );
     }
     for &batch in &args.batches {
         let input: Vec<f32> = (0..batch * per_image)

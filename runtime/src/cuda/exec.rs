@@ -277,11 +277,13 @@ fn capture(
         };
         let mut args = stream.launch_builder(function);
         args.arg(&mut *arena).arg(&model.weights).arg(&batch_arg);
-        // SAFETY: every kernel takes (float* arena, const float* weights, unsigned batch);
-        // `validate` checked that each step's weight ranges lie inside the weights section,
-        // and the arena holds `arena_bytes_per_image * batch` bytes or more, which bounds
-        // every buffer the generated offsets address at this batch.
-        if let Err(e) = unsafe { args.launch(cfg) } {
+        // Every kernel takes (float* arena, const float* weights, unsigned batch); `validate`
+        // checked that each step's weight ranges lie inside the weights section, and the
+        // arena holds `arena_bytes_per_image * batch` bytes or more, which bounds every
+        // buffer the generated offsets address at this batch.
+        // SAFETY: the arguments match the kernel's signature and bounds (above).
+        let launched = unsafe { args.launch(cfg) };
+        if let Err(e) = launched {
             failed = Some(RunError::Kernel {
                 step: i,
                 label: m.steps[i].label.clone(),

@@ -11,7 +11,7 @@
 //!
 //! Design:
 //! - convolution: implicit GEMM, output tile of `bm` channels x 64 pixels per block, 256
-//!   threads each owning `bm/16` x 4 outputs; per 16-deep slice of `k = (c, kh, kw)` the block
+//!   threads each owning `bm/16` x 4 outputs; per 64-deep slice of `k = (c, kh, kw)` the block
 //!   stages the weight tile and the im2col input tile (pieces read in place, prologue applied
 //!   while loading, zero padding after it) in shared memory between two barriers; bias and
 //!   ReLU in the epilogue.

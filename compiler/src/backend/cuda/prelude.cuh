@@ -10,11 +10,11 @@
 #endif
 #define SPARSEC_THREADS 256u
 #define SPARSEC_BN 64u
-#define SPARSEC_BK 16u
+#define SPARSEC_BK 64u
 
 // Convolution as an implicit GEMM: out[m][p] = sum_k W[k][m] * X[k][p], k = (c, kh, kw).
 // A block computes BM output channels x 64 pixels of one image; each of its 256 threads
-// owns (BM / 16) x 4 outputs. For each 16-deep slice of k, the block stages the weight tile
+// owns (BM / 16) x 4 outputs. For each 64-deep slice of k, the block stages the weight tile
 // and the im2col input tile (zero padding after the prologue) in shared memory.
 template <class S>
 __device__ __forceinline__ void sparsec_conv(float* __restrict__ a, const float* __restrict__ w,
