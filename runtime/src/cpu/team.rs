@@ -198,7 +198,7 @@ fn worker(s: &Shared, member: usize) {
                 break;
             }
             spins += 1;
-            if spins % 256 != 0 || idle.elapsed() < SPIN_TIME {
+            if !spins.is_multiple_of(256) || idle.elapsed() < SPIN_TIME {
                 std::hint::spin_loop();
             } else {
                 // An unpark between the epoch check and here makes `park` return at once.
