@@ -1479,7 +1479,7 @@ pub fn kernel_table_team() -> [usize; abi::KERNEL_COUNT] {
 const SPLIT_MIN_MACS: usize = 1 << 17;
 
 /// Parts of a split convolution per member of the team.
-const PARTS_PER_MEMBER: usize = 3;
+const PARTS_PER_MEMBER: usize = 1;
 
 /// The pooling kernel for this CPU (the AVX2 entry falls back to portable code by itself).
 fn best_pool() -> abi::PoolKernel {
