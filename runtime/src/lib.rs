@@ -17,9 +17,6 @@ pub mod format;
 
 mod aligned;
 mod dispatch;
-// `model::Model::load` and its accessors are reached through `dispatch::Model`, which
-// forwards to them per backend; `load` itself is superseded by `dispatch::Model::load`.
-#[allow(dead_code)]
 mod model;
 pub mod profile;
 

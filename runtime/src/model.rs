@@ -1,6 +1,6 @@
-//! The public runtime API: [`Model`] (a validated, mapped model.bin, shared by threads) and
-//! [`Session`] (one thread's arena and scratch; `run` allocates nothing once its arena has
-//! grown to the batch size it is asked for).
+//! The CPU executor behind the public API (`dispatch`): [`Model`] (a validated, mapped
+//! model.bin, shared by threads) and [`Session`] (a team of threads with their arenas and
+//! scratch; `run` allocates nothing once its memory has grown to the batch it is asked for).
 //!
 //! Loading validates everything before any code is made executable: magic, version, checksum
 //! and structure (`format`), the target's architecture and CPU features, and every step's
@@ -14,7 +14,6 @@ use crate::cpu::kernels;
 use crate::cpu::team::Team;
 use crate::error::{LoadError, RunError};
 use crate::format::{self, Backend, Manifest, ModelFile, StepDesc, TensorSpec};
-use std::path::Path;
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 
 /// A loaded model: validated manifest, weights and constants in aligned memory, generated
@@ -44,12 +43,6 @@ impl std::fmt::Debug for Model {
 }
 
 impl Model {
-    /// Reads and loads a model.bin file.
-    pub fn load(path: impl AsRef<Path>) -> Result<Model, LoadError> {
-        let bytes = format::read(path.as_ref())?;
-        Model::from_bytes(&bytes)
-    }
-
     /// Validates and loads model.bin bytes. Nothing is mapped executable unless every check
     /// passes.
     pub fn from_bytes(bytes: &[u8]) -> Result<Model, LoadError> {
@@ -133,12 +126,6 @@ impl Model {
 
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
-    }
-
-    /// A session: the working memory of one caller, using every core of the machine
-    /// ([`default_threads`]). Cheap: its threads start and its arena grows on the first `run`.
-    pub fn session(&self) -> Session<'_> {
-        self.session_with_threads(default_threads())
     }
 
     /// A session running on `threads` threads (the caller's plus `threads - 1` of its own; 1:
