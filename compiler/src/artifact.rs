@@ -35,47 +35,7 @@ pub fn write_cpu(
     if plan.batch != 1 {
         return Err(ArtifactError::PlanBatch(plan.batch));
     }
-    let buffers = plan
-        .liveness
-        .buffers
-        .iter()
-        .zip(&plan.arena.offsets)
-        .map(|(b, &offset)| BufferSpec {
-            offset_per_image: offset,
-            bytes_per_image: b.bytes_per_image,
-        })
-        .collect();
-    let spec = |name: &str, node: ir::NodeId| -> Result<TensorSpec, ArtifactError> {
-        let buffer = plan
-            .liveness
-            .buffer(node)
-            .ok_or_else(|| ArtifactError::NoBuffer(name.to_string()))?;
-        let t = graph.node(node).ty;
-        Ok(TensorSpec {
-            name: name.to_string(),
-            shape: [t.channels, t.height, t.width],
-            buffer: buffer.0,
-        })
-    };
-    let mut inputs = Vec::new();
-    for &i in graph.inputs() {
-        let Op::Input { name } = &graph.node(i).op else {
-            continue;
-        };
-        inputs.push(spec(name, i)?);
-    }
-    let mut outputs = Vec::new();
-    for &o in graph.outputs() {
-        let Op::Output { name } = &graph.node(o).op else {
-            continue;
-        };
-        let source = graph
-            .operands(o)
-            .first()
-            .copied()
-            .ok_or_else(|| ArtifactError::NoBuffer(name.clone()))?;
-        outputs.push(spec(name, source)?);
-    }
+    let (buffers, inputs, outputs) = tensors(graph, plan)?;
     let mut w = Writer::new();
     let weights = w.add_section(&program.weights);
     let consts = w.add_section(&program.consts);
