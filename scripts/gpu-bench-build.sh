@@ -5,6 +5,7 @@
 # NVRTC (max batch 256), the release `gpu-bench` binary (runtime built with `cuda`), the
 # golden weights and input/output pairs, gpu_bench.py and gpu-bench.sh. See docs/cuda.md.
 # CUDA_ARCH=sm_90 builds cubins for H100/H200 only (smaller files); PTX is always included.
+# MODELS="a b" narrows the models (default: the four golden ones).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 test -d ../shared/golden || { echo "needs ../shared/golden beside the clone"; exit 1; }
@@ -13,7 +14,7 @@ export LD_LIBRARY_PATH="$NVRTC_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 cargo build --release -p sparsec -p gpu-bench --features gpu-bench/cuda
 out=target/gpu-bench-bundle
 rm -rf "$out" && mkdir -p "$out"
-for m in sparsenet-40-24 sparsenet-bc-100-24 densenet-bc-100-12 sparsenet-bc-1000-12; do
+for m in ${MODELS:-sparsenet-40-24 sparsenet-bc-100-24 densenet-bc-100-12 sparsenet-bc-1000-12}; do
   echo "compiling $m for CUDA"
   target/release/sparsec "examples/models/$m.snet" --target cuda \
     --weights "../shared/golden/$m.safetensors" --max-batch 256 \

@@ -32,7 +32,7 @@ use crate::error::LoadError;
 pub const MAGIC: [u8; 8] = *b"SPARSEC\0";
 /// The layout version this runtime reads and writes. Any change to the layout, the manifest
 /// types or the descriptor structs in `abi.rs` bumps it.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 /// Size of the fixed header.
 pub const HEADER_BYTES: usize = 64;
 /// Alignment of the data area and of every section (relative and absolute), and of every
@@ -206,37 +206,74 @@ pub struct CpuCode {
     pub entry_offset: u64,
 }
 
-/// CUDA code: one blob per architecture and one kernel launch per step.
+/// CUDA code: one blob per architecture and, per step, its launch variants.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CudaCode {
     /// The NVRTC version that compiled the blobs, `"major.minor"`.
     pub nvrtc_version: String,
     /// `(arch, bytes)`: arch like `"sm_90"` for a cubin or `"ptx"` for PTX text.
     pub blobs: Vec<(String, Section)>,
-    /// One launch per step, in step order.
-    pub launches: Vec<CudaLaunch>,
+    /// Per step, in step order, its launch variants ordered by `up_to_batch`: a batch runs
+    /// the first variant that serves it (a convolution has a latency variant for small
+    /// batches and a throughput variant; other steps have one).
+    pub launches: Vec<Vec<CudaLaunch>>,
 }
 
-/// How a step's kernel is launched: `kernel<<<(grid[0], grid[1], batch), block,
-/// shared_bytes>>>(arena, weights, batch)`.
+impl CudaCode {
+    /// The variant of step `step` that runs `batch` images: the first whose `up_to_batch` is
+    /// at least `batch`, else the last (`validate` checks the last serves `max_batch`).
+    /// `None` when the step has no launch (rejected by `validate`).
+    pub fn launch(&self, step: usize, batch: u32) -> Option<&CudaLaunch> {
+        let variants = self.launches.get(step)?;
+        variants
+            .iter()
+            .find(|l| batch <= l.up_to_batch)
+            .or(variants.last())
+    }
+}
+
+/// How a step's kernel is launched for a batch `B`: `kernel<<<(ceil(B * x_per_image /
+/// x_per_block), grid_y, 1), block, shared_bytes>>>(arena, weights, B)`. The kernel walks the
+/// `B * x_per_image` work items of grid x (pixels, pooled values, images) across the whole
+/// batch, so small maps still fill the GPU at large batches.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CudaLaunch {
     /// The `extern "C"` kernel name in every blob.
     pub kernel: String,
-    /// Grid x and y; z is the batch.
-    pub grid: [u32; 2],
+    /// The largest batch this variant serves.
+    pub up_to_batch: u32,
+    /// Work items per image along grid x.
+    pub x_per_image: u32,
+    /// Work items per block along grid x.
+    pub x_per_block: u32,
+    /// Grid y (output-channel tiles of a convolution, else 1).
+    pub grid_y: u32,
     /// Threads per block (x only).
     pub block: u32,
     /// Dynamic shared memory in bytes.
     pub shared_bytes: u32,
 }
 
-/// The largest batch of a CUDA model: the batch is the grid's z dimension.
+/// The largest batch of a CUDA model.
 pub const CUDA_MAX_BATCH: u32 = 65_535;
 
 impl CudaLaunch {
-    /// Checks the launch against CUDA's limits; the reason when it breaks one.
-    pub fn check(&self) -> Result<(), String> {
+    /// The grid `[x, y, z]` for `batch` images; `None` when the work items of the batch pass
+    /// 2^32 - 1 (kernels index them in 32 bits) or grid x passes 2^31 - 1.
+    pub fn grid(&self, batch: u32) -> Option<[u32; 3]> {
+        let items = u64::from(batch) * u64::from(self.x_per_image);
+        if items > u64::from(u32::MAX) || self.x_per_block == 0 {
+            return None;
+        }
+        let x = items.div_ceil(u64::from(self.x_per_block));
+        (1..=i32::MAX as u64)
+            .contains(&x)
+            .then_some([x as u32, self.grid_y, 1])
+    }
+
+    /// Checks the launch against CUDA's limits for every batch up to `max_batch`; the reason
+    /// when it breaks one.
+    pub fn check(&self, max_batch: u32) -> Result<(), String> {
         let name_ok = !self.kernel.is_empty()
             && self.kernel.len() <= 256
             && self
@@ -253,11 +290,21 @@ impl CudaLaunch {
         if !(1..=1024).contains(&self.block) {
             return Err(format!("block of {} threads (1 to 1024)", self.block));
         }
-        if self.grid[0] == 0 || self.grid[0] > i32::MAX as u32 {
-            return Err(format!("grid x {} (1 to 2^31 - 1)", self.grid[0]));
+        if self.x_per_image == 0 || self.x_per_block == 0 {
+            return Err(format!(
+                "{} work items per image, {} per block (both at least 1)",
+                self.x_per_image, self.x_per_block
+            ));
         }
-        if self.grid[1] == 0 || self.grid[1] > 65_535 {
-            return Err(format!("grid y {} (1 to 65535)", self.grid[1]));
+        let batch = max_batch.clamp(1, self.up_to_batch.max(1));
+        if self.grid(batch).is_none() {
+            return Err(format!(
+                "{} work items per image at batch {batch} pass the grid's limits",
+                self.x_per_image
+            ));
+        }
+        if self.grid_y == 0 || self.grid_y > 65_535 {
+            return Err(format!("grid y {} (1 to 65535)", self.grid_y));
         }
         if self.shared_bytes > 48 * 1024 {
             return Err(format!(
@@ -837,7 +884,7 @@ fn validate(m: &Manifest, data_len: u64, data_base: u64, file_len: u64) -> Resul
 }
 
 /// The code matches the backend: a CUDA model has CUDA code and `max_batch` within the grid's
-/// z limit; CUDA code, wherever present, has at least one blob, each named `sm_XY` or `ptx`
+/// batch limit; CUDA code, wherever present, has at least one blob, each named `sm_XY` or `ptx`
 /// once, and one valid launch per step.
 fn validate_code(m: &Manifest) -> Result<(), LoadError> {
     let fail = |reason: String| Err(LoadError::Code { reason });
@@ -847,7 +894,7 @@ fn validate_code(m: &Manifest) -> Result<(), LoadError> {
         }
         if m.max_batch > CUDA_MAX_BATCH {
             return fail(format!(
-                "max_batch {} of a CUDA model is above {CUDA_MAX_BATCH} (the grid's z limit)",
+                "max_batch {} of a CUDA model is above {CUDA_MAX_BATCH} (the CUDA backend's batch limit)",
                 m.max_batch
             ));
         }
@@ -879,9 +926,28 @@ fn validate_code(m: &Manifest) -> Result<(), LoadError> {
             m.steps.len()
         ));
     }
-    for (i, l) in c.launches.iter().enumerate() {
-        l.check()
-            .or_else(|reason| fail(format!("CUDA launch of step {i}: {reason}")))?;
+    for (i, variants) in c.launches.iter().enumerate() {
+        let Some(last) = variants.last() else {
+            return fail(format!("no CUDA launch for step {i}"));
+        };
+        if last.up_to_batch < m.max_batch {
+            return fail(format!(
+                "the CUDA launches of step {i} serve batches up to {}, below max_batch {}",
+                last.up_to_batch, m.max_batch
+            ));
+        }
+        if variants
+            .windows(2)
+            .any(|w| w[0].up_to_batch >= w[1].up_to_batch)
+        {
+            return fail(format!(
+                "the CUDA launch variants of step {i} are not ordered by batch"
+            ));
+        }
+        for l in variants {
+            l.check(m.max_batch)
+                .or_else(|reason| fail(format!("CUDA launch of step {i}: {reason}")))?;
+        }
     }
     Ok(())
 }
@@ -1092,11 +1158,16 @@ mod tests {
                 nvrtc_version: "12.4".into(),
                 blobs: vec![("ptx".into(), ptx)],
                 launches: (0..3)
-                    .map(|i| CudaLaunch {
-                        kernel: format!("s{i:03}"),
-                        grid: [4, 1],
-                        block: 256,
-                        shared_bytes: 0,
+                    .map(|i| {
+                        vec![CudaLaunch {
+                            kernel: format!("s{i:03}"),
+                            up_to_batch: u32::MAX,
+                            x_per_image: 1024,
+                            x_per_block: 256,
+                            grid_y: 1,
+                            block: 256,
+                            shared_bytes: 0,
+                        }]
                     })
                     .collect(),
             }),
@@ -1445,19 +1516,19 @@ mod tests {
             "2 CUDA launches for 3 steps",
         );
         code_err(
-            |m| m.cuda.as_mut().expect("cuda").launches[1].kernel = "1x; evil".into(),
+            |m| m.cuda.as_mut().expect("cuda").launches[1][0].kernel = "1x; evil".into(),
             "not a C identifier",
         );
         code_err(
-            |m| m.cuda.as_mut().expect("cuda").launches[1].block = 2048,
+            |m| m.cuda.as_mut().expect("cuda").launches[1][0].block = 2048,
             "threads",
         );
         code_err(
-            |m| m.cuda.as_mut().expect("cuda").launches[2].grid = [1, 0],
+            |m| m.cuda.as_mut().expect("cuda").launches[2][0].grid_y = 0,
             "grid y",
         );
         code_err(
-            |m| m.cuda.as_mut().expect("cuda").launches[2].shared_bytes = 1 << 20,
+            |m| m.cuda.as_mut().expect("cuda").launches[2][0].shared_bytes = 1 << 20,
             "shared memory",
         );
         code_err(
@@ -1472,7 +1543,7 @@ mod tests {
                 m.target.backend = Backend::Cuda;
                 m.max_batch = 70_000;
             },
-            "z limit",
+            "batch limit",
         );
     }
 

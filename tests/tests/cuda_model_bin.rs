@@ -111,6 +111,6 @@ fn no_cuda_model_runs_past_the_grid_limit() -> Result<()> {
     let (opt, program) = program()?;
     let e = artifact::write_cuda(&opt.graph, &opt.plan, &program, &fake_blobs(), 70_000)
         .expect_err("max batch 70000 was accepted");
-    assert!(e.to_string().contains("z limit"), "{e}");
+    assert!(e.to_string().contains("batch limit"), "{e}");
     Ok(())
 }

@@ -3,9 +3,10 @@
 //! fibers that really wait at `__syncthreads()`), loaded with `dlopen`, and driven exactly as
 //! the GPU runtime drives it: one arena of `arena_bytes_per_image * batch` bytes, the input
 //! copied to its buffer at `offset_per_image * batch`, then every step's launch from the
-//! program's launch table (kernel by name, grid `(x, y, batch)`, block size). The output is
+//! program's launch table (kernel by name, grid from the batch, block size). The output is
 //! compared with the reference interpreter on the same optimised graph (random non-zero input
-//! and weights) for every example model (batch 2; batch 1 for the deep and ImageNet ones), and
+//! and weights) for every example model (batch 2; batch 1 for the deep and ImageNet ones), once
+//! with every convolution's latency tile and once with its throughput tile, and
 //! for the four golden models also with PyTorch's outputs (golden weights and input, batch 2):
 //! relative error ≤ 2e-4.
 //!
@@ -96,6 +97,17 @@ impl Drop for Library {
     }
 }
 
+/// Which of a step's launch variants runs.
+#[derive(Clone, Copy, Debug)]
+enum Pick {
+    /// The one the GPU runtime picks for the batch (`CudaCode::launch`).
+    AsRuntime,
+    /// The first (the latency tile where a step has two).
+    First,
+    /// The last (the throughput tile).
+    Last,
+}
+
 /// Runs the program's launches over an arena, as the GPU runtime does. Returns the output.
 fn run(
     lib: &Library,
@@ -103,6 +115,7 @@ fn run(
     program: &CudaProgram,
     input: &[f32],
     batch: u32,
+    pick: Pick,
 ) -> Result<Vec<f32>> {
     let plan = &opt.plan;
     let b = u64::from(batch);
@@ -126,7 +139,15 @@ fn run(
     arena[at..at + len].copy_from_slice(input);
     // SAFETY: the shim defines this symbol with exactly this signature.
     let launch: Launch = unsafe { std::mem::transmute(lib.symbol("sparsec_shim_launch")?) };
-    for (i, l) in program.launches.iter().enumerate() {
+    for (i, variants) in program.launches.iter().enumerate() {
+        let l = match pick {
+            Pick::AsRuntime => variants.iter().find(|l| batch <= l.up_to_batch),
+            Pick::First => variants.first(),
+            Pick::Last => variants.last(),
+        }
+        .or(variants.last())
+        .context("a step without launches")?;
+        let [gx, gy, gz] = l.grid(batch).context("grid out of limits")?;
         // SAFETY: every generated kernel is `extern "C" void(float*, const float*, unsigned)`.
         let kernel: Kernel = unsafe { std::mem::transmute(lib.symbol(&l.kernel)?) };
         // SAFETY: the arena holds `arena_bytes_per_image * batch` bytes and the weights the
@@ -134,9 +155,9 @@ fn run(
         let status = unsafe {
             launch(
                 kernel,
-                l.grid[0],
-                l.grid[1],
-                batch,
+                gx,
+                gy,
+                gz,
                 l.block,
                 arena.as_mut_ptr(),
                 weights.as_ptr(),
@@ -217,25 +238,34 @@ fn check(name: &str, batch: u32, golden: bool) -> Result<()> {
         t.width as usize,
     ];
     let x = random_input(shape.iter().product(), 11);
-    let got = run(&lib, &opt, &program, &x, batch)?;
-    let ran = start.elapsed();
-    let want = interp::run(&opt.graph, &[Tensor { shape, data: x }])?;
-    let error = interp::relative_error(&got, &want[0].data);
+    let want = interp::run(
+        &opt.graph,
+        &[Tensor {
+            shape,
+            data: x.clone(),
+        }],
+    )?;
     let scale = want[0].data.iter().map(|v| v.abs()).fold(0.0f32, f32::max);
-    eprintln!(
-        "{name} batch {batch}: shim vs interpreter relative error {error:.3e} (max |y| {scale:.3}; \
-         generate+g++ {:.1} s, shim run {:.1} s)",
-        built.as_secs_f64(),
-        (ran - built).as_secs_f64()
-    );
     ensure!(
         scale > 0.0 && scale.is_finite(),
         "{name}: output zero or not finite"
     );
-    ensure!(
-        error <= TOLERANCE,
-        "{name}: relative error {error:.3e} above {TOLERANCE:e}"
-    );
+    // Both tiles of every convolution: the latency ones and the throughput ones.
+    for pick in [Pick::First, Pick::Last] {
+        let before = start.elapsed();
+        let got = run(&lib, &opt, &program, &x, batch, pick)?;
+        let error = interp::relative_error(&got, &want[0].data);
+        eprintln!(
+            "{name} batch {batch}, {pick:?} variants: shim vs interpreter relative error \
+             {error:.3e} (max |y| {scale:.3}; generate+g++ {:.1} s, shim run {:.1} s)",
+            built.as_secs_f64(),
+            (start.elapsed() - before).as_secs_f64()
+        );
+        ensure!(
+            error <= TOLERANCE,
+            "{name} ({pick:?} variants): relative error {error:.3e} above {TOLERANCE:e}"
+        );
+    }
     if !golden {
         return Ok(());
     }
@@ -255,7 +285,7 @@ fn check(name: &str, batch: u32, golden: bool) -> Result<()> {
             .context("io tensor")
     };
     let (input, want) = (get("input")?, get("output")?);
-    let got = run(&lib, &opt, &golden_program, &input, 2)?;
+    let got = run(&lib, &opt, &golden_program, &input, 2, Pick::AsRuntime)?;
     let error = interp::relative_error(&got, &want);
     eprintln!("{name}: shim vs PyTorch (golden) relative error {error:.3e}");
     ensure!(

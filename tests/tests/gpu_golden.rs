@@ -2,8 +2,9 @@
 //! NVIDIA driver with GPU 0): each is compiled for CUDA with its golden weights, loaded by the
 //! runtime's CUDA executor and run on the golden input (batch 2): relative error below 2e-4
 //! against PyTorch's float64 forward (the kernels are plain FP32: no TF32, no fast math).
-//! Each golden row run alone (batch 1) and inside batches of 7 and 64 gives exactly the
-//! batched result (every image is computed by the same threads whatever the batch).
+//! Each golden row run alone (batch 1) and inside batches of 7 and 64 agrees with the batched
+//! result within 1e-5 relative (the convolution tiles, and so the order of the sums, depend on
+//! the batch size); replaying a graph again gives the same bits.
 #![cfg(feature = "gpu-tests")]
 
 use anyhow::{Context, Result, bail};
@@ -48,7 +49,7 @@ fn check(name: &str) -> Result<()> {
         let alone = session
             .run(&input[row * per_image..(row + 1) * per_image], 1)?
             .to_vec();
-        if alone != got[row * classes..(row + 1) * classes] {
+        if ir::interp::relative_error(&alone, &got[row * classes..(row + 1) * classes]) > 1e-5 {
             bail!("{name}: row {row} at batch 1 differs from the batched result");
         }
     }
@@ -59,7 +60,9 @@ fn check(name: &str) -> Result<()> {
         let place = batch - 1;
         x[place * per_image..(place + 1) * per_image].copy_from_slice(&input[..per_image]);
         let y = session.run(&x, batch)?;
-        if y[place * classes..(place + 1) * classes] != got[..classes] {
+        if ir::interp::relative_error(&y[place * classes..(place + 1) * classes], &got[..classes])
+            > 1e-5
+        {
             bail!("{name}: row 0 inside a batch of {batch} differs from the batched result");
         }
     }

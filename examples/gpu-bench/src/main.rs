@@ -1,8 +1,9 @@
 //! `gpu-bench MODEL.bin [--check IO.safetensors] [--batch B]... [--iters N] [--warmup W]`:
 //! loads a model.bin with the runtime (built with `--features cuda` for CUDA models), checks
 //! it against a golden input/output pair if asked (relative error, PyTorch's float64 forward
-//! as reference; each row run alone and inside a batch of 7 must give the batched result
-//! bit for bit), then times `Session::run` (input copy in, graph replay, output copy out,
+//! as reference; each row run alone and inside a batch of 7 must agree with the batched result
+//! within 1e-5 relative: the convolution tiles, and so the order of the sums, depend on the
+//! batch size), then times `Session::run` (input copy in, graph replay, output copy out,
 //! synchronised) at each batch and prints one JSON object per batch on standard output:
 //! `{"model": ..., "backend": ..., "batch": B, "median_ms": ..., "p10_ms": ..., "p90_ms": ...}`.
 //! Carried to the GPU machine prebuilt (it has no Rust); see docs/cuda.md.
@@ -98,7 +99,7 @@ fn run(args: &Args) -> Result<(), String> {
         for row in 0..batch {
             let x = &input[row * per_image..(row + 1) * per_image];
             let alone = session.run(x, 1).map_err(|e| e.to_string())?;
-            if alone != &got[row * classes..(row + 1) * classes] {
+            if !agree(alone, &got[row * classes..(row + 1) * classes]) {
                 return Err(format!("row {row} alone differs from the batched result"));
             }
             let mut seven: Vec<f32> = (0..7 * per_image)
@@ -107,7 +108,7 @@ fn run(args: &Args) -> Result<(), String> {
             seven[6 * per_image..].copy_from_slice(x);
             if model.max_batch() >= 7 {
                 let y = session.run(&seven, 7).map_err(|e| e.to_string())?;
-                if y[6 * classes..] != got[row * classes..(row + 1) * classes] {
+                if !agree(&y[6 * classes..], &got[row * classes..(row + 1) * classes]) {
                     return Err(format!(
                         "row {row} in a batch of 7 differs from the batched result"
                     ));
@@ -156,4 +157,15 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Whether two rows agree within 1e-5 relative error (max |a - b| / max |b|): what a change
+/// of tile, and so of summation order, may move.
+fn agree(a: &[f32], b: &[f32]) -> bool {
+    let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let diff = a
+        .iter()
+        .zip(b)
+        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+    a.len() == b.len() && diff <= 1e-5 * scale
 }

@@ -36,7 +36,7 @@ pub struct CudaModel {
     manifest: Manifest,
     ctx: Arc<CudaContext>,
     _module: Arc<CudaModule>,
-    functions: Vec<CudaFunction>,
+    functions: Vec<Vec<CudaFunction>>,
     weights: CudaSlice<f32>,
     /// Which blob was loaded (`"sm_90"`, or `"ptx"`).
     blob: String,
@@ -105,10 +105,15 @@ impl CudaModel {
         let functions = code
             .launches
             .iter()
-            .map(|l| {
-                module
-                    .load_function(&l.kernel)
-                    .map_err(|e| device_error(format!("kernel {}: {e:?}", l.kernel)))
+            .map(|variants| {
+                variants
+                    .iter()
+                    .map(|l| {
+                        module
+                            .load_function(&l.kernel)
+                            .map_err(|e| device_error(format!("kernel {}: {e:?}", l.kernel)))
+                    })
+                    .collect::<Result<Vec<_>, _>>()
             })
             .collect::<Result<Vec<_>, _>>()?;
         let host: Vec<f32> = file
@@ -269,9 +274,22 @@ fn capture(
         .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
         .map_err(|e| run_error("begin capture", e))?;
     let mut failed = None;
-    for (i, (launch, function)) in code.launches.iter().zip(&model.functions).enumerate() {
+    for (i, (variants, functions)) in code.launches.iter().zip(&model.functions).enumerate() {
+        // The first variant serving this batch (`CudaCode::launch`); validate checked that
+        // the last one serves max_batch and that every variant's grid fits at it.
+        let v = variants
+            .iter()
+            .position(|l| batch_arg <= l.up_to_batch)
+            .unwrap_or(variants.len() - 1);
+        let (launch, function) = (&variants[v], &functions[v]);
+        let Some([gx, gy, gz]) = launch.grid(batch_arg) else {
+            failed = Some(RunError::Backend(format!(
+                "step {i}: batch {batch} passes the grid's limits"
+            )));
+            break;
+        };
         let cfg = LaunchConfig {
-            grid_dim: (launch.grid[0], launch.grid[1], batch_arg),
+            grid_dim: (gx, gy, gz),
             block_dim: (launch.block, 1, 1),
             shared_mem_bytes: launch.shared_bytes,
         };

@@ -5,16 +5,18 @@
 //! (with its input loader `x`) and an `extern "C"` kernel instantiating one template. Kernels take
 //! `(float* arena, const float* weights, unsigned batch)`; buffer `b` of the step lives at
 //! `arena + offset_per_image * batch` (in floats), image `n` at `+ n * floats_per_image`, and
-//! `blockIdx.z` is the image. The same text compiles as C++ under `shim.h`, so it uses only
+//! grid x walks the work items of the whole batch. The same text compiles as C++ under `shim.h`, so it uses only
 //! what the shim provides (`threadIdx`, `blockIdx`, `__shared__`, `__syncthreads`, `fmaxf`,
 //! `INFINITY`) and every thread of a block reaches every `__syncthreads()`.
 //!
 //! Design:
-//! - convolution: implicit GEMM, output tile of `bm` channels x 64 pixels per block, 256
-//!   threads each owning `bm/16` x 4 outputs; per 64-deep slice of `k = (c, kh, kw)` the block
-//!   stages the weight tile and the im2col input tile (pieces read in place, prologue applied
-//!   while loading, zero padding after it) in shared memory between two barriers; bias and
-//!   ReLU in the epilogue.
+//! - convolution: implicit GEMM over the pixels of the whole batch, with the tile `tile.rs`
+//!   chooses (output channels x pixels per thread and per block, in-block split-K, slice
+//!   depth); per k-slice the block stages the weight tile and the im2col input tile (pieces
+//!   read in place, prologue applied while loading, zero padding after it) in shared memory
+//!   while the next slice is loaded into registers; bias and ReLU in the epilogue. Two
+//!   kernels when the latency tile (small batches, `NAME_small`) differs from the throughput
+//!   tile (`NAME`).
 //! - pool: one thread per output value, prologue per loaded value.
 //! - linear (the fused head): one block per image; the prologued, globally averaged input is
 //!   staged in shared memory, then each thread computes output features.
@@ -23,13 +25,12 @@
 //! `prelude.cuh` and the constants written here must agree on names.
 
 use super::THREADS;
+use super::tile::{self, ConvShape};
 use crate::backend::steps::StepPlan;
 use ir::op::{Combine, Conv2d, Linear as LinearOp, Pool as PoolOp, PoolKind};
 use runtime::format::CudaLaunch;
 use std::fmt::Write;
 
-/// Pixels per convolution tile (the prelude's `SPARSEC_BN`).
-const BN: u32 = 64;
 /// Shared memory a kernel may use statically.
 const MAX_SHARED: u64 = 48 * 1024;
 
@@ -148,9 +149,14 @@ impl Input {
     }
 }
 
-/// A step description struct (`constants`, then the loader) and its `extern "C"` kernel,
-/// which instantiates `body` (a prelude template) with it.
-fn kernel(comment: &str, input: &Input, constants: &[String], body: &str) -> String {
+/// A step description struct (`constants`, then the loader) and its `extern "C"` kernels,
+/// each `(name, template instance)`, e.g. `("s001_conv", "sparsec_conv<s001_conv_t, ...>")`.
+fn kernel(
+    comment: &str,
+    input: &Input,
+    constants: &[String],
+    instances: &[(String, String)],
+) -> String {
     let name = &input.name;
     let mut t = String::new();
     let _ = writeln!(t, "\n// {comment}\nstruct {name}_t {{");
@@ -158,21 +164,30 @@ fn kernel(comment: &str, input: &Input, constants: &[String], body: &str) -> Str
         let _ = writeln!(t, "  static constexpr {c};");
     }
     t.push_str(&input.emit());
-    let _ = write!(
-        t,
-        "}};\nextern \"C\" __global__ void __launch_bounds__({THREADS}) {name}(float* __restrict__ \
-         a, const float* __restrict__ w, unsigned batch) {{\n  {body}<{name}_t>(a, w, batch);\n}}\n"
-    );
+    t.push_str("};\n");
+    for (kernel, instance) in instances {
+        let _ = write!(
+            t,
+            "extern \"C\" __global__ void __launch_bounds__({THREADS}) {kernel}(float* __restrict__ \
+             a, const float* __restrict__ w, unsigned batch) {{\n  {instance}(a, w, batch);\n}}\n"
+        );
+    }
     t
 }
 
-fn launch(grid: [u32; 2]) -> CudaLaunch {
-    CudaLaunch {
-        kernel: String::new(),
-        grid,
+/// A one-variant launch: `x_per_image` work items per image, `x_per_block` per block.
+fn launch(kernel: &str, x_per_image: u64, x_per_block: u32) -> Result<CudaLaunch, String> {
+    let x_per_image = u32::try_from(x_per_image)
+        .map_err(|_| format!("{x_per_image} work items per image (at most 2^32 - 1)"))?;
+    Ok(CudaLaunch {
+        kernel: kernel.to_string(),
+        up_to_batch: u32::MAX,
+        x_per_image,
+        x_per_block,
+        grid_y: 1,
         block: THREADS,
         shared_bytes: 0,
-    }
+    })
 }
 
 fn bias(b: Option<u64>) -> String {
@@ -190,18 +205,24 @@ pub struct Conv<'a> {
 }
 
 impl Conv<'_> {
-    pub fn emit(&self) -> (String, CudaLaunch) {
+    /// The step's text and its launch variants (`tile::variants`: a latency tile for small
+    /// batches, then the throughput tile), or why the step cannot be launched.
+    pub fn emit(&self) -> Result<(String, Vec<CudaLaunch>), String> {
         let (c, s) = (self.conv, self.step);
         let (ih, iw) = (s.input.height, s.input.width);
         let (oh, ow) = (s.output.height, s.output.width);
         let oc = c.out_channels;
         let (kh, kw) = (c.kernel[0], c.kernel[1]);
         let p = u64::from(oh) * u64::from(ow);
-        // Output channels per tile: the smallest of 16, 32, 64 that covers them (or 64).
-        let bm: u32 = match oc {
-            0..=16 => 16,
-            17..=32 => 32,
-            _ => 64,
+        let shape = ConvShape {
+            oc,
+            pixels: u32::try_from(p).map_err(|_| format!("{p} output pixels per image"))?,
+            k: s.input.channels * kh * kw,
+            im2col: !(kh == 1 && kw == 1 && c.stride == [1, 1] && c.pad == [0, 0]),
+            cin: s.input.channels,
+            kernel: [kh, kw],
+            out: [oh, ow],
+            direct: c.stride == [1, 1] && kh * kw > 1,
         };
         let comment = format!(
             "{}: conv {kh}x{kw} stride {}x{} pad {}x{}, {} -> {oc} channels, {ih}x{iw} -> \
@@ -217,8 +238,8 @@ impl Conv<'_> {
         );
         let constants = [
             format!(
-                "unsigned BM = {bm}, OC = {oc}, CIN = {}, IH = {ih}, IW = {iw}, OH = {oh}, \
-                 OW = {ow}, KH = {kh}, KW = {kw}, SH = {}, SW = {}, PH = {}, PW = {}",
+                "unsigned OC = {oc}, CIN = {}, IH = {ih}, IW = {iw}, OH = {oh}, OW = {ow}, \
+                 KH = {kh}, KW = {kw}, SH = {}, SW = {}, PH = {}, PW = {}",
                 s.input.channels, c.stride[0], c.stride[1], c.pad[0], c.pad[1]
             ),
             format!(
@@ -230,9 +251,28 @@ impl Conv<'_> {
             bias(self.bias),
             format!("bool RELU = {}", c.relu),
         ];
-        let text = kernel(&comment, self.input, &constants, "sparsec_conv");
-        let grid = [p.div_ceil(u64::from(BN)) as u32, oc.div_ceil(bm)];
-        (text, launch(grid))
+        let variants = tile::variants(&shape);
+        let name = &self.input.name;
+        let mut instances = Vec::new();
+        let mut launches = Vec::new();
+        for (i, (t, up_to)) in variants.iter().enumerate() {
+            let kernel = if i + 1 == variants.len() {
+                name.clone()
+            } else {
+                format!("{name}_small")
+            };
+            instances.push((kernel.clone(), t.instance(&format!("{name}_t"))));
+            let (x_per_image, x_per_block, grid_y) = t.grid(&shape);
+            launches.push(CudaLaunch {
+                up_to_batch: *up_to,
+                grid_y,
+                ..launch(&kernel, x_per_image, x_per_block)?
+            });
+        }
+        Ok((
+            kernel(&comment, self.input, &constants, &instances),
+            launches,
+        ))
     }
 }
 
@@ -244,7 +284,7 @@ pub struct Pool<'a> {
 }
 
 impl Pool<'_> {
-    pub fn emit(&self) -> (String, CudaLaunch) {
+    pub fn emit(&self) -> Result<(String, Vec<CudaLaunch>), String> {
         let (p, s) = (self.pool, self.step);
         let (ih, iw) = (s.input.height, s.input.width);
         let (oh, ow) = (s.output.height, s.output.width);
@@ -283,8 +323,14 @@ impl Pool<'_> {
                 p.global
             ),
         ];
-        let text = kernel(&comment, self.input, &constants, "sparsec_pool");
-        (text, launch([total.div_ceil(u64::from(THREADS)) as u32, 1]))
+        let name = &self.input.name;
+        let text = kernel(
+            &comment,
+            self.input,
+            &constants,
+            &[(name.clone(), format!("sparsec_pool<{name}_t>"))],
+        );
+        Ok((text, vec![launch(name, total, THREADS)?]))
     }
 }
 
@@ -298,7 +344,7 @@ pub struct Linear<'a> {
 }
 
 impl Linear<'_> {
-    pub fn emit(&self) -> Result<(String, CudaLaunch), String> {
+    pub fn emit(&self) -> Result<(String, Vec<CudaLaunch>), String> {
         let (l, s) = (self.linear, self.step);
         let cin = s.input.channels;
         let out = l.out_features;
@@ -331,7 +377,13 @@ impl Linear<'_> {
             ),
             bias(self.bias),
         ];
-        let text = kernel(&comment, self.input, &constants, "sparsec_linear");
-        Ok((text, launch([1, 1])))
+        let name = &self.input.name;
+        let text = kernel(
+            &comment,
+            self.input,
+            &constants,
+            &[(name.clone(), format!("sparsec_linear<{name}_t>"))],
+        );
+        Ok((text, vec![launch(name, 1, 1)?]))
     }
 }

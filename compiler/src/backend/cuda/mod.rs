@@ -13,6 +13,7 @@
 
 pub mod kernels;
 pub mod nvrtc;
+pub mod tile;
 
 use super::BackendError;
 use super::steps::{self, StepPlan};
@@ -42,8 +43,8 @@ pub struct CudaProgram {
     pub weights: Vec<u8>,
     pub consts: Vec<u8>,
     pub steps: Vec<Step>,
-    /// One launch per step, in step order.
-    pub launches: Vec<CudaLaunch>,
+    /// Per step, in step order, its launch variants (`runtime::format::CudaCode::launches`).
+    pub launches: Vec<Vec<CudaLaunch>>,
 }
 
 /// An aligned f32 section being filled; unbound parameters take their size in zeros when the
@@ -149,6 +150,11 @@ pub fn generate(
     for (index, s) in plans.iter().enumerate() {
         let name = format!("s{index:03}_{}", s.op.mnemonic().replace('-', "_"));
         let input = kernels::Input::new(&name, s, w.prologue_of(s.op)?)?;
+        let unsupported = |reason: String| BackendError::Unsupported {
+            node: s.label.clone(),
+            op: s.op.mnemonic(),
+            reason,
+        };
         let (kind, desc_offset, launch, text) = match s.op {
             Op::Conv2d(c) => {
                 let k = (s.input.channels * c.kernel[0] * c.kernel[1]) as usize;
@@ -185,7 +191,7 @@ pub fn generate(
                     scale_off: input.prologue.map_or(0, |p| p.scale * 4),
                     shift_off: input.prologue.map_or(0, |p| p.shift * 4),
                 };
-                let (text, launch) = conv.emit();
+                let (text, launch) = conv.emit().map_err(unsupported)?;
                 (StepKind::Conv, push_desc(&mut consts, &desc), launch, text)
             }
             Op::Pool(p) => {
@@ -217,7 +223,7 @@ pub fn generate(
                     scale_off: input.prologue.map_or(0, |p| p.scale * 4),
                     shift_off: input.prologue.map_or(0, |p| p.shift * 4),
                 };
-                let (text, launch) = pool.emit();
+                let (text, launch) = pool.emit().map_err(unsupported)?;
                 (StepKind::Pool, push_desc(&mut consts, &desc), launch, text)
             }
             Op::Linear(l) => {
@@ -247,11 +253,7 @@ pub fn generate(
                     scale_off: input.prologue.map_or(0, |p| p.scale * 4),
                     shift_off: input.prologue.map_or(0, |p| p.shift * 4),
                 };
-                let (text, launch) = linear.emit().map_err(|reason| BackendError::Unsupported {
-                    node: s.label.clone(),
-                    op: s.op.mnemonic(),
-                    reason,
-                })?;
+                let (text, launch) = linear.emit().map_err(unsupported)?;
                 (
                     StepKind::Linear,
                     push_desc(&mut consts, &desc),
@@ -276,10 +278,7 @@ pub fn generate(
             pieces: s.pieces.iter().map(|p| p.buffer.index).collect(),
             flops_per_image: s.flops_per_image,
         });
-        launches.push(CudaLaunch {
-            kernel: name,
-            ..launch
-        });
+        launches.push(launch);
     }
     Ok(CudaProgram {
         source,

@@ -3,87 +3,240 @@
 // A step description S holds every shape and offset as `static constexpr` (offsets in floats;
 // a buffer lives at a + OFFSET * batch + n * PER_IMAGE) and `S::x(a, w, B, n, c, hw)`, the
 // value of input channel c at plane position hw of image n: pieces read in place (concatenated
-// or summed), the folded BN prologue and its ReLU applied. blockIdx.z is the image. Every
-// thread of a block reaches every __syncthreads().
+// or summed), the folded BN prologue and its ReLU applied. Every
+// thread of a block reaches every __syncthreads(). Grid x walks the work items of the whole
+// batch (see each template).
 #ifndef INFINITY
 #define INFINITY __int_as_float(0x7f800000)
 #endif
 #define SPARSEC_THREADS 256u
-#define SPARSEC_BN 64u
-#define SPARSEC_BK 64u
 
-// Convolution as an implicit GEMM: out[m][p] = sum_k W[k][m] * X[k][p], k = (c, kh, kw).
-// A block computes BM output channels x 64 pixels of one image; each of its 256 threads
-// owns (BM / 16) x 4 outputs. For each 64-deep slice of k, the block stages the weight tile
-// and the im2col input tile (zero padding after the prologue) in shared memory.
-template <class S>
+// A convolution tile: each of the block's KS k-groups holds WM x WN threads; a thread owns TM
+// consecutive output channels x TN pixels strided by WN (so a warp reads 32 consecutive pixels
+// from shared memory and stores 32 consecutive ones). BK is the depth of the k-slice staged
+// per step; k-group g reduces rows [g * KG, (g + 1) * KG) of every slice, and the groups'
+// partial sums are added in a fixed order at the end (deterministic split-K inside a block).
+template <unsigned TM_, unsigned WM_, unsigned TN_, unsigned WN_, unsigned KS_, unsigned BK_>
+struct sparsec_tile {
+  static constexpr unsigned TM = TM_, WM = WM_, TN = TN_, WN = WN_, KS = KS_, BK = BK_;
+  static constexpr unsigned BM = TM * WM, BN = TN * WN, G = WM * WN, KG = BK / KS;
+};
+
+// Convolution as an implicit GEMM: out[m][q] = sum_k W[k][m] * X[k][q], k = (c, kh, kw), q a
+// pixel of the whole batch (image q / P, position q % P). A block computes BM output channels
+// x BN pixels. Per k-slice every thread loads its share of the next slice into registers
+// (weights, and the im2col input with the pieces read in place, the prologue applied and
+// zero padding after it) while the block multiplies the current slice from shared memory.
+template <class S, class T>
 __device__ __forceinline__ void sparsec_conv(float* __restrict__ a, const float* __restrict__ w,
                                              unsigned batch) {
-  constexpr unsigned BM = S::BM, TM = BM / 16u, TN = SPARSEC_BN / 16u;
-  constexpr unsigned K = S::CIN * S::KH * S::KW, P = S::OH * S::OW;
-  __shared__ float ws[SPARSEC_BK][BM];
-  __shared__ float xs[SPARSEC_BK][SPARSEC_BN];
-  const unsigned tid = threadIdx.x, tx = tid % 16u, ty = tid / 16u;
-  const unsigned p0 = blockIdx.x * SPARSEC_BN, m0 = blockIdx.y * BM, n = blockIdx.z;
+  static_assert(T::G * T::KS == SPARSEC_THREADS, "a tile has 256 threads");
+  static_assert(T::BK % T::KS == 0, "k-groups split a slice evenly");
+  constexpr unsigned K = S::CIN * S::KH * S::KW, P = S::OH * S::OW, BM = T::BM, BN = T::BN;
+  constexpr unsigned XN = (T::BK * BN + SPARSEC_THREADS - 1) / SPARSEC_THREADS;
+  constexpr unsigned WNUM = (T::BK * BM + SPARSEC_THREADS - 1) / SPARSEC_THREADS;
+  constexpr unsigned STAGE = T::BK * (BM + BN), RED = T::KS > 1 ? T::KS * BM * BN : 0;
+  constexpr bool POINTWISE =
+      S::KH == 1 && S::KW == 1 && S::SH == 1 && S::SW == 1 && S::PH == 0 && S::PW == 0;
+  __shared__ float smem[STAGE > RED ? STAGE : RED];
+  float* ws = smem;               // [BK][BM]
+  float* xs = smem + T::BK * BM;  // [BK][BN]
+  const unsigned tid = threadIdx.x, g = tid / T::G, r = tid % T::G;
+  const unsigned tm = r / T::WN, tn = r % T::WN;
   const size_t B = batch;
-  float acc[TM][TN];
-  for (unsigned i = 0; i < TM; ++i)
-    for (unsigned j = 0; j < TN; ++j) acc[i][j] = 0.0f;
-  for (unsigned k0 = 0; k0 < K; k0 += SPARSEC_BK) {
-    for (unsigned e = tid; e < SPARSEC_BK * BM; e += SPARSEC_THREADS) {
-      const unsigned k = k0 + e / BM, m = m0 + e % BM;
-      ws[e / BM][e % BM] = (k < K && m < S::OC) ? w[S::WEIGHT + (size_t)k * S::OC + m] : 0.0f;
+  const unsigned Q = batch * P, q0 = blockIdx.x * BN, m0 = blockIdx.y * BM;
+  float wr[WNUM], xr[XN];
+  auto load = [&](unsigned k0) {
+    for (unsigned i = 0; i < WNUM; ++i) {
+      const unsigned e = tid + i * SPARSEC_THREADS, k = k0 + e / BM, m = m0 + e % BM;
+      wr[i] = (e < T::BK * BM && k < K && m < S::OC) ? w[S::WEIGHT + (size_t)k * S::OC + m]
+                                                     : 0.0f;
     }
-    for (unsigned e = tid; e < SPARSEC_BK * SPARSEC_BN; e += SPARSEC_THREADS) {
-      const unsigned k = k0 + e / SPARSEC_BN, p = p0 + e % SPARSEC_BN;
+    for (unsigned i = 0; i < XN; ++i) {
+      const unsigned e = tid + i * SPARSEC_THREADS, k = k0 + e / BN, q = q0 + e % BN;
       float v = 0.0f;
-      if (k < K && p < P) {
-        if (S::KH == 1 && S::KW == 1 && S::SH == 1 && S::SW == 1 && S::PH == 0 && S::PW == 0) {
-          v = S::x(a, w, B, n, k, p);
+      if (e < T::BK * BN && k < K && q < Q) {
+        const unsigned n = q / P, hw = q % P;
+        if (POINTWISE) {
+          v = S::x(a, w, B, n, k, hw);
         } else {
-          const unsigned c = k / (S::KH * S::KW), r = k % (S::KH * S::KW);
-          const int ih = (int)(p / S::OW) * (int)S::SH - (int)S::PH + (int)(r / S::KW);
-          const int iw = (int)(p % S::OW) * (int)S::SW - (int)S::PW + (int)(r % S::KW);
+          const unsigned c = k / (S::KH * S::KW), rr = k % (S::KH * S::KW);
+          const int ih = (int)(hw / S::OW) * (int)S::SH - (int)S::PH + (int)(rr / S::KW);
+          const int iw = (int)(hw % S::OW) * (int)S::SW - (int)S::PW + (int)(rr % S::KW);
           if (ih >= 0 && ih < (int)S::IH && iw >= 0 && iw < (int)S::IW)
             v = S::x(a, w, B, n, c, (unsigned)(ih * (int)S::IW + iw));
         }
       }
-      xs[e / SPARSEC_BN][e % SPARSEC_BN] = v;
+      xr[i] = v;
+    }
+  };
+  float acc[T::TM][T::TN];
+  for (unsigned i = 0; i < T::TM; ++i)
+    for (unsigned j = 0; j < T::TN; ++j) acc[i][j] = 0.0f;
+  load(0);
+  for (unsigned k0 = 0; k0 < K; k0 += T::BK) {
+    for (unsigned i = 0; i < WNUM; ++i) {
+      const unsigned e = tid + i * SPARSEC_THREADS;
+      if (e < T::BK * BM) ws[e] = wr[i];
+    }
+    for (unsigned i = 0; i < XN; ++i) {
+      const unsigned e = tid + i * SPARSEC_THREADS;
+      if (e < T::BK * BN) xs[e] = xr[i];
     }
     __syncthreads();
-    for (unsigned kk = 0; kk < SPARSEC_BK; ++kk) {
-      float xv[TN];
-      for (unsigned j = 0; j < TN; ++j) xv[j] = xs[kk][tx + 16u * j];
-      for (unsigned i = 0; i < TM; ++i) {
-        const float wv = ws[kk][ty + 16u * i];
-        for (unsigned j = 0; j < TN; ++j) acc[i][j] += wv * xv[j];
-      }
+    if (k0 + T::BK < K) load(k0 + T::BK);
+    for (unsigned u = 0; u < T::KG; ++u) {
+      const unsigned kk = g * T::KG + u;
+      float xv[T::TN], wv[T::TM];
+      for (unsigned j = 0; j < T::TN; ++j) xv[j] = xs[kk * BN + tn + T::WN * j];
+      for (unsigned i = 0; i < T::TM; ++i) wv[i] = ws[kk * BM + tm * T::TM + i];
+      for (unsigned i = 0; i < T::TM; ++i)
+        for (unsigned j = 0; j < T::TN; ++j) acc[i][j] += wv[i] * xv[j];
     }
     __syncthreads();
   }
-  float* out = a + S::OUT * B + (size_t)n * S::OUT_PER_IMAGE;
-  for (unsigned i = 0; i < TM; ++i) {
-    const unsigned m = m0 + ty + 16u * i;
-    if (m >= S::OC) continue;
-    const float b = S::BIAS >= 0 ? w[S::BIAS + m] : 0.0f;
-    for (unsigned j = 0; j < TN; ++j) {
-      const unsigned p = p0 + tx + 16u * j;
-      if (p >= P) continue;
-      float v = acc[i][j] + b;
+  float* out = a + S::OUT * B;
+  if (T::KS == 1) {
+    for (unsigned i = 0; i < T::TM; ++i) {
+      const unsigned m = m0 + tm * T::TM + i;
+      if (m >= S::OC) continue;
+      const float b = S::BIAS >= 0 ? w[S::BIAS + m] : 0.0f;
+      for (unsigned j = 0; j < T::TN; ++j) {
+        const unsigned q = q0 + tn + T::WN * j;
+        if (q >= Q) continue;
+        float v = acc[i][j] + b;
+        if (S::RELU) v = fmaxf(v, 0.0f);
+        out[(size_t)(q / P) * S::OUT_PER_IMAGE + (size_t)m * P + q % P] = v;
+      }
+    }
+  } else {
+    float* red = smem;  // [KS][BM][BN], after the loop's last barrier
+    for (unsigned i = 0; i < T::TM; ++i)
+      for (unsigned j = 0; j < T::TN; ++j)
+        red[(g * BM + tm * T::TM + i) * BN + tn + T::WN * j] = acc[i][j];
+    __syncthreads();
+    for (unsigned e = tid; e < BM * BN; e += SPARSEC_THREADS) {
+      const unsigned m = m0 + e / BN, q = q0 + e % BN;
+      if (m >= S::OC || q >= Q) continue;
+      float v = red[e];
+      for (unsigned h = 1; h < T::KS; ++h) v += red[h * BM * BN + e];
+      v += S::BIAS >= 0 ? w[S::BIAS + m] : 0.0f;
       if (S::RELU) v = fmaxf(v, 0.0f);
-      out[(size_t)m * P + p] = v;
+      out[(size_t)(q / P) * S::OUT_PER_IMAGE + (size_t)m * P + q % P] = v;
     }
   }
 }
 
-// Pooling: one thread per output value (channel, row, column) of one image. Average pools
+// A direct-convolution tile (stride 1): WM x WN threads; a thread owns TM consecutive output
+// channels x TN pixels strided by WN within the block's TH x TW pixel tile; CB input channels
+// are staged per slice.
+template <unsigned TM_, unsigned WM_, unsigned TN_, unsigned WN_, unsigned TW_, unsigned CB_>
+struct sparsec_direct_tile {
+  static constexpr unsigned TM = TM_, WM = WM_, TN = TN_, WN = WN_, TW = TW_, CB = CB_;
+  static constexpr unsigned BM = TM * WM, BN = TN * WN, TH = BN / TW;
+};
+
+// Direct convolution for stride 1 (any kernel and padding): a block computes BM output
+// channels x one TH x TW pixel tile of one image (grid x = image x tile). Per slice of CB
+// input channels it stages the input patch [CB][TH + KH - 1][TW + KW - 1] (pieces read in
+// place, the prologue applied once per element, zero padding after it) and the weights
+// [CB * KH * KW][BM]; each thread reads its inputs at the taps' shifted offsets, so an input
+// value is loaded and prologued once per slice instead of once per tap. The next slice is
+// loaded into registers while this one is multiplied.
+template <class S, class T>
+__device__ __forceinline__ void sparsec_conv_direct(float* __restrict__ a,
+                                                    const float* __restrict__ w, unsigned batch) {
+  static_assert(T::WM * T::WN == SPARSEC_THREADS, "a tile has 256 threads");
+  static_assert(T::BN % T::TW == 0, "whole tile rows");
+  static_assert(S::SH == 1 && S::SW == 1, "stride 1");
+  constexpr unsigned RW = T::TW + S::KW - 1, RH = T::TH + S::KH - 1, PATCH = RH * RW;
+  constexpr unsigned TAPS = S::KH * S::KW, KB = T::CB * TAPS, BM = T::BM, P = S::OH * S::OW;
+  constexpr unsigned TILES_W = (S::OW + T::TW - 1) / T::TW;
+  constexpr unsigned TILES = TILES_W * ((S::OH + T::TH - 1) / T::TH);
+  constexpr unsigned XN = (T::CB * PATCH + SPARSEC_THREADS - 1) / SPARSEC_THREADS;
+  constexpr unsigned WNUM = (KB * BM + SPARSEC_THREADS - 1) / SPARSEC_THREADS;
+  __shared__ float xs[T::CB * PATCH];
+  __shared__ float ws[KB * BM];
+  const unsigned tid = threadIdx.x, tm = tid / T::WN, tn = tid % T::WN;
+  const unsigned n = blockIdx.x / TILES, tile = blockIdx.x % TILES;
+  const int oy0 = (int)((tile / TILES_W) * T::TH), ox0 = (int)((tile % TILES_W) * T::TW);
+  const unsigned m0 = blockIdx.y * BM;
+  const size_t B = batch;
+  float wr[WNUM], xr[XN];
+  auto load = [&](unsigned c0) {
+    for (unsigned i = 0; i < WNUM; ++i) {
+      const unsigned e = tid + i * SPARSEC_THREADS, kk = e / BM, m = m0 + e % BM;
+      const unsigned c = c0 + kk / TAPS;
+      wr[i] = (e < KB * BM && c < S::CIN && m < S::OC)
+                  ? w[S::WEIGHT + (size_t)(c * TAPS + kk % TAPS) * S::OC + m]
+                  : 0.0f;
+    }
+    for (unsigned i = 0; i < XN; ++i) {
+      const unsigned e = tid + i * SPARSEC_THREADS, c = c0 + e / PATCH, pp = e % PATCH;
+      const int ih = oy0 + (int)(pp / RW) - (int)S::PH, iw = ox0 + (int)(pp % RW) - (int)S::PW;
+      xr[i] = (e < T::CB * PATCH && c < S::CIN && ih >= 0 && ih < (int)S::IH && iw >= 0 &&
+               iw < (int)S::IW)
+                  ? S::x(a, w, B, n, c, (unsigned)(ih * (int)S::IW + iw))
+                  : 0.0f;
+    }
+  };
+  unsigned base[T::TN];
+  for (unsigned j = 0; j < T::TN; ++j) {
+    const unsigned t = tn + T::WN * j;
+    base[j] = (t / T::TW) * RW + t % T::TW;
+  }
+  float acc[T::TM][T::TN];
+  for (unsigned i = 0; i < T::TM; ++i)
+    for (unsigned j = 0; j < T::TN; ++j) acc[i][j] = 0.0f;
+  load(0);
+  for (unsigned c0 = 0; c0 < S::CIN; c0 += T::CB) {
+    for (unsigned i = 0; i < WNUM; ++i) {
+      const unsigned e = tid + i * SPARSEC_THREADS;
+      if (e < KB * BM) ws[e] = wr[i];
+    }
+    for (unsigned i = 0; i < XN; ++i) {
+      const unsigned e = tid + i * SPARSEC_THREADS;
+      if (e < T::CB * PATCH) xs[e] = xr[i];
+    }
+    __syncthreads();
+    if (c0 + T::CB < S::CIN) load(c0 + T::CB);
+    for (unsigned cc = 0; cc < T::CB; ++cc)
+      for (unsigned kh = 0; kh < S::KH; ++kh)
+        for (unsigned kw = 0; kw < S::KW; ++kw) {
+          float xv[T::TN], wv[T::TM];
+          for (unsigned j = 0; j < T::TN; ++j) xv[j] = xs[cc * PATCH + kh * RW + kw + base[j]];
+          const unsigned row = (cc * TAPS + kh * S::KW + kw) * BM + tm * T::TM;
+          for (unsigned i = 0; i < T::TM; ++i) wv[i] = ws[row + i];
+          for (unsigned i = 0; i < T::TM; ++i)
+            for (unsigned j = 0; j < T::TN; ++j) acc[i][j] += wv[i] * xv[j];
+        }
+    __syncthreads();
+  }
+  float* out = a + S::OUT * B + (size_t)n * S::OUT_PER_IMAGE;
+  for (unsigned i = 0; i < T::TM; ++i) {
+    const unsigned m = m0 + tm * T::TM + i;
+    if (m >= S::OC) continue;
+    const float b = S::BIAS >= 0 ? w[S::BIAS + m] : 0.0f;
+    for (unsigned j = 0; j < T::TN; ++j) {
+      const unsigned t = tn + T::WN * j;
+      const unsigned oy = (unsigned)oy0 + t / T::TW, ox = (unsigned)ox0 + t % T::TW;
+      if (oy >= S::OH || ox >= S::OW) continue;
+      float v = acc[i][j] + b;
+      if (S::RELU) v = fmaxf(v, 0.0f);
+      out[(size_t)m * P + oy * S::OW + ox] = v;
+    }
+  }
+}
+
+// Pooling: one thread per output value (image, channel, row, column). Average pools
 // count padding in the divisor; padding never wins a max. GLOBAL pools the whole plane.
 template <class S>
 __device__ __forceinline__ void sparsec_pool(float* __restrict__ a, const float* __restrict__ w,
                                              unsigned batch) {
   constexpr unsigned Q = S::OH * S::OW;
-  const unsigned i = blockIdx.x * SPARSEC_THREADS + threadIdx.x, n = blockIdx.z;
-  if (i >= S::C * Q) return;
+  const unsigned item = blockIdx.x * SPARSEC_THREADS + threadIdx.x;
+  if (item >= batch * (S::C * Q)) return;
+  const unsigned n = item / (S::C * Q), i = item % (S::C * Q);
   const size_t B = batch;
   const unsigned c = i / Q, q = i % Q;
   float s = S::MAX ? -INFINITY : 0.0f;
@@ -110,12 +263,12 @@ __device__ __forceinline__ void sparsec_pool(float* __restrict__ a, const float*
 
 // Fully connected (the fused head when PLANE > 1: global average first): one block per
 // image; the averaged, prologued input is staged in shared memory, then each thread computes
-// output features from the [in][out] weights.
+// output features from the [in][out] weights. blockIdx.x is the image.
 template <class S>
 __device__ __forceinline__ void sparsec_linear(float* __restrict__ a,
                                                const float* __restrict__ w, unsigned batch) {
   __shared__ float xs[S::CIN];
-  const unsigned n = blockIdx.z;
+  const unsigned n = blockIdx.x;
   const size_t B = batch;
   for (unsigned c = threadIdx.x; c < S::CIN; c += SPARSEC_THREADS) {
     float s = 0.0f;
