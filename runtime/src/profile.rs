@@ -8,8 +8,8 @@
 
 use crate::abi::{self, Piece};
 use crate::error::RunError;
-use crate::format::{BufferSpec, StepDesc, StepKind};
-use crate::model::{Model, Session};
+use crate::format::{BufferSpec, Manifest, StepDesc, StepKind};
+use crate::model::Session;
 use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
@@ -56,13 +56,13 @@ impl LayerKind {
         }
     }
 
-    /// The kind of step `index` (its label's last word is its scope, e.g. `transition0`).
-    fn of(model: &Model, index: usize) -> LayerKind {
-        let m = &model.manifest;
+    /// The kind of step `index` with descriptor `desc` (its label's last word is its scope,
+    /// e.g. `transition0`).
+    pub(crate) fn of(m: &Manifest, desc: &StepDesc, index: usize) -> LayerKind {
         let step = &m.steps[index];
         let scope = step.label.rsplit(' ').next().unwrap_or("");
         let reads_input = step.pieces.iter().any(|&p| p == m.inputs[0].buffer);
-        match &model.descriptors[index] {
+        match desc {
             StepDesc::Linear(_) => LayerKind::Head,
             _ if scope.starts_with("transition") => LayerKind::Transition,
             _ if scope.starts_with("head") => LayerKind::Head,
@@ -285,7 +285,7 @@ impl Session<'_> {
             .enumerate()
             .map(|(i, step)| StepProfile {
                 label: step.label.clone(),
-                kind: LayerKind::of(model, i),
+                kind: LayerKind::of(&model.manifest, &model.descriptors[i], i),
                 step_kind: step.kind,
                 desc: model.descriptors[i],
                 flops: step.flops_per_image * batch as u64,

@@ -17,6 +17,8 @@ struct Args {
     batches: Vec<usize>,
     iters: usize,
     warmup: usize,
+    /// Also time each step alone (`Session::profile`) at every batch.
+    profile: bool,
 }
 
 fn parse() -> Result<Args, String> {
@@ -27,6 +29,7 @@ fn parse() -> Result<Args, String> {
         batches: Vec::new(),
         iters: 100,
         warmup: 10,
+        profile: false,
     };
     let number = |v: Option<String>, what: &str| -> Result<usize, String> {
         v.and_then(|s| s.parse().ok())
@@ -38,6 +41,7 @@ fn parse() -> Result<Args, String> {
             "--batch" => args.batches.push(number(it.next(), "--batch")?),
             "--iters" => args.iters = number(it.next(), "--iters")?.max(1),
             "--warmup" => args.warmup = number(it.next(), "--warmup")?,
+            "--profile" => args.profile = true,
             _ if args.model.is_empty() && !a.starts_with('-') => args.model = a,
             _ => return Err(format!("unexpected argument {a:?}")),
         }
@@ -45,7 +49,7 @@ fn parse() -> Result<Args, String> {
     if args.model.is_empty() {
         return Err(
             "usage: gpu-bench MODEL.bin [--check IO.safetensors] [--batch B]... \
-                    [--iters N] [--warmup W]"
+                    [--iters N] [--warmup W] [--profile]"
                 .into(),
         );
     }
@@ -144,6 +148,49 @@ fn run(args: &Args) -> Result<(), String> {
             at(0.1),
             at(0.9),
             args.iters
+        );
+        if args.profile {
+            profile(&mut session, model.name(), &input, batch)?;
+        }
+    }
+    Ok(())
+}
+
+/// Prints each step's time alone (JSON, one line per step, slowest first) and the sums per
+/// layer kind.
+fn profile(
+    session: &mut runtime::Session<'_>,
+    name: &str,
+    input: &[f32],
+    batch: usize,
+) -> Result<(), String> {
+    let p = session.profile(input, batch).map_err(|e| e.to_string())?;
+    let total: f64 = p.steps.iter().map(|s| s.seconds).sum();
+    println!(
+        "{{\"model\": \"{name}\", \"batch\": {batch}, \"profile_sum_ms\": {:.4}, \
+         \"graph_ms\": {:.4}}}",
+        total * 1e3,
+        p.wall_seconds * 1e3
+    );
+    for (kind, seconds, flops) in p.by_kind() {
+        println!(
+            "{{\"model\": \"{name}\", \"batch\": {batch}, \"kind\": \"{}\", \"ms\": {:.4}, \
+             \"share\": {:.3}, \"gflops\": {:.1}}}",
+            kind.name(),
+            seconds * 1e3,
+            seconds / total,
+            flops as f64 / seconds / 1e9
+        );
+    }
+    let mut steps: Vec<_> = p.steps.iter().collect();
+    steps.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
+    for s in steps.iter().take(12) {
+        println!(
+            "{{\"model\": \"{name}\", \"batch\": {batch}, \"step\": \"{}\", \"us\": {:.1}, \
+             \"gflops\": {:.1}}}",
+            s.label,
+            s.seconds * 1e6,
+            s.flops as f64 / s.seconds / 1e9
         );
     }
     Ok(())

@@ -3,14 +3,15 @@
 //! device's compute capability or else the PTX (JIT-compiled by the driver), weights
 //! uploaded once per model, and per session one stream, one arena (grown to the largest batch
 //! seen) and one CUDA graph per batch size holding every step's launch. `run` copies the
-//! input in, replays the graph and copies the output out.
+//! input in, replays the graph and copies the output out; `profile` times each step alone.
 //!
 //! cudarc's per-slice event tracking is turned off (before any allocation): a session's work
 //! is one stream, and the weights are uploaded and synchronised before any session exists.
 //! Must not validate the file beyond what `validate` did.
 
 use crate::error::{LoadError, RunError};
-use crate::format::{Backend, Manifest, ModelFile};
+use crate::format::{Backend, Manifest, ModelFile, StepDesc};
+use crate::profile::{LayerKind, Profile, StepProfile};
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaGraph, CudaModule, CudaSlice, CudaStream, LaunchConfig,
@@ -37,6 +38,8 @@ pub struct CudaModel {
     ctx: Arc<CudaContext>,
     _module: Arc<CudaModule>,
     functions: Vec<Vec<CudaFunction>>,
+    /// Each step's descriptor (for profiles).
+    descriptors: Vec<StepDesc>,
     weights: CudaSlice<f32>,
     /// Which blob was loaded (`"sm_90"`, or `"ptx"`).
     blob: String,
@@ -128,8 +131,15 @@ impl CudaModel {
         stream
             .synchronize()
             .map_err(|e| device_error(format!("uploading weights: {e:?}")))?;
+        let descriptors = (0..m.steps.len())
+            .map(|i| {
+                file.step_descriptor(i)
+                    .ok_or_else(|| device_error(format!("step {i} has no descriptor")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(CudaModel {
             manifest: m.clone(),
+            descriptors,
             ctx,
             _module: module,
             functions,
@@ -257,6 +267,114 @@ impl CudaSession<'_> {
     }
 }
 
+impl CudaSession<'_> {
+    /// Runs a batch like [`CudaSession::run`] (which leaves the input and every buffer in the
+    /// arena), then times each step alone: `iters` back-to-back launches between two CUDA
+    /// events, after one warm-up launch. Each step rewrites its own output from buffers that
+    /// stay as `run` left them, so the output is `run`'s. `wall_seconds` is one graph replay.
+    pub fn profile(
+        &mut self,
+        input: &[f32],
+        batch: usize,
+        iters: usize,
+    ) -> Result<Profile, RunError> {
+        self.run(input, batch)?;
+        let model = self.model;
+        let (Some(stream), Some(arena)) = (self.stream.clone(), self.arena.as_mut()) else {
+            return Err(RunError::Backend("CUDA session not started".into()));
+        };
+        let iters = iters.max(1);
+        let timing = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let event = |what: &str| stream.record_event(timing).map_err(|e| run_error(what, e));
+        let m = &model.manifest;
+        let mut steps = Vec::with_capacity(m.steps.len());
+        for (i, step) in m.steps.iter().enumerate() {
+            launch_step(model, &stream, arena, i, batch as u32)?;
+            let start = event("profile event")?;
+            for _ in 0..iters {
+                launch_step(model, &stream, arena, i, batch as u32)?;
+            }
+            let end = event("profile event")?;
+            let ms = start
+                .elapsed_ms(&end)
+                .map_err(|e| run_error("profile timing", e))?;
+            let desc = model.descriptors[i];
+            steps.push(StepProfile {
+                label: step.label.clone(),
+                kind: LayerKind::of(m, &desc, i),
+                step_kind: step.kind,
+                desc,
+                flops: step.flops_per_image * batch as u64,
+                seconds: f64::from(ms) * 1e-3 / iters as f64,
+            });
+        }
+        let graph = self
+            .graphs
+            .get(&batch)
+            .ok_or_else(|| RunError::Backend("no graph for the batch".into()))?;
+        let start = event("profile event")?;
+        graph.launch().map_err(|e| run_error("graph launch", e))?;
+        let end = event("profile event")?;
+        let ms = start
+            .elapsed_ms(&end)
+            .map_err(|e| run_error("profile timing", e))?;
+        Ok(Profile {
+            batch,
+            threads: 1,
+            wall_seconds: f64::from(ms) * 1e-3,
+            steps,
+        })
+    }
+}
+
+/// Launches step `i` for `batch` on `stream`: the first launch variant that serves the batch
+/// (`CudaCode::launch`).
+fn launch_step(
+    model: &CudaModel,
+    stream: &Arc<CudaStream>,
+    arena: &mut CudaSlice<f32>,
+    i: usize,
+    batch: u32,
+) -> Result<(), RunError> {
+    let m = &model.manifest;
+    let (Some(variants), Some(functions)) = (
+        m.cuda.as_ref().and_then(|c| c.launches.get(i)),
+        model.functions.get(i),
+    ) else {
+        return Err(RunError::Backend(format!("no CUDA launch for step {i}")));
+    };
+    let v = variants
+        .iter()
+        .position(|l| batch <= l.up_to_batch)
+        .unwrap_or(variants.len().saturating_sub(1));
+    let (Some(launch), Some(function)) = (variants.get(v), functions.get(v)) else {
+        return Err(RunError::Backend(format!("no CUDA launch for step {i}")));
+    };
+    let Some([gx, gy, gz]) = launch.grid(batch) else {
+        return Err(RunError::Backend(format!(
+            "step {i}: batch {batch} passes the grid's limits"
+        )));
+    };
+    let cfg = LaunchConfig {
+        grid_dim: (gx, gy, gz),
+        block_dim: (launch.block, 1, 1),
+        shared_mem_bytes: launch.shared_bytes,
+    };
+    let mut args = stream.launch_builder(function);
+    args.arg(&mut *arena).arg(&model.weights).arg(&batch);
+    // Every kernel takes (float* arena, const float* weights, unsigned batch); `validate`
+    // checked that each step's weight ranges lie inside the weights section and that every
+    // variant's grid fits at max_batch, and the arena holds `arena_bytes_per_image * batch`
+    // bytes or more, which bounds every buffer the generated offsets address at this batch.
+    // SAFETY: the arguments match the kernel's signature and bounds (above).
+    unsafe { args.launch(cfg) }.map_err(|e| RunError::Kernel {
+        step: i,
+        label: m.steps[i].label.clone(),
+        status: e.0 as i32,
+    })?;
+    Ok(())
+}
+
 /// Captures every step's launch for `batch` into one graph.
 fn capture(
     model: &CudaModel,
@@ -265,48 +383,13 @@ fn capture(
     batch: usize,
 ) -> Result<CudaGraph, RunError> {
     let m = &model.manifest;
-    let code = m
-        .cuda
-        .as_ref()
-        .ok_or_else(|| RunError::Backend("no CUDA code".into()))?;
-    let batch_arg = batch as u32;
     stream
         .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
         .map_err(|e| run_error("begin capture", e))?;
     let mut failed = None;
-    for (i, (variants, functions)) in code.launches.iter().zip(&model.functions).enumerate() {
-        // The first variant serving this batch (`CudaCode::launch`); validate checked that
-        // the last one serves max_batch and that every variant's grid fits at it.
-        let v = variants
-            .iter()
-            .position(|l| batch_arg <= l.up_to_batch)
-            .unwrap_or(variants.len() - 1);
-        let (launch, function) = (&variants[v], &functions[v]);
-        let Some([gx, gy, gz]) = launch.grid(batch_arg) else {
-            failed = Some(RunError::Backend(format!(
-                "step {i}: batch {batch} passes the grid's limits"
-            )));
-            break;
-        };
-        let cfg = LaunchConfig {
-            grid_dim: (gx, gy, gz),
-            block_dim: (launch.block, 1, 1),
-            shared_mem_bytes: launch.shared_bytes,
-        };
-        let mut args = stream.launch_builder(function);
-        args.arg(&mut *arena).arg(&model.weights).arg(&batch_arg);
-        // Every kernel takes (float* arena, const float* weights, unsigned batch); `validate`
-        // checked that each step's weight ranges lie inside the weights section, and the
-        // arena holds `arena_bytes_per_image * batch` bytes or more, which bounds every
-        // buffer the generated offsets address at this batch.
-        // SAFETY: the arguments match the kernel's signature and bounds (above).
-        let launched = unsafe { args.launch(cfg) };
-        if let Err(e) = launched {
-            failed = Some(RunError::Kernel {
-                step: i,
-                label: m.steps[i].label.clone(),
-                status: e.0 as i32,
-            });
+    for i in 0..m.steps.len() {
+        if let Err(e) = launch_step(model, stream, arena, i, batch as u32) {
+            failed = Some(e);
             break;
         }
     }

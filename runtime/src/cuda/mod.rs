@@ -58,6 +58,15 @@ mod stub {
             let _ = &self.model.manifest;
             match self.model.never {}
         }
+
+        pub fn profile(
+            &mut self,
+            _input: &[f32],
+            _batch: usize,
+            _iters: usize,
+        ) -> Result<crate::profile::Profile, RunError> {
+            match self.model.never {}
+        }
     }
 }
 

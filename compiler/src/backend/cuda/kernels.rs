@@ -91,33 +91,37 @@ impl Input {
         })
     }
 
-    /// The loader `x(a, w, B, n, c, hw)` of the step description: the value of channel `c`
-    /// at plane position `hw` of image `n`, pieces combined, prologue applied.
+    /// The loaders of the step description: `raw(a, B, n, c, hw)`, the value of channel `c`
+    /// at plane position `hw` of image `n` with the pieces combined (a concatenation picks its
+    /// piece's address first, so the load itself is not inside a branch); `pro(w, c, v)`, the
+    /// prologue (folded batch norm, ReLU) of channel `c` applied to it; and `x`, both. The
+    /// convolutions load `raw` values a slice ahead and apply `pro` when they stage them, so
+    /// no load waits on the arithmetic of another.
     fn emit(&self) -> String {
         let mut s = String::new();
         let hw = self.plane;
         s.push_str(
-            "  static __device__ __forceinline__ float x(const float* __restrict__ a, const \
-             float* __restrict__ w, size_t B, unsigned n, unsigned c, unsigned hw) {\n",
+            "  static __device__ __forceinline__ float raw(const float* __restrict__ a, size_t B, \
+             unsigned n, unsigned c, unsigned hw) {\n",
         );
         let at = |off: u64, per: u64, ch: &str| {
-            format!("a[{off}ull * B + (size_t)n * {per}ull + (size_t)({ch}) * {hw}ull + hw]")
+            format!("{off}ull * B + (size_t)n * {per}ull + (size_t)({ch}) * {hw}ull + hw")
         };
         match self.combine {
             Combine::Sum => {
                 let terms: Vec<String> = self
                     .pieces
                     .iter()
-                    .map(|&(_, off, per)| at(off, per, "c"))
+                    .map(|&(_, off, per)| format!("a[{}]", at(off, per, "c")))
                     .collect();
-                let _ = writeln!(s, "    float v = {};", terms.join("\n            + "));
+                let _ = writeln!(s, "    return {};", terms.join("\n           + "));
             }
             Combine::Concat if self.pieces.len() == 1 => {
                 let (_, off, per) = self.pieces[0];
-                let _ = writeln!(s, "    float v = {};", at(off, per, "c"));
+                let _ = writeln!(s, "    return a[{}];", at(off, per, "c"));
             }
             Combine::Concat => {
-                let _ = writeln!(s, "    float v;");
+                let _ = writeln!(s, "    size_t i;");
                 let mut start = 0u32;
                 let last = self.pieces.len() - 1;
                 for (i, &(ch, off, per)) in self.pieces.iter().enumerate() {
@@ -126,25 +130,40 @@ impl Input {
                     } else {
                         format!("c - {start}u")
                     };
-                    let load = at(off, per, &local);
+                    let index = at(off, per, &local);
                     if i == 0 {
-                        let _ = writeln!(s, "    if (c < {}u) v = {load};", start + ch);
+                        let _ = writeln!(s, "    if (c < {}u) i = {index};", start + ch);
                     } else if i == last {
-                        let _ = writeln!(s, "    else v = {load};");
+                        let _ = writeln!(s, "    else i = {index};");
                     } else {
-                        let _ = writeln!(s, "    else if (c < {}u) v = {load};", start + ch);
+                        let _ = writeln!(s, "    else if (c < {}u) i = {index};", start + ch);
                     }
                     start += ch;
                 }
+                let _ = writeln!(s, "    return a[i];");
             }
         }
-        if let Some(p) = self.prologue {
-            let _ = writeln!(s, "    v = v * w[{}u + c] + w[{}u + c];", p.scale, p.shift);
-            if p.relu {
-                let _ = writeln!(s, "    v = fmaxf(v, 0.0f);");
+        s.push_str("  }\n");
+        s.push_str(
+            "  static __device__ __forceinline__ float pro(const float* __restrict__ w, \
+             unsigned c, float v) {\n",
+        );
+        match self.prologue {
+            Some(p) => {
+                let _ = writeln!(s, "    v = v * w[{}u + c] + w[{}u + c];", p.scale, p.shift);
+                if p.relu {
+                    let _ = writeln!(s, "    v = fmaxf(v, 0.0f);");
+                }
+                s.push_str("    return v;\n");
             }
+            None => s.push_str("    (void)w;\n    (void)c;\n    return v;\n"),
         }
-        s.push_str("    return v;\n  }\n");
+        s.push_str("  }\n");
+        s.push_str(
+            "  static __device__ __forceinline__ float x(const float* __restrict__ a, const \
+             float* __restrict__ w, size_t B, unsigned n, unsigned c, unsigned hw) {\n    \
+             return pro(w, c, raw(a, B, n, c, hw));\n  }\n",
+        );
         s
     }
 }

@@ -38,6 +38,7 @@ __device__ __forceinline__ void sparsec_conv(float* __restrict__ a, const float*
   constexpr unsigned STAGE = T::BK * (BM + BN), RED = T::KS > 1 ? T::KS * BM * BN : 0;
   constexpr bool POINTWISE =
       S::KH == 1 && S::KW == 1 && S::SH == 1 && S::SW == 1 && S::PH == 0 && S::PW == 0;
+  static_assert(XN <= 64, "one validity bit per staged input");
   __shared__ float smem[STAGE > RED ? STAGE : RED];
   float* ws = smem;               // [BK][BM]
   float* xs = smem + T::BK * BM;  // [BK][BN]
@@ -45,62 +46,89 @@ __device__ __forceinline__ void sparsec_conv(float* __restrict__ a, const float*
   const unsigned tm = r / T::WN, tn = r % T::WN;
   const size_t B = batch;
   const unsigned Q = batch * P, q0 = blockIdx.x * BN, m0 = blockIdx.y * BM;
+  // The next slice's weights and raw inputs, and which inputs are real (not padding): the
+  // prologue is applied when they are stored to shared memory, a slice later.
   float wr[WNUM], xr[XN];
-  auto load = [&](unsigned k0) {
-    for (unsigned i = 0; i < WNUM; ++i) {
-      const unsigned e = tid + i * SPARSEC_THREADS, k = k0 + e / BM, m = m0 + e % BM;
-      wr[i] = (e < T::BK * BM && k < K && m < S::OC) ? w[S::WEIGHT + (size_t)k * S::OC + m]
-                                                     : 0.0f;
-    }
-    for (unsigned i = 0; i < XN; ++i) {
-      const unsigned e = tid + i * SPARSEC_THREADS, k = k0 + e / BN, q = q0 + e % BN;
-      float v = 0.0f;
-      if (e < T::BK * BN && k < K && q < Q) {
-        const unsigned n = q / P, hw = q % P;
-        if (POINTWISE) {
-          v = S::x(a, w, B, n, k, hw);
-        } else {
-          const unsigned c = k / (S::KH * S::KW), rr = k % (S::KH * S::KW);
-          const int ih = (int)(hw / S::OW) * (int)S::SH - (int)S::PH + (int)(rr / S::KW);
-          const int iw = (int)(hw % S::OW) * (int)S::SW - (int)S::PW + (int)(rr % S::KW);
-          if (ih >= 0 && ih < (int)S::IH && iw >= 0 && iw < (int)S::IW)
-            v = S::x(a, w, B, n, c, (unsigned)(ih * (int)S::IW + iw));
-        }
-      }
-      xr[i] = v;
-    }
-  };
+  unsigned long long valid = 0;
   float acc[T::TM][T::TN];
+  #pragma unroll
   for (unsigned i = 0; i < T::TM; ++i)
+    #pragma unroll
     for (unsigned j = 0; j < T::TN; ++j) acc[i][j] = 0.0f;
-  load(0);
-  for (unsigned k0 = 0; k0 < K; k0 += T::BK) {
-    for (unsigned i = 0; i < WNUM; ++i) {
-      const unsigned e = tid + i * SPARSEC_THREADS;
-      if (e < T::BK * BM) ws[e] = wr[i];
-    }
-    for (unsigned i = 0; i < XN; ++i) {
-      const unsigned e = tid + i * SPARSEC_THREADS;
-      if (e < T::BK * BN) xs[e] = xr[i];
+  // Iteration s stores slice s - 1 (loaded into registers during the previous iteration),
+  // loads slice s into registers and multiplies slice s - 1 while those loads are in flight.
+  constexpr unsigned SLICES = (K + T::BK - 1) / T::BK;
+  for (unsigned s = 0; s <= SLICES; ++s) {
+    if (s > 0) {
+      #pragma unroll
+      for (unsigned i = 0; i < WNUM; ++i) {
+        const unsigned e = tid + i * SPARSEC_THREADS;
+        if (e < T::BK * BM) ws[e] = wr[i];
+      }
+      #pragma unroll
+      for (unsigned i = 0; i < XN; ++i) {
+        const unsigned e = tid + i * SPARSEC_THREADS, k = (s - 1) * T::BK + e / BN;
+        const unsigned c = POINTWISE ? k : k / (S::KH * S::KW);
+        if (e < T::BK * BN) xs[e] = (valid >> i & 1ull) ? S::pro(w, c, xr[i]) : 0.0f;
+      }
     }
     __syncthreads();
-    if (k0 + T::BK < K) load(k0 + T::BK);
-    for (unsigned u = 0; u < T::KG; ++u) {
-      const unsigned kk = g * T::KG + u;
-      float xv[T::TN], wv[T::TM];
-      for (unsigned j = 0; j < T::TN; ++j) xv[j] = xs[kk * BN + tn + T::WN * j];
-      for (unsigned i = 0; i < T::TM; ++i) wv[i] = ws[kk * BM + tm * T::TM + i];
-      for (unsigned i = 0; i < T::TM; ++i)
-        for (unsigned j = 0; j < T::TN; ++j) acc[i][j] += wv[i] * xv[j];
+    if (s < SLICES) {
+      const unsigned k0 = s * T::BK;
+      valid = 0;
+      #pragma unroll
+      for (unsigned i = 0; i < WNUM; ++i) {
+        const unsigned e = tid + i * SPARSEC_THREADS, k = k0 + e / BM, m = m0 + e % BM;
+        wr[i] = (e < T::BK * BM && k < K && m < S::OC) ? w[S::WEIGHT + (size_t)k * S::OC + m]
+                                                       : 0.0f;
+      }
+      #pragma unroll
+      for (unsigned i = 0; i < XN; ++i) {
+        const unsigned e = tid + i * SPARSEC_THREADS, k = k0 + e / BN, q = q0 + e % BN;
+        float v = 0.0f;
+        if (e < T::BK * BN && k < K && q < Q) {
+          const unsigned n = q / P, hw = q % P;
+          if (POINTWISE) {
+            v = S::raw(a, B, n, k, hw);
+            valid |= 1ull << i;
+          } else {
+            const unsigned c = k / (S::KH * S::KW), rr = k % (S::KH * S::KW);
+            const int ih = (int)(hw / S::OW) * (int)S::SH - (int)S::PH + (int)(rr / S::KW);
+            const int iw = (int)(hw % S::OW) * (int)S::SW - (int)S::PW + (int)(rr % S::KW);
+            if (ih >= 0 && ih < (int)S::IH && iw >= 0 && iw < (int)S::IW) {
+              v = S::raw(a, B, n, c, (unsigned)(ih * (int)S::IW + iw));
+              valid |= 1ull << i;
+            }
+          }
+        }
+        xr[i] = v;
+      }
+    }
+    if (s > 0) {
+      #pragma unroll
+      for (unsigned u = 0; u < T::KG; ++u) {
+        const unsigned kk = g * T::KG + u;
+        float xv[T::TN], wv[T::TM];
+        #pragma unroll
+        for (unsigned j = 0; j < T::TN; ++j) xv[j] = xs[kk * BN + tn + T::WN * j];
+        #pragma unroll
+        for (unsigned i = 0; i < T::TM; ++i) wv[i] = ws[kk * BM + tm * T::TM + i];
+        #pragma unroll
+        for (unsigned i = 0; i < T::TM; ++i)
+          #pragma unroll
+          for (unsigned j = 0; j < T::TN; ++j) acc[i][j] += wv[i] * xv[j];
+      }
     }
     __syncthreads();
   }
   float* out = a + S::OUT * B;
   if (T::KS == 1) {
+    #pragma unroll
     for (unsigned i = 0; i < T::TM; ++i) {
       const unsigned m = m0 + tm * T::TM + i;
       if (m >= S::OC) continue;
       const float b = S::BIAS >= 0 ? w[S::BIAS + m] : 0.0f;
+      #pragma unroll
       for (unsigned j = 0; j < T::TN; ++j) {
         const unsigned q = q0 + tn + T::WN * j;
         if (q >= Q) continue;
@@ -111,7 +139,9 @@ __device__ __forceinline__ void sparsec_conv(float* __restrict__ a, const float*
     }
   } else {
     float* red = smem;  // [KS][BM][BN], after the loop's last barrier
+    #pragma unroll
     for (unsigned i = 0; i < T::TM; ++i)
+      #pragma unroll
       for (unsigned j = 0; j < T::TN; ++j)
         red[(g * BM + tm * T::TM + i) * BN + tn + T::WN * j] = acc[i][j];
     __syncthreads();
@@ -119,6 +149,7 @@ __device__ __forceinline__ void sparsec_conv(float* __restrict__ a, const float*
       const unsigned m = m0 + e / BN, q = q0 + e % BN;
       if (m >= S::OC || q >= Q) continue;
       float v = red[e];
+      #pragma unroll
       for (unsigned h = 1; h < T::KS; ++h) v += red[h * BM * BN + e];
       v += S::BIAS >= 0 ? w[S::BIAS + m] : 0.0f;
       if (S::RELU) v = fmaxf(v, 0.0f);
@@ -155,6 +186,7 @@ __device__ __forceinline__ void sparsec_conv_direct(float* __restrict__ a,
   constexpr unsigned TILES = TILES_W * ((S::OH + T::TH - 1) / T::TH);
   constexpr unsigned XN = (T::CB * PATCH + SPARSEC_THREADS - 1) / SPARSEC_THREADS;
   constexpr unsigned WNUM = (KB * BM + SPARSEC_THREADS - 1) / SPARSEC_THREADS;
+  static_assert(XN <= 64, "one validity bit per staged input");
   __shared__ float xs[T::CB * PATCH];
   __shared__ float ws[KB * BM];
   const unsigned tid = threadIdx.x, tm = tid / T::WN, tn = tid % T::WN;
@@ -162,61 +194,86 @@ __device__ __forceinline__ void sparsec_conv_direct(float* __restrict__ a,
   const int oy0 = (int)((tile / TILES_W) * T::TH), ox0 = (int)((tile % TILES_W) * T::TW);
   const unsigned m0 = blockIdx.y * BM;
   const size_t B = batch;
-  float wr[WNUM], xr[XN];
-  auto load = [&](unsigned c0) {
-    for (unsigned i = 0; i < WNUM; ++i) {
-      const unsigned e = tid + i * SPARSEC_THREADS, kk = e / BM, m = m0 + e % BM;
-      const unsigned c = c0 + kk / TAPS;
-      wr[i] = (e < KB * BM && c < S::CIN && m < S::OC)
-                  ? w[S::WEIGHT + (size_t)(c * TAPS + kk % TAPS) * S::OC + m]
-                  : 0.0f;
-    }
-    for (unsigned i = 0; i < XN; ++i) {
-      const unsigned e = tid + i * SPARSEC_THREADS, c = c0 + e / PATCH, pp = e % PATCH;
-      const int ih = oy0 + (int)(pp / RW) - (int)S::PH, iw = ox0 + (int)(pp % RW) - (int)S::PW;
-      xr[i] = (e < T::CB * PATCH && c < S::CIN && ih >= 0 && ih < (int)S::IH && iw >= 0 &&
-               iw < (int)S::IW)
-                  ? S::x(a, w, B, n, c, (unsigned)(ih * (int)S::IW + iw))
-                  : 0.0f;
-    }
-  };
+  float wr[WNUM], xr[XN];  // the next slice, raw; the prologue is applied when stored
+  unsigned long long valid = 0;
   unsigned base[T::TN];
+  #pragma unroll
   for (unsigned j = 0; j < T::TN; ++j) {
     const unsigned t = tn + T::WN * j;
     base[j] = (t / T::TW) * RW + t % T::TW;
   }
   float acc[T::TM][T::TN];
+  #pragma unroll
   for (unsigned i = 0; i < T::TM; ++i)
+    #pragma unroll
     for (unsigned j = 0; j < T::TN; ++j) acc[i][j] = 0.0f;
-  load(0);
-  for (unsigned c0 = 0; c0 < S::CIN; c0 += T::CB) {
-    for (unsigned i = 0; i < WNUM; ++i) {
-      const unsigned e = tid + i * SPARSEC_THREADS;
-      if (e < KB * BM) ws[e] = wr[i];
-    }
-    for (unsigned i = 0; i < XN; ++i) {
-      const unsigned e = tid + i * SPARSEC_THREADS;
-      if (e < T::CB * PATCH) xs[e] = xr[i];
+  // As in sparsec_conv: iteration s stores slice s - 1, loads slice s, multiplies slice s - 1.
+  constexpr unsigned SLICES = (S::CIN + T::CB - 1) / T::CB;
+  for (unsigned s = 0; s <= SLICES; ++s) {
+    if (s > 0) {
+      #pragma unroll
+      for (unsigned i = 0; i < WNUM; ++i) {
+        const unsigned e = tid + i * SPARSEC_THREADS;
+        if (e < KB * BM) ws[e] = wr[i];
+      }
+      #pragma unroll
+      for (unsigned i = 0; i < XN; ++i) {
+        const unsigned e = tid + i * SPARSEC_THREADS, c = (s - 1) * T::CB + e / PATCH;
+        if (e < T::CB * PATCH) xs[e] = (valid >> i & 1ull) ? S::pro(w, c, xr[i]) : 0.0f;
+      }
     }
     __syncthreads();
-    if (c0 + T::CB < S::CIN) load(c0 + T::CB);
-    for (unsigned cc = 0; cc < T::CB; ++cc)
-      for (unsigned kh = 0; kh < S::KH; ++kh)
-        for (unsigned kw = 0; kw < S::KW; ++kw) {
-          float xv[T::TN], wv[T::TM];
-          for (unsigned j = 0; j < T::TN; ++j) xv[j] = xs[cc * PATCH + kh * RW + kw + base[j]];
-          const unsigned row = (cc * TAPS + kh * S::KW + kw) * BM + tm * T::TM;
-          for (unsigned i = 0; i < T::TM; ++i) wv[i] = ws[row + i];
-          for (unsigned i = 0; i < T::TM; ++i)
-            for (unsigned j = 0; j < T::TN; ++j) acc[i][j] += wv[i] * xv[j];
+    if (s < SLICES) {
+      const unsigned c0 = s * T::CB;
+      valid = 0;
+      #pragma unroll
+      for (unsigned i = 0; i < WNUM; ++i) {
+        const unsigned e = tid + i * SPARSEC_THREADS, kk = e / BM, m = m0 + e % BM;
+        const unsigned c = c0 + kk / TAPS;
+        wr[i] = (e < KB * BM && c < S::CIN && m < S::OC)
+                    ? w[S::WEIGHT + (size_t)(c * TAPS + kk % TAPS) * S::OC + m]
+                    : 0.0f;
+      }
+      #pragma unroll
+      for (unsigned i = 0; i < XN; ++i) {
+        const unsigned e = tid + i * SPARSEC_THREADS, c = c0 + e / PATCH, pp = e % PATCH;
+        const int ih = oy0 + (int)(pp / RW) - (int)S::PH, iw = ox0 + (int)(pp % RW) - (int)S::PW;
+        float v = 0.0f;
+        if (e < T::CB * PATCH && c < S::CIN && ih >= 0 && ih < (int)S::IH && iw >= 0 &&
+            iw < (int)S::IW) {
+          v = S::raw(a, B, n, c, (unsigned)(ih * (int)S::IW + iw));
+          valid |= 1ull << i;
         }
+        xr[i] = v;
+      }
+    }
+    if (s > 0) {
+      for (unsigned cc = 0; cc < T::CB; ++cc)
+        #pragma unroll
+        for (unsigned kh = 0; kh < S::KH; ++kh)
+          #pragma unroll
+          for (unsigned kw = 0; kw < S::KW; ++kw) {
+            float xv[T::TN], wv[T::TM];
+            #pragma unroll
+            for (unsigned j = 0; j < T::TN; ++j) xv[j] = xs[cc * PATCH + kh * RW + kw + base[j]];
+            const unsigned row = (cc * TAPS + kh * S::KW + kw) * BM + tm * T::TM;
+            #pragma unroll
+            for (unsigned i = 0; i < T::TM; ++i) wv[i] = ws[row + i];
+            #pragma unroll
+            for (unsigned i = 0; i < T::TM; ++i)
+              #pragma unroll
+              for (unsigned j = 0; j < T::TN; ++j) acc[i][j] += wv[i] * xv[j];
+          }
+    }
     __syncthreads();
   }
   float* out = a + S::OUT * B + (size_t)n * S::OUT_PER_IMAGE;
+  #pragma unroll
   for (unsigned i = 0; i < T::TM; ++i) {
     const unsigned m = m0 + tm * T::TM + i;
     if (m >= S::OC) continue;
     const float b = S::BIAS >= 0 ? w[S::BIAS + m] : 0.0f;
+    #pragma unroll
     for (unsigned j = 0; j < T::TN; ++j) {
       const unsigned t = tn + T::WN * j;
       const unsigned oy = (unsigned)oy0 + t / T::TW, ox = (unsigned)ox0 + t % T::TW;

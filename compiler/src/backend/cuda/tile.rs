@@ -26,6 +26,8 @@ const SM_REGISTERS: u32 = 65_536;
 const SM_SHARED: u32 = 228 * 1024;
 /// Static shared memory a kernel may declare.
 const MAX_SHARED: u32 = 48 * 1024;
+/// Inputs a thread stages per slice, at most (one validity bit each in a 64-bit mask).
+const MAX_STAGED: u32 = 64;
 /// The batch the throughput tile is chosen for, and the largest batch compared when finding
 /// the crossover.
 pub const THROUGHPUT_BATCH: u32 = 256;
@@ -133,7 +135,7 @@ impl DirectTile {
         let staged_w = (self.cb * taps * self.bm()).div_ceil(THREADS);
         let regs = self.tm * self.tn + self.tm + 2 * self.tn + staged_x + staged_w + 28;
         let shared = (self.cb * self.patch(shape) + self.cb * taps * self.bm()) * 4;
-        if regs > 200 || shared > MAX_SHARED {
+        if regs > 200 || shared > MAX_SHARED || staged_x > MAX_STAGED {
             return None;
         }
         let blocks = u64::from(batch) * self.tiles(shape) * u64::from(shape.oc.div_ceil(self.bm()));
@@ -228,7 +230,8 @@ impl Tile {
     pub fn cycles(&self, shape: &ConvShape, batch: u32) -> Option<f64> {
         let regs = self.registers();
         let shared = self.shared_floats() * 4;
-        if regs > 200 || shared > MAX_SHARED {
+        if regs > 200 || shared > MAX_SHARED || (self.bk * self.bn()).div_ceil(THREADS) > MAX_STAGED
+        {
             return None;
         }
         let items = u64::from(batch) * u64::from(shape.pixels);
