@@ -79,16 +79,19 @@ pub fn compile_cuda(
         max_batch,
         verify,
         crate::backend::cuda::nvrtc::CUBIN_ARCHS,
+        true,
     )
 }
 
-/// [`compile_cuda`] with cubins for `archs` (e.g. `["sm_90"]`); PTX is always included.
+/// [`compile_cuda`] with cubins for `archs` (e.g. `["sm_90"]`), and the PTX fallback when
+/// `ptx` (at least one of the two must be asked for).
 pub fn compile_cuda_for(
     graph: Graph,
     weights: &WeightsSource,
     max_batch: u32,
     verify: bool,
     archs: &[&str],
+    ptx: bool,
 ) -> Result<(Optimized, Vec<u8>), DriverError> {
     if max_batch > crate::backend::cuda::MAX_BATCH {
         return Err(DriverError::Backend(
@@ -102,7 +105,7 @@ pub fn compile_cuda_for(
     }
     let opt = optimize(graph, weights, 1, verify)?;
     let program = crate::backend::cuda::generate(&opt.graph, &opt.plan, true)?;
-    let compiled = crate::backend::cuda::nvrtc::compile_for(&program.source, archs)
+    let compiled = crate::backend::cuda::nvrtc::compile_for(&program.source, archs, ptx)
         .map_err(crate::backend::BackendError::from)?;
     let bytes = crate::artifact::write_cuda(&opt.graph, &opt.plan, &program, &compiled, max_batch)?;
     Ok((opt, bytes))

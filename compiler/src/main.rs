@@ -56,6 +56,10 @@ struct CompileArgs {
     /// is always included, for any other GPU).
     #[arg(long, value_delimiter = ',', default_value = "sm_80,sm_90", value_parser = cuda_arch)]
     cuda_arch: Vec<String>,
+    /// With `--target cuda`: leave the PTX fallback out (a smaller file that runs only on the
+    /// `--cuda-arch` GPUs).
+    #[arg(long)]
+    no_ptx: bool,
     /// Largest batch the compiled model accepts (the arena grows with the batch).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     max_batch: u32,
@@ -192,7 +196,14 @@ fn run(cli: Cli) -> Result<()> {
             TargetKind::Cpu => driver::compile_cpu(graph, &weights, args.max_batch, verify)?,
             TargetKind::Cuda => {
                 let archs: Vec<&str> = args.cuda_arch.iter().map(String::as_str).collect();
-                driver::compile_cuda_for(graph, &weights, args.max_batch, verify, &archs)?
+                driver::compile_cuda_for(
+                    graph,
+                    &weights,
+                    args.max_batch,
+                    verify,
+                    &archs,
+                    !args.no_ptx,
+                )?
             }
         };
         print_timings(args.timings, &opt.timings);

@@ -1,10 +1,12 @@
 //! NVRTC compiles the generated kernels of every example model (feature `nvrtc-tests`, which
 //! `.ci/run` enables after installing `nvidia-cuda-nvrtc-cu12==12.9.*` and putting it on
-//! `LD_LIBRARY_PATH`; without NVRTC these tests fail, they do not skip). Models of up to 130
-//! steps get everything `sparsec --target cuda` makes (sm_80 and sm_90 cubins, compute_80
-//! PTX); the four deep ones (400 to 2000 steps) get PTX only, which runs NVRTC's whole front
-//! end and NVVM on every kernel, to keep CI time down (their full compile is minutes each;
-//! `scripts/gpu-bench-build.sh` does it for sparsenet-bc-1000-12). Each PTX holds an entry
+//! `LD_LIBRARY_PATH`; without NVRTC these tests fail, they do not skip). Every example is
+//! compiled with `--Ofast-compile=max` (`nvrtc::check_compiles`: NVRTC's whole front end, code
+//! generation and ptxas, with the least optimisation, about 10-20x faster): models of up to
+//! 130 steps for every target `sparsec --target cuda` makes (sm_80 and sm_90 cubins,
+//! compute_80 PTX), the four deep ones (400 to 2000 steps) PTX only; their optimised compile
+//! takes tens of minutes (`scripts/gpu-bench-build.sh` does it for sparsenet-bc-1000-12).
+//! The optimised path itself is compiled for sparsenet-40-24 by the model.bin test below. Each PTX holds an entry
 //! for every launch, each cubin is an ELF image, and a full `--target cuda` model.bin loads
 //! up to the executor.
 #![cfg(feature = "nvrtc-tests")]
@@ -33,7 +35,7 @@ fn check(path: &Path) {
         &[]
     };
     let start = std::time::Instant::now();
-    let compiled = nvrtc::compile_for(&program.source, archs)
+    let compiled = nvrtc::check_compiles(&program.source, archs)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     eprintln!(
         "{}: {} kernels, NVRTC {} for {archs:?} + PTX in {:.1} s",

@@ -82,8 +82,10 @@ fn to_bytes(chars: Vec<c_char>) -> Vec<u8> {
     bytes
 }
 
-/// Compiles `source` once for `arch` (`-arch=sm_90` gives a cubin, `-arch=compute_80` PTX).
-fn compile_one(source: &CString, arch: &str) -> Result<Vec<u8>, NvrtcError> {
+/// Compiles `source` once for `arch` (`-arch=sm_90` gives a cubin, `-arch=compute_80` PTX);
+/// `fast` adds `--Ofast-compile=max` (NVRTC 12.8+: the whole front end and code generation,
+/// with the least optimisation; about 20x faster, for checks that the kernels compile).
+fn compile_one(source: &CString, arch: &str, fast: bool) -> Result<Vec<u8>, NvrtcError> {
     let name = c"sparsec_kernels.cu";
     let prog = result::create_program(source, Some(name)).map_err(|e| NvrtcError::Call {
         call: "nvrtcCreateProgram",
@@ -91,6 +93,9 @@ fn compile_one(source: &CString, arch: &str) -> Result<Vec<u8>, NvrtcError> {
     })?;
     let mut options: Vec<String> = OPTIONS.iter().map(|s| s.to_string()).collect();
     options.push(format!("--gpu-architecture={arch}"));
+    if fast {
+        options.push("--Ofast-compile=max".into());
+    }
     // SAFETY: `prog` was just created and is destroyed below, after its last use; the options
     // contain no NUL bytes (literals and an architecture name).
     let compiled = unsafe { result::compile_program(prog, &options) };
@@ -134,25 +139,46 @@ fn compile_one(source: &CString, arch: &str) -> Result<Vec<u8>, NvrtcError> {
     out
 }
 
+/// Like [`compile_for`] (cubins for `archs`, then PTX), every target compiled with
+/// `--Ofast-compile=max`: checks that every kernel of `source` goes through NVRTC's front end,
+/// code generation and (for cubins) ptxas, in about a tenth of the time (CI compiles every
+/// example this way). Not for model.bin: the code is barely optimised.
+pub fn check_compiles(source: &str, archs: &[&str]) -> Result<Compiled, NvrtcError> {
+    compile_targets(source, archs, true, true)
+}
+
 /// Compiles the generated source for every architecture in [`CUBIN_ARCHS`] and PTX for
 /// [`PTX_ARCH`], one thread per architecture (NVRTC programs are independent).
 pub fn compile(source: &str) -> Result<Compiled, NvrtcError> {
-    compile_for(source, CUBIN_ARCHS)
+    compile_for(source, CUBIN_ARCHS, true)
 }
 
-/// Like [`compile`], with cubins for `archs` only (PTX always).
-pub fn compile_for(source: &str, archs: &[&str]) -> Result<Compiled, NvrtcError> {
+/// Like [`compile`], with cubins for `archs` only, and PTX when `ptx`.
+pub fn compile_for(source: &str, archs: &[&str], ptx: bool) -> Result<Compiled, NvrtcError> {
+    compile_targets(source, archs, ptx, false)
+}
+
+/// Cubins for `archs` and PTX when `ptx`, one thread per target; `fast` as in [`compile_one`].
+fn compile_targets(
+    source: &str,
+    archs: &[&str],
+    ptx: bool,
+    fast: bool,
+) -> Result<Compiled, NvrtcError> {
     let version = version()?;
     let source = CString::new(source).map_err(|_| NvrtcError::Nul)?;
     let targets: Vec<(&str, &str)> = archs
         .iter()
         .map(|a| (*a, *a))
-        .chain([("ptx", PTX_ARCH)])
+        .chain(ptx.then_some(("ptx", PTX_ARCH)))
         .collect();
     let results: Vec<Result<Vec<u8>, NvrtcError>> = std::thread::scope(|scope| {
         let handles: Vec<_> = targets
             .iter()
-            .map(|&(_, arch)| scope.spawn(|| compile_one(&source, arch)))
+            .map(|&(_, arch)| {
+                let source = &source;
+                scope.spawn(move || compile_one(source, arch, fast))
+            })
             .collect();
         handles
             .into_iter()

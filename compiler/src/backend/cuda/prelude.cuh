@@ -105,7 +105,9 @@ __device__ __forceinline__ void sparsec_conv(float* __restrict__ a, const float*
       }
     }
     if (s > 0) {
-      #pragma unroll
+      // Unrolled by 4 only: the register tile is indexed by i and j, never by u, so a
+      // longer unroll would only grow the code (PTX and NVRTC time).
+      #pragma unroll 4
       for (unsigned u = 0; u < T::KG; ++u) {
         const unsigned kk = g * T::KG + u;
         float xv[T::TN], wv[T::TM];
