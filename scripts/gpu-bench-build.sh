@@ -5,7 +5,8 @@
 # NVRTC (max batch 256), the release `gpu-bench` binary (runtime built with `cuda`), the
 # golden weights and input/output pairs, gpu_bench.py and gpu-bench.sh. See docs/cuda.md.
 # CUDA_ARCH=sm_90 builds cubins for H100/H200 only (smaller files); PTX is always included.
-# MODELS="a b" narrows the models (default: the four golden ones).
+# MODELS="a b" narrows the models (default: the four golden ones); NO_PTX=1 leaves the PTX out
+# (sparsenet-bc-1000-12's PTX is hundreds of MB, too big to carry to a GPU machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 test -d ../shared/golden || { echo "needs ../shared/golden beside the clone"; exit 1; }
@@ -18,7 +19,7 @@ for m in ${MODELS:-sparsenet-40-24 sparsenet-bc-100-24 densenet-bc-100-12 sparse
   echo "compiling $m for CUDA"
   target/release/sparsec "examples/models/$m.snet" --target cuda \
     --weights "../shared/golden/$m.safetensors" --max-batch 256 \
-    --cuda-arch "${CUDA_ARCH:-sm_80,sm_90}" -o "$out/$m.bin"
+    --cuda-arch "${CUDA_ARCH:-sm_80,sm_90}" ${NO_PTX:+--no-ptx} -o "$out/$m.bin"
   cp "../shared/golden/$m.safetensors" "../shared/golden/$m.io.safetensors" "$out/"
 done
 cp target/release/gpu-bench scripts/gpu_bench.py scripts/gpu-bench.sh "$out/"
