@@ -220,15 +220,18 @@ pub struct CudaCode {
 }
 
 impl CudaCode {
-    /// The variant of step `step` that runs `batch` images: the first whose `up_to_batch` is
-    /// at least `batch`, else the last (`validate` checks the last serves `max_batch`).
-    /// `None` when the step has no launch (rejected by `validate`).
-    pub fn launch(&self, step: usize, batch: u32) -> Option<&CudaLaunch> {
+    /// Which launch variant of step `step` runs `batch` images: the first whose
+    /// `up_to_batch` is at least `batch`, else the last (`validate` checks the last serves
+    /// `max_batch`). `None` when the step has no launch (rejected by `validate`).
+    pub fn variant(&self, step: usize, batch: u32) -> Option<usize> {
         let variants = self.launches.get(step)?;
-        variants
-            .iter()
-            .find(|l| batch <= l.up_to_batch)
-            .or(variants.last())
+        let last = variants.len().checked_sub(1)?;
+        Some(
+            variants
+                .iter()
+                .position(|l| batch <= l.up_to_batch)
+                .unwrap_or(last),
+        )
     }
 }
 

@@ -100,7 +100,7 @@ impl Drop for Library {
 /// Which of a step's launch variants runs.
 #[derive(Clone, Copy, Debug)]
 enum Pick {
-    /// The one the GPU runtime picks for the batch (`CudaCode::launch`).
+    /// The one the GPU runtime picks for the batch (`CudaCode::variant`).
     AsRuntime,
     /// The first (the latency tile where a step has two).
     First,
@@ -139,14 +139,20 @@ fn run(
     arena[at..at + len].copy_from_slice(input);
     // SAFETY: the shim defines this symbol with exactly this signature.
     let launch: Launch = unsafe { std::mem::transmute(lib.symbol("sparsec_shim_launch")?) };
+    let code = runtime::format::CudaCode {
+        nvrtc_version: String::new(),
+        blobs: Vec::new(),
+        launches: program.launches.clone(),
+    };
     for (i, variants) in program.launches.iter().enumerate() {
-        let l = match pick {
-            Pick::AsRuntime => variants.iter().find(|l| batch <= l.up_to_batch),
-            Pick::First => variants.first(),
-            Pick::Last => variants.last(),
-        }
-        .or(variants.last())
-        .context("a step without launches")?;
+        let v = match pick {
+            Pick::AsRuntime => code.variant(i, batch),
+            Pick::First => Some(0),
+            Pick::Last => variants.len().checked_sub(1),
+        };
+        let l = v
+            .and_then(|v| variants.get(v))
+            .context("a step without launches")?;
         let [gx, gy, gz] = l.grid(batch).context("grid out of limits")?;
         // SAFETY: every generated kernel is `extern "C" void(float*, const float*, unsigned)`.
         let kernel: Kernel = unsafe { std::mem::transmute(lib.symbol(&l.kernel)?) };

@@ -327,8 +327,8 @@ impl CudaSession<'_> {
     }
 }
 
-/// Launches step `i` for `batch` on `stream`: the first launch variant that serves the batch
-/// (`CudaCode::launch`).
+/// Launches step `i` for `batch` on `stream`: the launch variant that serves the batch
+/// (`CudaCode::variant`).
 fn launch_step(
     model: &CudaModel,
     stream: &Arc<CudaStream>,
@@ -337,17 +337,11 @@ fn launch_step(
     batch: u32,
 ) -> Result<(), RunError> {
     let m = &model.manifest;
-    let (Some(variants), Some(functions)) = (
-        m.cuda.as_ref().and_then(|c| c.launches.get(i)),
-        model.functions.get(i),
-    ) else {
-        return Err(RunError::Backend(format!("no CUDA launch for step {i}")));
-    };
-    let v = variants
-        .iter()
-        .position(|l| batch <= l.up_to_batch)
-        .unwrap_or(variants.len().saturating_sub(1));
-    let (Some(launch), Some(function)) = (variants.get(v), functions.get(v)) else {
+    let code = m.cuda.as_ref();
+    let v = code.and_then(|c| c.variant(i, batch));
+    let launch = code.zip(v).and_then(|(c, v)| c.launches[i].get(v));
+    let function = model.functions.get(i).zip(v).and_then(|(f, v)| f.get(v));
+    let (Some(launch), Some(function)) = (launch, function) else {
         return Err(RunError::Backend(format!("no CUDA launch for step {i}")));
     };
     let Some([gx, gy, gz]) = launch.grid(batch) else {
