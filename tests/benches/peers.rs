@@ -61,6 +61,11 @@ struct Budget {
     cell_cap: Duration,
     /// The whole run.
     total: Duration,
+    /// Batch-1 cells are measured in this many rounds, sparsec and ORT taking turns, and the
+    /// times of all rounds pooled: on a shared VM the machine's speed drifts over seconds (the
+    /// host runs other guests), and a peer measured in one block of seconds may get a slow
+    /// stretch the other never sees.
+    rounds: usize,
 }
 
 impl Budget {
@@ -72,6 +77,7 @@ impl Budget {
             warmup: [3, 1],
             cell_cap: Duration::from_secs(45),
             total: Duration::from_secs(540),
+            rounds: 4,
         }
     }
 
@@ -83,6 +89,24 @@ impl Budget {
             warmup: [1, 1],
             cell_cap: Duration::from_secs(6),
             total: Duration::from_secs(120),
+            rounds: 1,
+        }
+    }
+
+    /// Rounds for a batch size (see `rounds`).
+    fn rounds(&self, batch: usize) -> usize {
+        if batch == 1 { self.rounds.max(1) } else { 1 }
+    }
+
+    /// The budget of one of `rounds` rounds of a cell: its share of the time and the calls.
+    fn round(&self, rounds: usize) -> Budget {
+        let n = rounds.max(1);
+        Budget {
+            cell: self.cell / n as u32,
+            min_iters: self.min_iters.div_ceil(n).max(1),
+            max_iters: self.max_iters.div_ceil(n).max(1),
+            cell_cap: self.cell_cap / n as u32,
+            ..*self
         }
     }
 
@@ -101,6 +125,8 @@ struct Options {
     models: Vec<&'static str>,
     ort: bool,
     tract: bool,
+    /// The batch sizes to measure (`--batch N`, repeatable; default [`BATCHES`]).
+    batches: Vec<usize>,
 }
 
 fn options() -> Result<Options> {
@@ -113,8 +139,18 @@ fn options() -> Result<Options> {
         .map(String::from)
         .collect();
     let (mut ort, mut tract) = (true, true);
-    for arg in std::env::args().skip(1) {
+    let mut batches = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
         match arg.as_str() {
+            "--batch" => {
+                let n = args.next().context("--batch needs a value")?;
+                let b: usize = n.parse().with_context(|| format!("--batch {n}"))?;
+                if !BATCHES.contains(&b) {
+                    bail!("--batch {b}: the batches are {BATCHES:?}");
+                }
+                batches.push(b);
+            }
             // `cargo bench` passes `--bench` to every bench binary.
             "--bench" => {}
             "--quick" => quick = true,
@@ -123,7 +159,7 @@ fn options() -> Result<Options> {
             "-h" | "--help" => {
                 println!(
                     "usage: cargo bench -p sparsec-tests --bench peers -- [--quick] [--no-ort] \
-                     [--no-tract] [MODEL-FILTER...]\nmodels: {}",
+                     [--no-tract] [--batch N]... [MODEL-FILTER...]\nmodels: {}",
                     MODELS.join(", ")
                 );
                 std::process::exit(0);
@@ -152,6 +188,11 @@ fn options() -> Result<Options> {
         models,
         ort,
         tract,
+        batches: if batches.is_empty() {
+            BATCHES.to_vec()
+        } else {
+            batches
+        },
     })
 }
 
@@ -197,16 +238,23 @@ fn time_calls(warmup: usize, budget: &Budget, mut f: impl FnMut() -> Result<()>)
             break;
         }
     }
-    Ok(Timing {
-        median_ms: median(&times),
-        iters: times.len(),
-    })
+    Ok(Timing { times_ms: times })
 }
 
-#[derive(Clone, Copy)]
+/// The timed calls of one peer at one batch size (of every round), in ms.
+#[derive(Clone)]
 struct Timing {
-    median_ms: f64,
-    iters: usize,
+    times_ms: Vec<f64>,
+}
+
+impl Timing {
+    fn median_ms(&self) -> f64 {
+        median(&self.times_ms)
+    }
+
+    fn iters(&self) -> usize {
+        self.times_ms.len()
+    }
 }
 
 /// One peer at one batch size.
@@ -221,24 +269,38 @@ enum Cell {
 impl Cell {
     fn ms(&self) -> Option<f64> {
         match self {
-            Cell::Time(t) => Some(t.median_ms),
+            Cell::Time(t) => Some(t.median_ms()),
             _ => None,
         }
     }
 
     fn show(&self, wrong: bool) -> String {
         match self {
-            Cell::Time(t) if wrong => format!("{:.2} (WRONG)", t.median_ms),
-            Cell::Time(t) => format!("{:.2}", t.median_ms),
+            Cell::Time(t) if wrong => format!("{:.2} (WRONG)", t.median_ms()),
+            Cell::Time(t) => format!("{:.2}", t.median_ms()),
             Cell::Skipped => "skipped (time budget)".into(),
             Cell::Unavailable(why) => format!("– ({why})"),
             Cell::Failed(_) => "failed".into(),
         }
     }
 
+    /// This cell with another round's: times pooled; a failure wins over times, times over a
+    /// skip.
+    fn merge(self, next: Cell) -> Cell {
+        match (self, next) {
+            (Cell::Time(mut a), Cell::Time(b)) => {
+                a.times_ms.extend(b.times_ms);
+                Cell::Time(a)
+            }
+            (f @ Cell::Failed(_), _) | (_, f @ Cell::Failed(_)) => f,
+            (Cell::Skipped, c) => c,
+            (c, _) => c,
+        }
+    }
+
     fn progress(&self) -> String {
         match self {
-            Cell::Time(t) => format!("{:.2} ms (median of {})", t.median_ms, t.iters),
+            Cell::Time(t) => format!("{:.2} ms (median of {})", t.median_ms(), t.iters()),
             Cell::Skipped => "skipped (time budget)".into(),
             Cell::Unavailable(why) => format!("unavailable ({why})"),
             Cell::Failed(e) => format!("FAILED: {e}"),
@@ -451,17 +513,19 @@ fn run_ort(
     if let Some(e) = json["error"].as_str() {
         bail!("ort_bench.py: {e}");
     }
-    let median_ms = json["median_ms"]
-        .as_f64()
-        .context("ort_bench.py: no median_ms")?;
-    let iters = json["iters"].as_u64().unwrap_or(0) as usize;
+    let times_ms: Vec<f64> = json["times_ms"]
+        .as_array()
+        .context("ort_bench.py: no times_ms")?
+        .iter()
+        .map(|v| v.as_f64().context("ort_bench.py: a time is not a number"))
+        .collect::<Result<_>>()?;
     let check_output = json["check_output"].as_array().map(|a| {
         a.iter()
             .map(|v| v.as_f64().unwrap_or(f64::NAN) as f32)
             .collect()
     });
     Ok(OrtRun {
-        timing: Timing { median_ms, iters },
+        timing: Timing { times_ms },
         check_output,
     })
 }
@@ -542,64 +606,75 @@ fn bench_model(
     let mut tract_check = Check::NotRun("tract disabled".into());
     let mut batch1: [Cell; 3] = std::array::from_fn(|_| Cell::Skipped);
 
-    for &batch in &BATCHES {
+    for &batch in &opts.batches {
         let x = random_input(batch * PER_IMAGE, SEED);
         let input_file = tmp.join(format!("input-b{batch}.bin"));
         write_f32(&input_file, &x)?;
         let mut cells: [Cell; 3] = std::array::from_fn(|_| Cell::Skipped);
         let mut others = [None; 3];
 
-        // sparsec.
-        let before = cpu_sample();
-        cells[0] = match session.as_mut() {
-            _ if batch > 1 && !fits(budget, run_start, batch, &batch1[0], scaling[0]) => {
-                Cell::Skipped
-            }
-            Some(s) => cell_of(time_calls(budget.warmup(batch), budget, || {
-                black_box(s.run(&x, batch)?);
-                Ok(())
-            })),
-            None => Cell::Failed(model_error.clone().unwrap_or_default()),
-        };
-        others[0] = others_share(before, cpu_sample());
-        eprintln!(
-            "{name} b{batch}: sparsec {}{}",
-            cells[0].progress(),
-            show_others(others[0])
-        );
+        // sparsec and ONNX Runtime, taking turns (`Budget::rounds`).
+        let rounds = budget.rounds(batch);
+        let round = budget.round(rounds);
+        let mut shares: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+        for r in 0..rounds {
+            let before = cpu_sample();
+            let cell = match session.as_mut() {
+                _ if batch > 1 && !fits(budget, run_start, batch, &batch1[0], scaling[0]) => {
+                    Cell::Skipped
+                }
+                Some(s) => cell_of(time_calls(budget.warmup(batch), &round, || {
+                    black_box(s.run(&x, batch)?);
+                    Ok(())
+                })),
+                None => Cell::Failed(model_error.clone().unwrap_or_default()),
+            };
+            cells[0] = std::mem::replace(&mut cells[0], Cell::Skipped).merge(cell);
+            shares[0].extend(others_share(before, cpu_sample()));
 
-        // ONNX Runtime.
-        let before = cpu_sample();
-        cells[1] = match ort {
-            _ if !opts.ort => Cell::Unavailable("--no-ort"),
-            Err(_) => Cell::Unavailable("not installed"),
-            Ok(_) if batch > 1 && !fits(budget, run_start, batch, &batch1[1], scaling[1]) => {
-                Cell::Skipped
-            }
-            Ok(_) => {
-                let check = (batch == 1).then_some(golden_input.as_path());
-                match run_ort(name, batch, &input_file, check, budget) {
-                    Ok(r) => {
-                        if let Some(out) = r.check_output {
-                            ort_check = check_of(Ok(out), &io.output);
+            let before = cpu_sample();
+            let cell = match ort {
+                _ if !opts.ort => Cell::Unavailable("--no-ort"),
+                Err(_) => Cell::Unavailable("not installed"),
+                Ok(_) if batch > 1 && !fits(budget, run_start, batch, &batch1[1], scaling[1]) => {
+                    Cell::Skipped
+                }
+                Ok(_) => {
+                    let check = (batch == 1 && r == 0).then_some(golden_input.as_path());
+                    match run_ort(name, batch, &input_file, check, &round) {
+                        Ok(run) => {
+                            if let Some(out) = run.check_output {
+                                ort_check = check_of(Ok(out), &io.output);
+                            }
+                            Cell::Time(run.timing)
                         }
-                        Cell::Time(r.timing)
-                    }
-                    Err(e) => {
-                        if batch == 1 {
-                            ort_check = Check::NotRun(format!("{e:#}"));
+                        Err(e) => {
+                            if check.is_some() {
+                                ort_check = Check::NotRun(format!("{e:#}"));
+                            }
+                            Cell::Failed(format!("{e:#}"))
                         }
-                        Cell::Failed(format!("{e:#}"))
                     }
                 }
-            }
-        };
-        others[1] = others_share(before, cpu_sample());
-        eprintln!(
-            "{name} b{batch}: ORT {}{}",
-            cells[1].progress(),
-            show_others(others[1])
-        );
+            };
+            cells[1] = std::mem::replace(&mut cells[1], Cell::Skipped).merge(cell);
+            shares[1].extend(others_share(before, cpu_sample()));
+        }
+        for (i, peer) in shares.into_iter().enumerate() {
+            // The worst round: how quiet the machine was at least.
+            others[i] = peer.into_iter().reduce(f64::max);
+            eprintln!(
+                "{name} b{batch}: {} {}{}{}",
+                PEERS[i],
+                cells[i].progress(),
+                if rounds > 1 {
+                    format!(" over {rounds} rounds")
+                } else {
+                    String::new()
+                },
+                show_others(others[i])
+            );
+        }
 
         // tract.
         let before = cpu_sample();
