@@ -21,6 +21,7 @@ pub const FLAG_BIAS: u32 = 4; // add bias per output channel
 pub const FLAG_RELU: u32 = 8; // max(0, .) on the output
 pub const FLAG_GLOBAL: u32 = 16; // pool / linear: average (or max) over the whole input plane
 pub const FLAG_WINOGRAD: u32 = 32; // conv: Winograd F(2x2, 3x3) with weights packed for it
+pub const FLAG_WINOGRAD4: u32 = 64; // conv: Winograd F(4x4, 3x3) with weights packed for it
 
 /// `kind` values of [`PoolDesc`].
 pub const POOL_AVG: u32 = 0;

@@ -104,8 +104,9 @@ pub fn portable_kernel_table() -> [usize; abi::KERNEL_COUNT] {
 /// [`CONV_OC_BLOCK`], times `in_channels * kernel_h * kernel_w`. Saturates on absurd descriptors
 /// (which [`validate_conv`] rejects).
 pub fn packed_conv_weight_len(desc: &ConvDesc) -> u64 {
-    if desc.flags & abi::FLAG_WINOGRAD != 0 {
-        return 16u64.saturating_mul(
+    let m = winograd_tile(desc.flags) as u64;
+    if m != 0 {
+        return ((m + 2) * (m + 2)).saturating_mul(
             u64::from(desc.out_channels)
                 .div_ceil(CONV_OC_BLOCK as u64)
                 .saturating_mul(CONV_OC_BLOCK as u64)
@@ -141,8 +142,9 @@ pub fn pack_conv_weights(desc: &ConvDesc, weights: &[f32]) -> Vec<f32> {
     }
     // In range: `len` (which bounds all of these) is at most 2^34.
     let oc = desc.out_channels as usize;
-    if desc.flags & abi::FLAG_WINOGRAD != 0 {
-        return winograd::pack_weights(desc.in_channels as usize, oc, weights);
+    let m = winograd_tile(desc.flags);
+    if m != 0 {
+        return winograd::pack_weights(m, desc.in_channels as usize, oc, weights);
     }
     let k = desc.in_channels as usize * desc.kernel_h as usize * desc.kernel_w as usize;
     let mut packed = vec![0.0f32; len as usize];
@@ -337,8 +339,9 @@ struct ConvGeom {
     weight_len: usize,
     out_len: usize,
     scratch_len: usize,
-    /// Computed as Winograd F(2x2, 3x3) (`FLAG_WINOGRAD`; see `winograd`).
-    winograd: bool,
+    /// Computed as Winograd F(m x m, 3x3) with this m (`FLAG_WINOGRAD`: 2, `FLAG_WINOGRAD4`:
+    /// 4; see `winograd`); 0 for the direct method.
+    winograd: usize,
 }
 
 /// A band of a convolution's output: pixels (flat) or rows `start..end`, computed from one
@@ -445,7 +448,8 @@ fn conv_geom(d: &ConvDesc) -> Result<ConvGeom, Bad> {
         | abi::FLAG_PROLOGUE_RELU
         | abi::FLAG_BIAS
         | abi::FLAG_RELU
-        | abi::FLAG_WINOGRAD;
+        | abi::FLAG_WINOGRAD
+        | abi::FLAG_WINOGRAD4;
     if d.flags & !known != 0 {
         return Err(Bad("flags has bits a convolution does not define"));
     }
@@ -504,31 +508,54 @@ fn conv_geom(d: &ConvDesc) -> Result<ConvGeom, Bad> {
         weight_len,
         out_len,
         scratch_len,
-        winograd: false,
+        winograd: 0,
     };
-    if d.flags & abi::FLAG_WINOGRAD != 0 {
-        if !winograd::eligible(&g) {
+    if d.flags & abi::FLAG_WINOGRAD != 0 && d.flags & abi::FLAG_WINOGRAD4 != 0 {
+        return Err(Bad("FLAG_WINOGRAD and FLAG_WINOGRAD4 together"));
+    }
+    let m = winograd_tile(d.flags);
+    if m != 0 {
+        if !winograd::eligible(&g, m) {
             return Err(Bad(
-                "FLAG_WINOGRAD on a convolution that is not 3x3, stride 1, pad 1, even height, \
-                 width a multiple of 16 and at least 8 input channels",
+                "a Winograd flag on a convolution that is not 3x3, stride 1, pad 1, height a \
+                 multiple of m, width a multiple of 8m and at least 8 input channels (m = 2 for \
+                 FLAG_WINOGRAD, 4 for FLAG_WINOGRAD4)",
             ));
         }
-        let l = winograd::layout(ic, oc, ih, oh, ow);
-        g.winograd = true;
-        g.weight_len = winograd::weight_len(ic, oc);
+        let l = winograd::layout(m, ic, oc, ih, oh, ow);
+        g.winograd = m;
+        g.weight_len = winograd::weight_len(m, ic, oc);
         g.scratch_len = l.scratch_len;
     }
     Ok(g)
 }
 
-/// Whether the compiler should set [`abi::FLAG_WINOGRAD`] on this convolution (and pack its
-/// weights for it): its shape is one the Winograd F(2x2, 3x3) kernel takes.
-pub fn winograd_applies(desc: &ConvDesc) -> bool {
+/// The output tile size m of the Winograd flag in `flags` (2 or 4), or 0 for none (both set is
+/// rejected by [`validate_conv`]; 4 wins here).
+fn winograd_tile(flags: u32) -> usize {
+    if flags & abi::FLAG_WINOGRAD4 != 0 {
+        4
+    } else if flags & abi::FLAG_WINOGRAD != 0 {
+        2
+    } else {
+        0
+    }
+}
+
+/// The Winograd flag the compiler should set on this convolution (and pack its weights for):
+/// [`abi::FLAG_WINOGRAD4`] where the F(4x4, 3x3) kernel takes the shape (4x fewer
+/// multiplications than direct), else [`abi::FLAG_WINOGRAD`] where F(2x2, 3x3) does (2.25x),
+/// else 0.
+pub fn winograd_flag(desc: &ConvDesc) -> u32 {
     let plain = ConvDesc {
-        flags: desc.flags & !abi::FLAG_WINOGRAD,
+        flags: desc.flags & !(abi::FLAG_WINOGRAD | abi::FLAG_WINOGRAD4),
         ..*desc
     };
-    conv_geom(&plain).is_ok_and(|g| winograd::eligible(&g))
+    match conv_geom(&plain) {
+        Ok(g) if winograd::eligible(&g, 4) => abi::FLAG_WINOGRAD4,
+        Ok(g) if winograd::eligible(&g, 2) => abi::FLAG_WINOGRAD,
+        _ => 0,
+    }
 }
 
 /// A valid pool descriptor in `usize`.
@@ -1206,10 +1233,11 @@ fn conv_compute_portable(a: &mut ConvArgs<'_>, band: Band) {
 /// Part `part` of `parts` of a portable convolution (the whole of it for `(0, 1)`).
 fn conv_portable_body(a: &mut ConvArgs<'_>, part: usize, parts: usize) {
     let g = a.g;
-    if g.winograd {
-        let l = winograd::layout(g.ic, g.oc, g.ih, g.oh, g.ow);
+    if g.winograd != 0 {
+        let m = g.winograd;
+        let l = winograd::layout(m, g.ic, g.oc, g.ih, g.oh, g.ow);
         for (y0, rows) in winograd::bands(&g, &l, part, parts) {
-            winograd::pack(a, &l, y0, rows, winograd::split_portable);
+            winograd::pack(a, &l, y0, rows, |r, p| winograd::split_portable(m, r, p));
             winograd::transform_input(a.scratch, &l, g.ic, rows);
             winograd::multiply_portable(a, &l, rows);
             // SAFETY: this part's band, written by this call only.
@@ -1610,9 +1638,9 @@ pub unsafe extern "C" fn conv2d_team(
     };
     let members = team.size();
     // Parts of whole output rows (tile rows for Winograd, 16-pixel tiles when flat), a few per
-    // member, claimed one at a time: a member that starts late finds fewer left.
-    let units = if g.winograd {
-        g.oh / 2
+    // member (`PartClaims`).
+    let units = if let Some(tile_rows) = g.oh.checked_div(g.winograd) {
+        tile_rows
     } else if g.flat {
         (g.oh * g.ow).div_ceil(2 * LANES)
     } else {
@@ -1730,7 +1758,7 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma")]
     pub(super) fn conv(a: &mut ConvArgs<'_>, part: usize, parts: usize) {
         let g = a.g;
-        if g.winograd {
+        if g.winograd != 0 {
             winograd_conv(a, part, parts);
             return;
         }
@@ -1807,14 +1835,20 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma")]
     fn winograd_conv(a: &mut ConvArgs<'_>, part: usize, parts: usize) {
         let g = a.g;
-        let l = winograd::layout(g.ic, g.oc, g.ih, g.oh, g.ow);
+        let four = g.winograd == 4;
+        let l = winograd::layout(g.winograd, g.ic, g.oc, g.ih, g.oh, g.ow);
         let gg = winograd::gemm_geom(&g, &l);
         let ocp = g.blocks * OB;
         for (y0, rows) in winograd::bands(&g, &l, part, parts) {
-            winograd::pack(a, &l, y0, rows, |r, e, o| winograd::avx2::split(r, e, o));
-            winograd::avx2::transform_input(a.scratch, &l, g.ic, rows);
+            if four {
+                winograd::pack(a, &l, y0, rows, |r, p| winograd::avx2::split4(r, p));
+                winograd::avx2::transform_input4(a.scratch, &l, g.ic, rows);
+            } else {
+                winograd::pack(a, &l, y0, rows, |r, p| winograd::avx2::split2(r, p));
+                winograd::avx2::transform_input2(a.scratch, &l, g.ic, rows);
+            }
             let base = a.scratch.as_mut_ptr();
-            for xi in 0..16 {
+            for xi in 0..l.xis {
                 let s = Shared {
                     g: gg,
                     input: base.wrapping_add(l.v_at + xi * l.v_xi),
@@ -1852,7 +1886,13 @@ mod avx2 {
                 }
             }
             // SAFETY: this part's band, written by this call only.
-            unsafe { winograd::transform_output(a, &l, y0, rows) };
+            unsafe {
+                if four {
+                    winograd::avx2::transform_output4(a, &l, y0, rows)
+                } else {
+                    winograd::avx2::transform_output2(a, &l, y0, rows)
+                }
+            };
         }
     }
 
@@ -2349,53 +2389,32 @@ mod tests {
         Ok(())
     }
 
-    /// Winograd F(2x2, 3x3) against the same f64 reference: every flag, concatenated and summed
-    /// pieces, one and several bands, output-channel tails; and the team split of its rows.
+    /// Winograd F(2x2, 3x3) and F(4x4, 3x3) against the same f64 reference: every flag,
+    /// concatenated and summed pieces, one and several bands, output-channel tails; and which
+    /// flag the compiler picks for each shape.
     #[test]
     fn winograd_matches_the_f64_reference() -> Result<(), String> {
         let mut rng = Rng(0x5eed);
-        let w = abi::FLAG_WINOGRAD;
+        let (w2, w4) = (abi::FLAG_WINOGRAD, abi::FLAG_WINOGRAD4);
+        let (pro, pro_relu) = (abi::FLAG_PROLOGUE, abi::FLAG_PROLOGUE_RELU);
+        let (bias, relu) = (abi::FLAG_BIAS, abi::FLAG_RELU);
         let mut cases = Vec::new();
-        for (ic, hw, oc, n, sum, flags) in [
-            (8, (2, 16), 1, 1, false, w),
-            (
-                24,
-                (32, 32),
-                24,
-                3,
-                false,
-                w | abi::FLAG_PROLOGUE | abi::FLAG_PROLOGUE_RELU,
-            ),
-            (
-                96,
-                (16, 16),
-                13,
-                4,
-                false,
-                w | abi::FLAG_BIAS | abi::FLAG_RELU,
-            ),
-            (
-                12,
-                (6, 32),
-                7,
-                2,
-                true,
-                w | abi::FLAG_PROLOGUE | abi::FLAG_BIAS,
-            ),
-            (600, (16, 16), 5, 4, false, w | abi::FLAG_PROLOGUE_RELU),
-            (
-                40,
-                (20, 48),
-                30,
-                2,
-                false,
-                w | abi::FLAG_PROLOGUE | abi::FLAG_RELU,
-            ),
+        for (ic, hw, oc, n, sum, flags, w) in [
+            (8, (2, 16), 1, 1, false, 0, w2),
+            (24, (32, 32), 24, 3, false, pro | pro_relu, w4),
+            (96, (16, 16), 13, 4, false, bias | relu, w2),
+            (12, (6, 32), 7, 2, true, pro | bias, w2),
+            (600, (16, 16), 5, 4, false, pro_relu, w2),
+            (40, (20, 48), 30, 2, false, pro | relu, w2),
+            (8, (4, 32), 1, 1, false, 0, w4),
+            (96, (32, 32), 24, 4, false, pro | pro_relu | bias, w4),
+            (12, (8, 64), 7, 2, true, pro | bias | relu, w4),
+            (300, (12, 32), 9, 3, false, pro_relu | relu, w4),
         ] {
-            cases.push(conv_case(&mut rng, ic, hw, oc, 3, 1, 1, n, sum, flags));
-        }
-        for case in &cases {
-            assert!(winograd_applies(&case.desc), "{:?}", case.desc);
+            let case = conv_case(&mut rng, ic, hw, oc, 3, 1, 1, n, sum, flags | w);
+            let picked = winograd_flag(&ConvDesc { flags, ..case.desc });
+            assert_eq!(picked, w, "{:?}", case.desc);
+            cases.push(case);
         }
         for (name, table) in tables() {
             for (i, case) in cases.iter().enumerate() {
@@ -2409,23 +2428,39 @@ mod tests {
                 }
             }
         }
-        // Not eligible: odd height, width not a multiple of 16, stride 2, 1x1, too few channels.
-        for (ic, hw, k, stride) in [
-            (16, (7, 16), 3, 1),
-            (16, (8, 24), 3, 1),
-            (16, (16, 16), 3, 2),
-            (16, (16, 16), 1, 1),
-            (4, (16, 16), 3, 1),
+        // Not eligible for either: odd height, width not a multiple of 16, stride 2, 1x1, too
+        // few channels. Not for F(4x4): height not a multiple of 4, width not one of 32.
+        for (ic, hw, k, stride, flags) in [
+            (16, (7, 16), 3, 1, w2 | w4),
+            (16, (8, 24), 3, 1, w2 | w4),
+            (16, (16, 16), 3, 2, w2 | w4),
+            (16, (16, 16), 1, 1, w2 | w4),
+            (4, (16, 16), 3, 1, w2 | w4),
+            (16, (6, 32), 3, 1, w4),
+            (16, (16, 16), 3, 1, w4),
         ] {
             let pad = if k == 3 { 1 } else { 0 };
             let case = conv_case(&mut rng, ic, hw, 4, k, stride, pad, 1, false, 0);
-            assert!(!winograd_applies(&case.desc), "{:?}", case.desc);
-            let d = ConvDesc {
-                flags: w,
-                ..case.desc
-            };
-            assert!(validate_conv(&d, 1 << 30).is_err());
+            if flags & w2 != 0 {
+                assert_eq!(winograd_flag(&case.desc), 0, "{:?}", case.desc);
+            }
+            for w in [w2, w4] {
+                if flags & w != 0 {
+                    let d = ConvDesc {
+                        flags: w,
+                        ..case.desc
+                    };
+                    assert!(validate_conv(&d, 1 << 30).is_err(), "{d:?}");
+                }
+            }
         }
+        // Both flags at once are inconsistent, even on a shape both take.
+        let case = conv_case(&mut rng, 16, (32, 32), 4, 3, 1, 1, 1, false, 0);
+        let d = ConvDesc {
+            flags: w2 | w4,
+            ..case.desc
+        };
+        assert!(validate_conv(&d, 1 << 30).is_err());
         Ok(())
     }
 
@@ -3015,7 +3050,7 @@ mod tests {
         }
     }
 
-    /// Not an assertion: GFLOP/s of the detected convolution on two typical layers (run with
+    /// Not an assertion: GFLOP/s of the detected convolution on typical layers (run with
     /// `cargo test --release -p runtime -- --nocapture conv_throughput`).
     #[test]
     fn conv_throughput() -> Result<(), String> {
@@ -3025,13 +3060,22 @@ mod tests {
             for (what, ic, oc, k, pad, n, extra) in [
                 ("3x3 96->24 at 32x32", 96, 24, 3, 1, 4, 0),
                 (
-                    "3x3 96->24 at 32x32, Winograd",
+                    "3x3 96->24 at 32x32, Winograd F(2x2)",
                     96,
                     24,
                     3,
                     1,
                     4,
                     abi::FLAG_WINOGRAD,
+                ),
+                (
+                    "3x3 96->24 at 32x32, Winograd F(4x4)",
+                    96,
+                    24,
+                    3,
+                    1,
+                    4,
+                    abi::FLAG_WINOGRAD4,
                 ),
                 ("1x1 384->96 at 32x32", 384, 96, 1, 0, 5, 0),
             ] {

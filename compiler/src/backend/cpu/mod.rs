@@ -194,12 +194,11 @@ pub fn compile(graph: &Graph, plan: &MemoryPlan) -> Result<CpuProgram, BackendEr
                     scale_off,
                     shift_off,
                 };
-                // Winograd F(2x2, 3x3) wherever the kernel takes the shape: 2.25x fewer
-                // multiplications; the weights are transformed here, once.
-                if kernels::winograd_applies(&desc) {
-                    desc.flags = abi::FLAG_WINOGRAD;
-                    flags |= abi::FLAG_WINOGRAD;
-                }
+                // Winograd F(4x4, 3x3) or F(2x2, 3x3) wherever a kernel takes the shape: 4x or
+                // 2.25x fewer multiplications; the weights are transformed here, once.
+                let winograd = kernels::winograd_flag(&desc);
+                desc.flags = winograd;
+                flags |= winograd;
                 let packed = kernels::pack_conv_weights(&desc, l.data(c.weight)?);
                 desc.weight_off = l.weights.push_f32(&packed);
                 if let Some(b) = c.bias {
