@@ -358,8 +358,12 @@ const BAND_FLOATS: usize = 1 << 16;
 
 /// The same for a plain matrix product (1x1), whose band's output is as large as its packed
 /// input: a quarter of [`BAND_FLOATS`] keeps the source, the packed band and the output all in
-/// a 512 KiB L2 (1x1 96->96 at 32x32 on one thread: best of many 226.6 -> 213.6 us).
+/// a 512 KiB L2 (1x1 96->96 at 32x32 on one thread: best of many 226.6 -> 213.6 us)...
 const FLAT_BAND_FLOATS: usize = 1 << 14;
+/// ...but never fewer pixels than this: with hundreds of input channels (DenseNet's 1x1 layers)
+/// a short band packs many short runs and feeds few tiles per packing (1x1 300->48 at 32x32
+/// from 25 pieces, one thread: 455 -> 366 us; 96->96 unchanged).
+const FLAT_BAND_PIXELS: usize = 128;
 
 impl ConvGeom {
     /// The bands of part `part` of `parts` of the output, in order: the output rows (or, flat,
@@ -469,7 +473,8 @@ fn conv_geom(d: &ConvDesc) -> Result<ConvGeom, Bad> {
     let (band, band_floats) = if flat {
         // Whole tiles (2 vectors) of pixels, as many as fit the budget.
         let tile = 2 * LANES;
-        let band = (FLAT_BAND_FLOATS / ic / tile * tile).max(tile).min(oh * ow);
+        let band = (FLAT_BAND_FLOATS / ic).max(FLAT_BAND_PIXELS) / tile * tile;
+        let band = band.max(tile).min(oh * ow);
         (band, band)
     } else {
         // Output rows whose input rows fit the budget, at least one.
