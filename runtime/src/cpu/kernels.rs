@@ -1644,8 +1644,8 @@ pub unsafe extern "C" fn conv2d_team(
     let members = team.size();
     // Parts of whole output rows (tile rows for Winograd, 16-pixel tiles when flat), a few per
     // member (`PartClaims`).
-    let units = if let Some(tile_rows) = g.oh.checked_div(g.winograd) {
-        tile_rows
+    let units = if g.winograd != 0 {
+        winograd::units(&g)
     } else if g.flat {
         (g.oh * g.ow).div_ceil(2 * LANES)
     } else {
@@ -2407,9 +2407,12 @@ mod tests {
         for (ic, hw, oc, n, sum, flags, w) in [
             (8, (2, 16), 1, 1, false, 0, w2),
             (24, (32, 32), 24, 3, false, pro | pro_relu, w4),
-            (96, (16, 16), 13, 4, false, bias | relu, w2),
+            (96, (16, 16), 13, 4, false, bias | relu, w4),
             (12, (6, 32), 7, 2, true, pro | bias, w2),
-            (600, (16, 16), 5, 4, false, pro_relu, w2),
+            (600, (16, 16), 5, 4, false, pro_relu, w4),
+            (20, (8, 16), 6, 2, true, pro | pro_relu, w4),
+            (16, (12, 16), 8, 1, false, bias, w2),
+            (16, (8, 48), 8, 1, false, relu, w2),
             (40, (20, 48), 30, 2, false, pro | relu, w2),
             (8, (4, 32), 1, 1, false, 0, w4),
             (96, (32, 32), 24, 4, false, pro | pro_relu | bias, w4),
@@ -2434,7 +2437,8 @@ mod tests {
             }
         }
         // Not eligible for either: odd height, width not a multiple of 16, stride 2, 1x1, too
-        // few channels. Not for F(4x4): height not a multiple of 4, width not one of 32.
+        // few channels. Not for F(4x4): height not a multiple of 4, width not one of 32 (or 16
+        // with a height that is a multiple of 8).
         for (ic, hw, k, stride, flags) in [
             (16, (7, 16), 3, 1, w2 | w4),
             (16, (8, 24), 3, 1, w2 | w4),
@@ -2442,7 +2446,8 @@ mod tests {
             (16, (16, 16), 1, 1, w2 | w4),
             (4, (16, 16), 3, 1, w2 | w4),
             (16, (6, 32), 3, 1, w4),
-            (16, (16, 16), 3, 1, w4),
+            (16, (12, 16), 3, 1, w4),
+            (16, (8, 48), 3, 1, w4),
         ] {
             let pad = if k == 3 { 1 } else { 0 };
             let case = conv_case(&mut rng, ic, hw, 4, k, stride, pad, 1, false, 0);

@@ -16,7 +16,8 @@
 //!
 //! Shapes it takes ([`eligible`]): 3x3 window, stride 1, padding 1, an output height that is a
 //! multiple of m, an output width that is a multiple of 8m (whole vectors of 8 tiles), at least
-//! 8 input channels. Other convolutions run direct. Must not be chosen at run time: the compiler
+//! 8 input channels; and for m = 4 also a width of 16 with a height that is a multiple of 8
+//! (16x16 maps: a vector then holds 4 tiles of each of two tile rows). Other convolutions run direct. Must not be chosen at run time: the compiler
 //! sets `FLAG_WINOGRAD` (m = 2) or `FLAG_WINOGRAD4` (m = 4) and packs the weights for it, the
 //! loader validates the shape.
 //!
@@ -102,8 +103,10 @@ pub(super) fn eligible(g: &ConvGeom, m: usize) -> bool {
         && g.oh == g.ih
         && g.ow == g.iw
         && g.oh.is_multiple_of(m)
-        && g.ow.is_multiple_of(m * LANES)
         && g.ic >= 8
+        && (g.ow.is_multiple_of(m * LANES)
+            // 4 tiles per tile row (16x16 maps): a vector takes two tile rows.
+            || (m == 4 && g.ow == m * LANES / 2 && g.oh.is_multiple_of(2 * m)))
 }
 
 /// The Winograd layout of a band, from the geometry: tile rows per band, and where the packed
@@ -115,8 +118,11 @@ pub(super) struct Layout {
     pub n: usize,
     /// Transformed matrices: n².
     pub xis: usize,
-    /// Tiles per tile row (`ow / m`), a multiple of 8.
+    /// Tiles per tile row (`ow / m`), a multiple of 8, or 4 (`pair`).
     pub tw: usize,
+    /// A vector of 8 tiles spans two tile rows of 4 (then bands and parts have an even number
+    /// of tile rows).
+    pub pair: bool,
     /// Tile rows per band (the band is `m * rows` output rows).
     pub rows: usize,
     /// Floats per packed row: m phases of `tw + 1` floats.
@@ -154,9 +160,12 @@ pub(super) fn layout(m: usize, ic: usize, oc: usize, ih: usize, oh: usize, ow: u
     let tw = ow / m;
     // At least 16 tiles per band where the map has them: the products' register tile is two
     // vectors of 8 tiles.
+    let pair = !tw.is_multiple_of(LANES);
+    let unit = if pair { 2 } else { 1 };
     let rows = (V_FLOATS / (xis * ic) / tw)
         .max((2 * LANES).div_ceil(tw))
-        .clamp(1, oh / m);
+        .clamp(1, oh / m)
+        .next_multiple_of(unit);
     let row = m * (tw + 1);
     let plane = plane_stride((m * rows + 2) * row);
     let tiles = rows * tw;
@@ -171,6 +180,7 @@ pub(super) fn layout(m: usize, ic: usize, oc: usize, ih: usize, oh: usize, ow: u
         n,
         xis,
         tw,
+        pair,
         rows,
         row,
         plane,
@@ -222,6 +232,15 @@ pub(super) fn pack_weights(m: usize, ic: usize, oc: usize, weights: &[f32]) -> V
     packed
 }
 
+/// The units a Winograd convolution's output splits into between threads: tile rows, or pairs
+/// of them where a vector of tiles spans two (`Layout::pair`).
+pub(super) fn units(g: &ConvGeom) -> usize {
+    let m = g.winograd.max(1);
+    let tw = g.ow / m;
+    let unit = if tw.is_multiple_of(LANES) { 1 } else { 2 };
+    g.oh / m / unit
+}
+
 /// The bands of part `part` of `parts`: the output's tile rows cut into `parts` near-equal
 /// contiguous runs, each cut into bands of `rows` tile rows. Yields `(first output row, tile
 /// rows)`.
@@ -231,10 +250,12 @@ pub(super) fn bands(
     part: usize,
     parts: usize,
 ) -> impl Iterator<Item = (usize, usize)> + use<> {
-    let total = g.oh / l.m;
+    // In units of tile rows, or of pairs of them (`pair`).
+    let unit = if l.pair { 2 } else { 1 };
+    let total = units(g);
     let parts = parts.max(1);
-    let lo = total * part / parts;
-    let hi = total * (part + 1) / parts;
+    let lo = total * part / parts * unit;
+    let hi = total * (part + 1) / parts * unit;
     let (rows, m) = (l.rows, l.m);
     (lo..hi)
         .step_by(rows)
@@ -494,8 +515,13 @@ pub(super) mod avx2 {
     #[target_feature(enable = "avx2,fma")]
     pub(in super::super) fn split4(row: &[f32], packed: &mut [f32]) {
         let n = row.len() / 32;
-        let wq = 8 * n + 1;
-        assert!(row.len().is_multiple_of(32) && packed.len() >= 4 * wq);
+        let wq = row.len() / 4 + 1;
+        assert!(row.len().is_multiple_of(16) && packed.len() >= 4 * wq);
+        // A tail of 16 floats (a width of 16, 48, ...), element by element.
+        for (i, &v) in row.iter().enumerate().skip(32 * n) {
+            let x = i + 1;
+            packed[(x % 4) * wq + x / 4] = v;
+        }
         let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
         let p = packed.as_mut_ptr();
         for j in 0..n {
@@ -526,13 +552,18 @@ pub(super) mod avx2 {
         }
     }
 
+    /// The band's tiles are whole vectors of 8: whole rows of them, or (`pair`, F(4x4) only)
+    /// rows of 4 taken two at a time.
+    fn whole_vectors(l: &Layout, rows: usize) -> bool {
+        l.tw.is_multiple_of(LANES)
+            || (l.pair && l.m == 4 && 2 * l.tw == LANES && rows.is_multiple_of(2))
+    }
+
     /// Checks shared by the input transforms: the packed planes and `V` lie inside the scratch.
     fn check_input(scratch: &[f32], l: &Layout, ic: usize, rows: usize) {
         assert!(l.v_at + l.xis * l.v_xi <= scratch.len() && ic * l.plane <= l.v_at);
         assert!(ic * l.tiles <= l.v_xi);
-        assert!(
-            rows <= l.rows && (l.m * rows + 2) * l.row <= l.plane && l.tw.is_multiple_of(LANES)
-        );
+        assert!(rows <= l.rows && (l.m * rows + 2) * l.row <= l.plane && whole_vectors(l, rows));
     }
 
     /// [`super::transform_input`] for m = 2, 8 tiles at a time.
@@ -544,6 +575,7 @@ pub(super) mod avx2 {
         rows: usize,
     ) {
         check_input(scratch, l, ic, rows);
+        assert!(!l.pair);
         let per_xi = l.v_xi;
         let wq = l.wq();
         let base = scratch.as_mut_ptr();
@@ -647,19 +679,28 @@ pub(super) mod avx2 {
         let base = scratch.as_mut_ptr();
         for c in 0..ic {
             let plane = base.wrapping_add(c * l.plane).cast_const();
-            for r in 0..rows {
-                for t in (0..l.tw).step_by(LANES) {
+            for first in (0..rows * l.tw).step_by(LANES) {
+                let (r, t) = (first / l.tw, first % l.tw);
+                {
                     // Bᵀ d per column k (padded column 4 tile + k: phase k % 4 at tile + k / 4),
                     // rows `4 r .. 4 r + 6 <= 4 rows + 2`, columns up to `3 wq + t + 8 <=
-                    // 4 wq`: inside the packed planes.
+                    // 4 wq`: inside the packed planes. With `pair`, tiles 4..8 are those of
+                    // tile row r + 1 (rows up to `4 r + 9 <= 4 rows + 1`), 4 floats each.
                     let cols: [[__m256; 6]; 6] = std::array::from_fn(|k| {
                         let at = (k % 4) * wq + t + k / 4;
                         bt4(std::array::from_fn(|i| {
+                            let p = plane.wrapping_add((4 * r + i) * l.row + at);
                             // SAFETY: in bounds as above (`check_input`).
-                            unsafe { _mm256_loadu_ps(plane.add((4 * r + i) * l.row + at)) }
+                            unsafe {
+                                if l.pair {
+                                    _mm256_loadu2_m128(p.add(4 * l.row), p)
+                                } else {
+                                    _mm256_loadu_ps(p)
+                                }
+                            }
                         }))
                     });
-                    let v = base.wrapping_add(l.v_at + c * l.tiles + r * l.tw + t);
+                    let v = base.wrapping_add(l.v_at + c * l.tiles + first);
                     #[expect(clippy::needless_range_loop, reason = "i indexes the inner arrays")]
                     for i in 0..6 {
                         let out = bt4(std::array::from_fn(|k| cols[k][i]));
@@ -691,7 +732,7 @@ pub(super) mod avx2 {
     /// Checks shared by the output transforms: `M` lies inside the scratch.
     fn check_output(a: &ConvArgs<'_>, l: &Layout, rows: usize) {
         assert!(l.m_at + l.xis * l.m_xi <= a.scratch.len());
-        assert!(a.g.oc * l.tiles <= l.m_xi && rows <= l.rows && l.tw.is_multiple_of(LANES));
+        assert!(a.g.oc * l.tiles <= l.m_xi && rows <= l.rows && whole_vectors(l, rows));
     }
 
     /// [`super::transform_output`] for m = 2, 8 tiles at a time.
@@ -706,6 +747,7 @@ pub(super) mod avx2 {
         rows: usize,
     ) {
         check_output(a, l, rows);
+        assert!(!l.pair);
         let g = a.g;
         let m = a.scratch[l.m_at..].as_ptr();
         for o in 0..g.oc {
@@ -765,9 +807,10 @@ pub(super) mod avx2 {
         let m = a.scratch[l.m_at..].as_ptr();
         for o in 0..g.oc {
             let bias = _mm256_set1_ps(a.bias.map_or(0.0, |b| b[o]));
-            for r in 0..rows {
-                for t in (0..l.tw).step_by(LANES) {
-                    let tile = o * l.tiles + r * l.tw + t;
+            for first in (0..rows * l.tw).step_by(LANES) {
+                let (r, t) = (first / l.tw, first % l.tw);
+                {
+                    let tile = o * l.tiles + first;
                     // Aᵀ M per column k: s[k][dy].
                     let s: [[__m256; 4]; 6] = std::array::from_fn(|k| {
                         at4(std::array::from_fn(|i| {
@@ -789,25 +832,30 @@ pub(super) mod avx2 {
                         let t15 = _mm256_shuffle_ps::<0xEE>(u0, u2);
                         let t26 = _mm256_shuffle_ps::<0x44>(u1, u3);
                         let t37 = _mm256_shuffle_ps::<0xEE>(u1, u3);
-                        let at = o * g.oh * g.ow + (y0 + 4 * r + dy) * g.ow + 4 * t;
-                        // SAFETY: this band's rows of channel `o`, written by this call only.
-                        if let Some(dst) = unsafe { a.out.run(at, 4 * LANES) } {
-                            let p = dst.as_mut_ptr();
-                            // SAFETY: 32 floats of `dst`.
-                            unsafe {
-                                _mm256_storeu_ps(p, _mm256_permute2f128_ps::<0x20>(t04, t15));
-                                _mm256_storeu_ps(
-                                    p.add(8),
-                                    _mm256_permute2f128_ps::<0x20>(t26, t37),
-                                );
-                                _mm256_storeu_ps(
-                                    p.add(16),
-                                    _mm256_permute2f128_ps::<0x31>(t04, t15),
-                                );
-                                _mm256_storeu_ps(
-                                    p.add(24),
-                                    _mm256_permute2f128_ps::<0x31>(t26, t37),
-                                );
+                        // Tiles 0..4 (16 pixels), then tiles 4..8: the same output row, or with
+                        // `pair` the row 4 below (tile row r + 1).
+                        let runs = [
+                            (
+                                _mm256_permute2f128_ps::<0x20>(t04, t15),
+                                _mm256_permute2f128_ps::<0x20>(t26, t37),
+                            ),
+                            (
+                                _mm256_permute2f128_ps::<0x31>(t04, t15),
+                                _mm256_permute2f128_ps::<0x31>(t26, t37),
+                            ),
+                        ];
+                        let row = o * g.oh * g.ow + (y0 + 4 * r + dy) * g.ow + 4 * t;
+                        let second = if l.pair { row + 4 * g.ow } else { row + 16 };
+                        for (at, (lo, hi)) in [row, second].into_iter().zip(runs) {
+                            // SAFETY: this band's rows of channel `o`, written by this call
+                            // only.
+                            if let Some(dst) = unsafe { a.out.run(at, 2 * LANES) } {
+                                let p = dst.as_mut_ptr();
+                                // SAFETY: 16 floats of `dst`.
+                                unsafe {
+                                    _mm256_storeu_ps(p, lo);
+                                    _mm256_storeu_ps(p.add(8), hi);
+                                }
                             }
                         }
                     }
