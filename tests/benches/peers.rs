@@ -18,6 +18,7 @@ use anyhow::{Context, Result, bail};
 use runtime::Model;
 use sparsec::driver::{self, WeightsSource};
 use sparsec::weights::load_tensors;
+use sparsec_tests::random_input;
 use std::fmt::Write as _;
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
@@ -322,21 +323,6 @@ fn fits(budget: &Budget, run_start: Instant, batch: usize, batch1: &Cell, scalin
 
 // ---------------------------------------------------------------------------------------------
 // Inputs
-
-/// Deterministic uniform floats in [-1, 1) (splitmix64).
-fn random_input(n: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed;
-    (0..n)
-        .map(|_| {
-            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^= z >> 31;
-            ((z >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
 
 fn write_f32(path: &Path, xs: &[f32]) -> Result<()> {
     let bytes: Vec<u8> = xs.iter().flat_map(|x| x.to_le_bytes()).collect();

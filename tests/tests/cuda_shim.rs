@@ -17,6 +17,7 @@ use ir::interp::{self, Tensor};
 use sparsec::backend::cuda::{self, CudaProgram, SHIM_HEADER};
 use sparsec::driver::{self, Optimized, WeightsSource};
 use sparsec::weights::load_tensors;
+use sparsec_tests::{damp_summed_branches, random_input};
 use std::ffi::{CString, c_void};
 use std::path::PathBuf;
 use std::process::Command;
@@ -180,41 +181,6 @@ fn run(
     let out = g.operands(g.outputs()[0])[0];
     let (at, len) = buffer_of(out)?;
     Ok(arena[at..at + len].to_vec())
-}
-
-fn random_input(n: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed;
-    (0..n)
-        .map(|_| {
-            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
-}
-
-/// Deep sum-aggregated models overflow float32 with uncalibrated random weights: damp each
-/// unit's last convolution (as `passes_preserve_semantics.rs` does).
-fn damp_summed_branches(graph: &mut ir::Graph) {
-    if !graph.name.starts_with("sparsenet-plus") {
-        return;
-    }
-    let ids: Vec<_> = graph
-        .params
-        .iter()
-        .filter(|(_, p)| p.name.ends_with(".conv3.weight"))
-        .map(|(id, _)| id)
-        .collect();
-    for id in ids {
-        let p = graph.params.get_mut(id);
-        if let Some(data) = &p.data {
-            let damped: Vec<f32> = data.iter().map(|v| v * 0.05).collect();
-            p.data = Some(damped.into());
-        }
-    }
 }
 
 /// The optimised graph and CUDA program of an example model with `weights` bound (random

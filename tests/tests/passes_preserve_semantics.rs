@@ -6,6 +6,7 @@
 
 use ir::interp::{self, Tensor};
 use sparsec::driver::{self, WeightsSource};
+use sparsec_tests::damp_summed_branches;
 use std::path::PathBuf;
 
 fn input(shape: [usize; 4], seed: u64) -> Tensor {
@@ -22,29 +23,6 @@ fn input(shape: [usize; 4], seed: u64) -> Tensor {
         })
         .collect();
     Tensor { shape, data }
-}
-
-/// Deep sum-aggregated networks (SparseNet[+] at depth 1001 and 2000) add hundreds of unit
-/// outputs: with uncalibrated random weights the activations overflow float32. Scale each
-/// unit's last convolution down (as Fixup / zero-init-residual do for trained ResNets) so the
-/// output stays finite and the comparison means something.
-fn damp_summed_branches(graph: &mut ir::Graph) {
-    if !graph.name.starts_with("sparsenet-plus") {
-        return;
-    }
-    let ids: Vec<_> = graph
-        .params
-        .iter()
-        .filter(|(_, p)| p.name.ends_with(".conv3.weight"))
-        .map(|(id, _)| id)
-        .collect();
-    for id in ids {
-        let p = graph.params.get_mut(id);
-        if let Some(data) = &p.data {
-            let damped: Vec<f32> = data.iter().map(|v| v * 0.05).collect();
-            p.data = Some(damped.into());
-        }
-    }
 }
 
 #[test]
