@@ -4,6 +4,7 @@
 //!
 //! Owns the order of stages and the errors that cross them. Must not implement any stage.
 
+use crate::backend::cpu::CpuOptions;
 use crate::diagnostics::{self, Diagnostic};
 use crate::passes::{self, PassError, PassTiming};
 use crate::plan::liveness;
@@ -59,8 +60,19 @@ pub fn compile_cpu(
     max_batch: u32,
     verify: bool,
 ) -> Result<(Optimized, Vec<u8>), DriverError> {
+    compile_cpu_with(graph, weights, max_batch, verify, &CpuOptions::default())
+}
+
+/// [`compile_cpu`] with the CPU backend's options (the largest Winograd tile).
+pub fn compile_cpu_with(
+    graph: Graph,
+    weights: &WeightsSource,
+    max_batch: u32,
+    verify: bool,
+    options: &CpuOptions,
+) -> Result<(Optimized, Vec<u8>), DriverError> {
     let opt = optimize(graph, weights, 1, verify)?;
-    let program = crate::backend::cpu::compile(&opt.graph, &opt.plan)?;
+    let program = crate::backend::cpu::compile_with(&opt.graph, &opt.plan, options)?;
     let bytes = crate::artifact::write_cpu(&opt.graph, &opt.plan, &program, max_batch)?;
     Ok((opt, bytes))
 }

@@ -5,6 +5,7 @@
 
 use anyhow::{Context, Result, bail};
 use runtime::Model;
+use sparsec::backend::cpu::{CpuOptions, Winograd};
 use sparsec::driver::{self, WeightsSource};
 use sparsec::weights::load_tensors;
 use std::path::PathBuf;
@@ -15,11 +16,12 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn compile(name: &str, max_batch: u32) -> Result<Vec<u8>> {
+fn compile(name: &str, max_batch: u32, winograd: Winograd) -> Result<Vec<u8>> {
     let graph = driver::load(&repo().join(format!("examples/models/{name}.snet")))?;
     let weights =
         WeightsSource::Safetensors(repo().join(format!("../shared/golden/{name}.safetensors")));
-    let (_, bytes) = driver::compile_cpu(graph, &weights, max_batch, true)?;
+    let options = CpuOptions { winograd };
+    let (_, bytes) = driver::compile_cpu_with(graph, &weights, max_batch, true, &options)?;
     Ok(bytes)
 }
 
@@ -36,7 +38,7 @@ fn golden_io(name: &str) -> Result<(Vec<f32>, Vec<f32>)> {
 }
 
 fn check(name: &str) -> Result<()> {
-    let bytes = compile(name, 64)?;
+    let bytes = compile(name, 64, Winograd::default())?;
     let model = Model::from_bytes(&bytes)?;
     let (input, want) = golden_io(name)?;
     let mut session = model.session();
@@ -89,4 +91,28 @@ fn densenet_bc_100_12() -> Result<()> {
 #[test]
 fn sparsenet_bc_1000_12() -> Result<()> {
     check("sparsenet-bc-1000-12")
+}
+
+/// The Winograd choice reaches the kernels: on the most rounding-sensitive golden model every
+/// choice is within the tolerance, and F(4x4) is further from PyTorch than F(2x2) and the
+/// direct method (so the option is not ignored).
+#[test]
+fn winograd_choices_trade_rounding() -> Result<()> {
+    let name = "sparsenet-bc-100-24";
+    let (input, want) = golden_io(name)?;
+    let mut errors = Vec::new();
+    for winograd in [Winograd::F4x4, Winograd::F2x2, Winograd::Off] {
+        let model = Model::from_bytes(&compile(name, 2, winograd)?)?;
+        let got = model.session().run(&input, 2)?.to_vec();
+        let error = ir::interp::relative_error(&got, &want);
+        eprintln!("{name}, Winograd {winograd:?}: relative error {error:.3e}");
+        if error.is_nan() || error >= TOLERANCE {
+            bail!("{name} ({winograd:?}): relative error {error:.3e} is not below {TOLERANCE:e}");
+        }
+        errors.push(error);
+    }
+    if !(errors[0] > errors[1] && errors[0] > errors[2]) {
+        bail!("{name}: errors {errors:?} for F(4x4), F(2x2), direct: F(4x4) is not the largest");
+    }
+    Ok(())
 }

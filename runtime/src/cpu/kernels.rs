@@ -547,18 +547,18 @@ fn winograd_tile(flags: u32) -> usize {
     }
 }
 
-/// The Winograd flag the compiler should set on this convolution (and pack its weights for):
-/// [`abi::FLAG_WINOGRAD4`] where the F(4x4, 3x3) kernel takes the shape (4x fewer
-/// multiplications than direct), else [`abi::FLAG_WINOGRAD`] where F(2x2, 3x3) does (2.25x),
-/// else 0.
-pub fn winograd_flag(desc: &ConvDesc) -> u32 {
+/// The Winograd flag the compiler should set on this convolution (and pack its weights for),
+/// with output tiles of at most `largest` (4, 2, or 0 for none): [`abi::FLAG_WINOGRAD4`] where
+/// the F(4x4, 3x3) kernel takes the shape (4x fewer multiplications than direct), else
+/// [`abi::FLAG_WINOGRAD`] where F(2x2, 3x3) does (2.25x), else 0.
+pub fn winograd_flag(desc: &ConvDesc, largest: usize) -> u32 {
     let plain = ConvDesc {
         flags: desc.flags & !(abi::FLAG_WINOGRAD | abi::FLAG_WINOGRAD4),
         ..*desc
     };
     match conv_geom(&plain) {
-        Ok(g) if winograd::eligible(&g, 4) => abi::FLAG_WINOGRAD4,
-        Ok(g) if winograd::eligible(&g, 2) => abi::FLAG_WINOGRAD,
+        Ok(g) if largest >= 4 && winograd::eligible(&g, 4) => abi::FLAG_WINOGRAD4,
+        Ok(g) if largest >= 2 && winograd::eligible(&g, 2) => abi::FLAG_WINOGRAD,
         _ => 0,
     }
 }
@@ -2420,8 +2420,10 @@ mod tests {
             (300, (12, 32), 9, 3, false, pro_relu | relu, w4),
         ] {
             let case = conv_case(&mut rng, ic, hw, oc, 3, 1, 1, n, sum, flags | w);
-            let picked = winograd_flag(&ConvDesc { flags, ..case.desc });
-            assert_eq!(picked, w, "{:?}", case.desc);
+            let plain = ConvDesc { flags, ..case.desc };
+            assert_eq!(winograd_flag(&plain, 4), w, "{:?}", case.desc);
+            assert_eq!(winograd_flag(&plain, 2), w2, "{:?}", case.desc);
+            assert_eq!(winograd_flag(&plain, 0), 0, "{:?}", case.desc);
             cases.push(case);
         }
         for (name, table) in tables() {
@@ -2452,7 +2454,7 @@ mod tests {
             let pad = if k == 3 { 1 } else { 0 };
             let case = conv_case(&mut rng, ic, hw, 4, k, stride, pad, 1, false, 0);
             if flags & w2 != 0 {
-                assert_eq!(winograd_flag(&case.desc), 0, "{:?}", case.desc);
+                assert_eq!(winograd_flag(&case.desc, 4), 0, "{:?}", case.desc);
             }
             for w in [w2, w4] {
                 if flags & w != 0 {

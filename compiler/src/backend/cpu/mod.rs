@@ -19,6 +19,38 @@ use runtime::cpu::kernels;
 use runtime::format::{Descriptor, Step, StepKind};
 use std::collections::HashMap;
 
+/// The largest Winograd tile the backend may use for a 3x3 convolution. F(4x4, 3x3) does 4x
+/// fewer multiplications than the direct method and F(2x2, 3x3) 2.25x. F(4x4) rounds more: on
+/// the golden models the largest error against PyTorch is 1.5e-4 with F(4x4), 3.4e-5 with
+/// F(2x2) and 4.3e-5 direct (`docs/benchmarks.md`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Winograd {
+    /// Direct convolution only.
+    Off,
+    /// F(2x2, 3x3) where it applies.
+    F2x2,
+    /// F(4x4, 3x3) where it applies, else F(2x2, 3x3).
+    #[default]
+    F4x4,
+}
+
+impl Winograd {
+    /// The largest output tile size m allowed (`kernels::winograd_flag`).
+    fn largest_tile(self) -> usize {
+        match self {
+            Winograd::Off => 0,
+            Winograd::F2x2 => 2,
+            Winograd::F4x4 => 4,
+        }
+    }
+}
+
+/// Choices of the CPU backend that trade speed against rounding.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuOptions {
+    pub winograd: Winograd,
+}
+
 /// Sections and tables the artifact writer needs.
 pub struct CpuProgram {
     pub weights: Vec<u8>,
@@ -128,8 +160,18 @@ impl Lowering<'_> {
     }
 }
 
-/// Lowers the optimised graph to kernel calls, sections and machine code.
+/// Lowers the optimised graph to kernel calls, sections and machine code, with the default
+/// options.
 pub fn compile(graph: &Graph, plan: &MemoryPlan) -> Result<CpuProgram, BackendError> {
+    compile_with(graph, plan, &CpuOptions::default())
+}
+
+/// [`compile`] with the given options.
+pub fn compile_with(
+    graph: &Graph,
+    plan: &MemoryPlan,
+    options: &CpuOptions,
+) -> Result<CpuProgram, BackendError> {
     let mut l = Lowering {
         graph,
         plan,
@@ -196,7 +238,7 @@ pub fn compile(graph: &Graph, plan: &MemoryPlan) -> Result<CpuProgram, BackendEr
                 };
                 // Winograd F(4x4, 3x3) or F(2x2, 3x3) wherever a kernel takes the shape: 4x or
                 // 2.25x fewer multiplications; the weights are transformed here, once.
-                let winograd = kernels::winograd_flag(&desc);
+                let winograd = kernels::winograd_flag(&desc, options.winograd.largest_tile());
                 desc.flags = winograd;
                 flags |= winograd;
                 let packed = kernels::pack_conv_weights(&desc, l.data(c.weight)?);
