@@ -3,6 +3,9 @@
 //!
 //! Must not hold assertions of its own: the suites decide what they check.
 
+use anyhow::{Result, ensure};
+use ir::interp::{self, Tensor};
+
 /// Deterministic uniform floats in [-1, 1) (splitmix64), non-zero with probability ~1.
 pub fn random_input(n: usize, seed: u64) -> Vec<f32> {
     let mut state = seed;
@@ -39,4 +42,33 @@ pub fn damp_summed_branches(graph: &mut ir::Graph) {
             p.data = Some(damped.into());
         }
     }
+}
+
+/// A random input batch for `graph` (seed `seed`) and the reference interpreter's output on it;
+/// an error when that output is all zero or not finite (a comparison with it would mean
+/// nothing).
+pub fn reference_run(graph: &ir::Graph, batch: usize, seed: u64) -> Result<(Vec<f32>, Vec<f32>)> {
+    let t = graph.node(graph.inputs()[0]).ty;
+    let shape = [
+        batch,
+        t.channels as usize,
+        t.height as usize,
+        t.width as usize,
+    ];
+    let x = random_input(shape.iter().product(), seed);
+    let want = interp::run(
+        graph,
+        &[Tensor {
+            shape,
+            data: x.clone(),
+        }],
+    )?;
+    let want = want.into_iter().next().map(|t| t.data).unwrap_or_default();
+    let scale = want.iter().map(|v| v.abs()).fold(0.0f32, f32::max);
+    ensure!(
+        scale > 0.0 && scale.is_finite(),
+        "{}: reference output zero or not finite",
+        graph.name
+    );
+    Ok((x, want))
 }

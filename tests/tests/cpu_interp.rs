@@ -8,10 +8,10 @@
 //! F(2x2), direct, strided, matrix products, pools) meets the reference somewhere.
 
 use anyhow::{Result, ensure};
-use ir::interp::{self, Tensor};
+use ir::interp;
 use runtime::Model;
 use sparsec::driver::{self, WeightsSource};
-use sparsec_tests::{damp_summed_branches, random_input};
+use sparsec_tests::{damp_summed_branches, reference_run};
 use std::path::PathBuf;
 
 const TOLERANCE: f64 = 2e-4;
@@ -24,32 +24,12 @@ fn check(name: &str, batch: usize) -> Result<()> {
     driver::bind(&mut raw, &WeightsSource::Random(7))?;
     damp_summed_branches(&mut raw);
     let (opt, bytes) = driver::compile_cpu(raw, &WeightsSource::None, batch as u32, true)?;
-    let t = opt.graph.node(opt.graph.inputs()[0]).ty;
-    let shape = [
-        batch,
-        t.channels as usize,
-        t.height as usize,
-        t.width as usize,
-    ];
-    let x = random_input(shape.iter().product(), 11);
-    let want = interp::run(
-        &opt.graph,
-        &[Tensor {
-            shape,
-            data: x.clone(),
-        }],
-    )?;
-    let want = &want[0].data;
-    let scale = want.iter().map(|v| v.abs()).fold(0.0f32, f32::max);
-    ensure!(
-        scale > 0.0 && scale.is_finite(),
-        "{name}: reference output zero or not finite"
-    );
+    let (x, want) = reference_run(&opt.graph, batch, 11)?;
     let model = Model::from_bytes(&bytes)?;
     for threads in [1, 2] {
         let mut session = model.session_with_threads(threads);
         let got = session.run(&x, batch)?;
-        let error = interp::relative_error(got, want);
+        let error = interp::relative_error(got, &want);
         eprintln!("{name} batch {batch}, {threads} thread(s): relative error {error:.3e}");
         ensure!(
             error <= TOLERANCE,

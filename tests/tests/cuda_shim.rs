@@ -13,11 +13,11 @@
 //! g++ is required: without it these tests fail, they do not skip.
 
 use anyhow::{Context, Result, bail, ensure};
-use ir::interp::{self, Tensor};
+use ir::interp;
 use sparsec::backend::cuda::{self, CudaProgram, SHIM_HEADER};
 use sparsec::driver::{self, Optimized, WeightsSource};
 use sparsec::weights::load_tensors;
-use sparsec_tests::{damp_summed_branches, random_input};
+use sparsec_tests::{damp_summed_branches, reference_run};
 use std::ffi::{CString, c_void};
 use std::path::PathBuf;
 use std::process::Command;
@@ -202,31 +202,13 @@ fn check(name: &str, batch: u32, golden: bool) -> Result<()> {
     let (opt, program) = compile(name, &WeightsSource::Random(7))?;
     let lib = Library::build(name, &program.source)?;
     let built = start.elapsed();
-    let t = opt.graph.node(opt.graph.inputs()[0]).ty;
-    let shape = [
-        batch as usize,
-        t.channels as usize,
-        t.height as usize,
-        t.width as usize,
-    ];
-    let x = random_input(shape.iter().product(), 11);
-    let want = interp::run(
-        &opt.graph,
-        &[Tensor {
-            shape,
-            data: x.clone(),
-        }],
-    )?;
-    let scale = want[0].data.iter().map(|v| v.abs()).fold(0.0f32, f32::max);
-    ensure!(
-        scale > 0.0 && scale.is_finite(),
-        "{name}: output zero or not finite"
-    );
+    let (x, want) = reference_run(&opt.graph, batch as usize, 11)?;
+    let scale = want.iter().map(|v| v.abs()).fold(0.0f32, f32::max);
     // Both tiles of every convolution: the latency ones and the throughput ones.
     for pick in [Pick::First, Pick::Last] {
         let before = start.elapsed();
         let got = run(&lib, &opt, &program, &x, batch, pick)?;
-        let error = interp::relative_error(&got, &want[0].data);
+        let error = interp::relative_error(&got, &want);
         eprintln!(
             "{name} batch {batch}, {pick:?} variants: shim vs interpreter relative error \
              {error:.3e} (max |y| {scale:.3}; generate+g++ {:.1} s, shim run {:.1} s)",

@@ -6,22 +6,11 @@
 
 use ir::interp::{self, Tensor};
 use sparsec::driver::{self, WeightsSource};
-use sparsec_tests::damp_summed_branches;
+use sparsec_tests::{damp_summed_branches, random_input};
 use std::path::PathBuf;
 
 fn input(shape: [usize; 4], seed: u64) -> Tensor {
-    let mut state = seed;
-    let data = (0..shape.iter().product::<usize>())
-        .map(|_| {
-            // splitmix64 → uniform in [-1, 1), never exactly zero in practice
-            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect();
+    let data = random_input(shape.iter().product(), seed);
     Tensor { shape, data }
 }
 
