@@ -76,22 +76,21 @@ const AT4: [[f32; 6]; 4] = [
     [0.0, 1.0, -1.0, 0.125, -0.125, 1.0],
 ];
 
-/// `Bᵀ` (n x n), as rows of slices.
-fn bt(m: usize) -> Vec<&'static [f32]> {
-    if m == 4 {
-        BT4.iter().map(|r| &r[..]).collect()
-    } else {
-        BT2.iter().map(|r| &r[..]).collect()
-    }
+/// `Bᵀ` of each tile size as rows of slices (statics: a kernel must not allocate).
+static BT2_ROWS: [&[f32]; 4] = [&BT2[0], &BT2[1], &BT2[2], &BT2[3]];
+static BT4_ROWS: [&[f32]; 6] = [&BT4[0], &BT4[1], &BT4[2], &BT4[3], &BT4[4], &BT4[5]];
+/// `Aᵀ` of each tile size as rows of slices.
+static AT2_ROWS: [&[f32]; 2] = [&AT2[0], &AT2[1]];
+static AT4_ROWS: [&[f32]; 4] = [&AT4[0], &AT4[1], &AT4[2], &AT4[3]];
+
+/// `Bᵀ` (n x n) for tile size m.
+fn bt(m: usize) -> &'static [&'static [f32]] {
+    if m == 4 { &BT4_ROWS } else { &BT2_ROWS }
 }
 
-/// `Aᵀ` (m x n), as rows of slices.
-fn at(m: usize) -> Vec<&'static [f32]> {
-    if m == 4 {
-        AT4.iter().map(|r| &r[..]).collect()
-    } else {
-        AT2.iter().map(|r| &r[..]).collect()
-    }
+/// `Aᵀ` (m x n) for tile size m.
+fn at(m: usize) -> &'static [&'static [f32]] {
+    if m == 4 { &AT4_ROWS } else { &AT2_ROWS }
 }
 
 /// Whether a convolution of this shape can run as Winograd F(m x m, 3x3) (m is 2 or 4).
@@ -361,13 +360,13 @@ pub(super) fn transform_input(scratch: &mut [f32], l: &Layout, ic: usize, rows: 
                     for i in 0..n {
                         col[i] = d[i * n + k];
                     }
-                    apply(&bt, &col[..n], &mut out[..n]);
+                    apply(bt, &col[..n], &mut out[..n]);
                     for i in 0..n {
                         tmp[i * n + k] = out[i];
                     }
                 }
                 for i in 0..n {
-                    apply(&bt, &tmp[i * n..][..n], &mut out[..n]);
+                    apply(bt, &tmp[i * n..][..n], &mut out[..n]);
                     for (j, &o) in out[..n].iter().enumerate() {
                         v[(n * i + j) * l.v_xi + c * l.tiles + r * l.tw + t] = o;
                     }
@@ -404,13 +403,13 @@ pub(super) unsafe fn transform_output(a: &mut ConvArgs<'_>, l: &Layout, y0: usiz
                     for i in 0..n {
                         col[i] = mv[i * n + k];
                     }
-                    apply(&at, &col[..n], &mut out[..m]);
+                    apply(at, &col[..n], &mut out[..m]);
                     for dy in 0..m {
                         tmp[dy * n + k] = out[dy];
                     }
                 }
                 for dy in 0..m {
-                    apply(&at, &tmp[dy * n..][..n], &mut out[..m]);
+                    apply(at, &tmp[dy * n..][..n], &mut out[..m]);
                     let px = o * g.oh * g.ow + (y0 + m * r + dy) * g.ow + m * t;
                     // SAFETY: this band's rows of channel `o`, written by this call only.
                     if let Some(dst) = unsafe { a.out.run(px, m) } {
