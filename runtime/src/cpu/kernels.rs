@@ -3069,8 +3069,9 @@ mod tests {
         let mut rng = Rng(42);
         let f = abi::FLAG_PROLOGUE | abi::FLAG_PROLOGUE_RELU;
         for (name, table) in tables() {
-            for (what, ic, oc, k, pad, n, extra) in [
-                ("3x3 96->24 at 32x32", 96, 24, 3, 1, 4, 0),
+            let (w2, w4) = (abi::FLAG_WINOGRAD, abi::FLAG_WINOGRAD4);
+            for (what, ic, oc, k, pad, n, extra, hw) in [
+                ("3x3 96->24 at 32x32", 96, 24, 3, 1, 4, 0, 32),
                 (
                     "3x3 96->24 at 32x32, Winograd F(2x2)",
                     96,
@@ -3078,7 +3079,8 @@ mod tests {
                     3,
                     1,
                     4,
-                    abi::FLAG_WINOGRAD,
+                    w2,
+                    32,
                 ),
                 (
                     "3x3 96->24 at 32x32, Winograd F(4x4)",
@@ -3087,11 +3089,36 @@ mod tests {
                     3,
                     1,
                     4,
-                    abi::FLAG_WINOGRAD4,
+                    w4,
+                    32,
                 ),
-                ("1x1 384->96 at 32x32", 384, 96, 1, 0, 5, 0),
+                (
+                    "3x3 96->24 at 16x16, Winograd F(2x2)",
+                    96,
+                    24,
+                    3,
+                    1,
+                    4,
+                    w2,
+                    16,
+                ),
+                (
+                    "3x3 96->24 at 16x16, Winograd F(4x4)",
+                    96,
+                    24,
+                    3,
+                    1,
+                    4,
+                    w4,
+                    16,
+                ),
+                ("1x1 384->96 at 32x32", 384, 96, 1, 0, 5, 0, 32),
+                ("1x1 96->96 at 32x32", 96, 96, 1, 0, 4, 0, 32),
+                ("1x1 96->96 at 16x16", 96, 96, 1, 0, 4, 0, 16),
+                ("1x1 96->96 at 8x8", 96, 96, 1, 0, 4, 0, 8),
+                ("1x1 300->48 at 32x32, 25 pieces", 300, 48, 1, 0, 25, 0, 32),
             ] {
-                let case = conv_case(&mut rng, ic, (32, 32), oc, k, 1, pad, n, false, f | extra);
+                let case = conv_case(&mut rng, ic, (hw, hw), oc, k, 1, pad, n, false, f | extra);
                 let kernel = conv_kernel(&table);
                 run_conv(kernel, &case)?;
                 let d = &case.desc;
@@ -3099,7 +3126,7 @@ mod tests {
                 let mut scratch = vec![0.0f32; conv_scratch_bytes(d).div_ceil(4) as usize];
                 let pieces = case.pieces.abi();
                 let w: *const u8 = case.section.0.as_ptr().cast();
-                let flops = 2.0 * (oc as usize * ic * (k * k) as usize * 32 * 32) as f64;
+                let flops = 2.0 * (oc as usize * ic * (k * k) as usize * (hw * hw) as usize) as f64;
                 // The best of many runs: other processes on the machine only ever slow one down.
                 let start = Instant::now();
                 let (mut runs, mut best) = (0u32, f64::INFINITY);
