@@ -4,8 +4,8 @@
 //!
 //! Owns the order of stages and the errors that cross them. Must not implement any stage.
 
-use crate::backend::cpu::CpuOptions;
 use crate::diagnostics::{self, Diagnostic};
+use crate::kernel_select::{self, KernelPolicy, KernelSelection, SelectError};
 use crate::passes::{self, PassError, PassTiming};
 use crate::plan::liveness;
 use crate::plan::memory::{self, MemoryPlan};
@@ -50,35 +50,126 @@ pub enum DriverError {
     Backend(#[from] crate::backend::BackendError),
     #[error(transparent)]
     Artifact(#[from] crate::artifact::ArtifactError),
+    #[error("choosing kernels under the accuracy budget: {0}")]
+    Select(#[from] SelectError),
 }
 
-/// Compiles a loaded graph for the CPU: weights bound, optimised, planned at batch 1 (the
-/// runtime scales offsets with the batch), code generated, packaged as model.bin bytes.
+/// What [`compile`] makes and how.
+#[derive(Clone, Debug)]
+pub struct CompileOptions {
+    pub weights: WeightsSource,
+    pub target: Target,
+    /// Largest batch the model.bin accepts.
+    pub max_batch: u32,
+    /// Run the IR verifier between passes.
+    pub verify: bool,
+}
+
+impl CompileOptions {
+    /// The CPU target with the accuracy-guarded kernel choice, verifying in debug builds.
+    pub fn cpu(weights: WeightsSource, max_batch: u32) -> CompileOptions {
+        CompileOptions {
+            weights,
+            target: Target::Cpu(KernelPolicy::default()),
+            max_batch,
+            verify: cfg!(debug_assertions),
+        }
+    }
+}
+
+/// The code generator and its choices.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// Cranelift machine code; convolution kernels chosen by the policy.
+    Cpu(KernelPolicy),
+    /// CUDA kernels compiled by NVRTC: cubins for `archs` (e.g. `sm_90`), and the PTX
+    /// fallback when `ptx` (at least one of the two must be asked for).
+    Cuda { archs: Vec<String>, ptx: bool },
+}
+
+/// A compiled model: the optimised graph and plan, the model.bin bytes, and (CPU, guarded
+/// policy) what the accuracy guard chose and measured.
+pub struct Compiled {
+    pub opt: Optimized,
+    pub bytes: Vec<u8>,
+    pub selection: Option<KernelSelection>,
+}
+
+/// Compiles a loaded graph: weights bound, optimised, planned at batch 1 (the runtime scales
+/// offsets with the batch), code generated for the target, packaged as model.bin bytes.
+pub fn compile(graph: Graph, options: &CompileOptions) -> Result<Compiled, DriverError> {
+    if let Target::Cuda { .. } = options.target
+        && options.max_batch > crate::backend::cuda::MAX_BATCH
+    {
+        return Err(DriverError::Backend(
+            crate::backend::BackendError::TooLarge {
+                what: format!(
+                    "a maximum batch of {} (CUDA models take at most {})",
+                    options.max_batch,
+                    crate::backend::cuda::MAX_BATCH
+                ),
+            },
+        ));
+    }
+    let opt = optimize(graph, &options.weights, 1, options.verify)?;
+    let (bytes, selection) = match &options.target {
+        Target::Cpu(policy) => {
+            let (program, selection) = kernel_select::compile(&opt.graph, &opt.plan, policy)?;
+            let bytes =
+                crate::artifact::write_cpu(&opt.graph, &opt.plan, &program, options.max_batch)?;
+            (bytes, selection)
+        }
+        Target::Cuda { archs, ptx } => {
+            let archs: Vec<&str> = archs.iter().map(String::as_str).collect();
+            let program = crate::backend::cuda::generate(&opt.graph, &opt.plan, true)?;
+            let compiled = crate::backend::cuda::nvrtc::compile_for(&program.source, &archs, *ptx)
+                .map_err(crate::backend::BackendError::from)?;
+            let bytes = crate::artifact::write_cuda(
+                &opt.graph,
+                &opt.plan,
+                &program,
+                &compiled,
+                options.max_batch,
+            )?;
+            (bytes, None)
+        }
+    };
+    Ok(Compiled {
+        opt,
+        bytes,
+        selection,
+    })
+}
+
+/// [`compile`] for the CPU with the default, accuracy-guarded kernel choice.
 pub fn compile_cpu(
     graph: Graph,
     weights: &WeightsSource,
     max_batch: u32,
     verify: bool,
 ) -> Result<(Optimized, Vec<u8>), DriverError> {
-    compile_cpu_with(graph, weights, max_batch, verify, &CpuOptions::default())
+    compile_cpu_with(graph, weights, max_batch, verify, &KernelPolicy::default())
 }
 
-/// [`compile_cpu`] with the CPU backend's options (the largest Winograd tile).
+/// [`compile`] for the CPU with the given kernel policy.
 pub fn compile_cpu_with(
     graph: Graph,
     weights: &WeightsSource,
     max_batch: u32,
     verify: bool,
-    options: &CpuOptions,
+    policy: &KernelPolicy,
 ) -> Result<(Optimized, Vec<u8>), DriverError> {
-    let opt = optimize(graph, weights, 1, verify)?;
-    let program = crate::backend::cpu::compile_with(&opt.graph, &opt.plan, options)?;
-    let bytes = crate::artifact::write_cpu(&opt.graph, &opt.plan, &program, max_batch)?;
-    Ok((opt, bytes))
+    let options = CompileOptions {
+        weights: weights.clone(),
+        target: Target::Cpu(policy.clone()),
+        max_batch,
+        verify,
+    };
+    let c = compile(graph, &options)?;
+    Ok((c.opt, c.bytes))
 }
 
-/// Compiles a loaded graph for CUDA: like [`compile_cpu`], then one generated kernel per
-/// step, compiled by NVRTC (cubins for `sm_80` and `sm_90`, PTX for `compute_80`).
+/// [`compile`] for CUDA: cubins for `sm_80` and `sm_90`, PTX for `compute_80`.
 pub fn compile_cuda(
     graph: Graph,
     weights: &WeightsSource,
@@ -95,8 +186,8 @@ pub fn compile_cuda(
     )
 }
 
-/// [`compile_cuda`] with cubins for `archs` (e.g. `["sm_90"]`), and the PTX fallback when
-/// `ptx` (at least one of the two must be asked for).
+/// [`compile`] for CUDA with cubins for `archs` (e.g. `["sm_90"]`), and the PTX fallback
+/// when `ptx`.
 pub fn compile_cuda_for(
     graph: Graph,
     weights: &WeightsSource,
@@ -105,22 +196,17 @@ pub fn compile_cuda_for(
     archs: &[&str],
     ptx: bool,
 ) -> Result<(Optimized, Vec<u8>), DriverError> {
-    if max_batch > crate::backend::cuda::MAX_BATCH {
-        return Err(DriverError::Backend(
-            crate::backend::BackendError::TooLarge {
-                what: format!(
-                    "a maximum batch of {max_batch} (CUDA models take at most {})",
-                    crate::backend::cuda::MAX_BATCH
-                ),
-            },
-        ));
-    }
-    let opt = optimize(graph, weights, 1, verify)?;
-    let program = crate::backend::cuda::generate(&opt.graph, &opt.plan, true)?;
-    let compiled = crate::backend::cuda::nvrtc::compile_for(&program.source, archs, ptx)
-        .map_err(crate::backend::BackendError::from)?;
-    let bytes = crate::artifact::write_cuda(&opt.graph, &opt.plan, &program, &compiled, max_batch)?;
-    Ok((opt, bytes))
+    let options = CompileOptions {
+        weights: weights.clone(),
+        target: Target::Cuda {
+            archs: archs.iter().map(|a| a.to_string()).collect(),
+            ptx,
+        },
+        max_batch,
+        verify,
+    };
+    let c = compile(graph, &options)?;
+    Ok((c.opt, c.bytes))
 }
 
 /// A model parsed and lowered from a file.

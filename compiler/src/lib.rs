@@ -9,6 +9,7 @@ pub mod backend;
 pub mod diagnostics;
 pub mod driver;
 pub mod frontend;
+pub mod kernel_select;
 pub mod lower;
 pub mod passes;
 pub mod peak;

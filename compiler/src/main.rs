@@ -3,8 +3,9 @@
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use sparsec::backend::cpu::{CpuOptions, Winograd};
-use sparsec::driver::{self, DriverError, WeightsSource};
+use sparsec::backend::cpu::Winograd;
+use sparsec::driver::{self, CompileOptions, Compiled, DriverError, Target, WeightsSource};
+use sparsec::kernel_select::KernelPolicy;
 use sparsec::{plan, stats};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -61,11 +62,21 @@ struct CompileArgs {
     /// `--cuda-arch` GPUs).
     #[arg(long)]
     no_ptx: bool,
-    /// With `--target cpu`: the largest Winograd tile for 3x3 convolutions. `4x4` does the
-    /// fewest multiplications; `2x2` and `off` round less (the largest golden-model errors
-    /// against PyTorch: 1.5e-4, 3.4e-5 and 4.3e-5, all on sparsenet-bc-100-24).
-    #[arg(long, value_enum, default_value = "4x4")]
+    /// With `--target cpu`: the 3x3 convolution kernels. `auto` measures the compiled
+    /// model against the f64 reference interpreter on calibration input and picks, layer by
+    /// layer, the fastest of Winograd F(4x4), F(2x2) and direct whose end-to-end error stays
+    /// within `--tolerance`. `4x4`, `2x2` and `off` force the largest Winograd tile everywhere,
+    /// unmeasured (`4x4` is the fastest and rounds the most).
+    #[arg(long, value_enum, default_value = "auto")]
     winograd: WinogradArg,
+    /// With `--winograd auto`: the largest end-to-end relative error allowed (default: 1.5x
+    /// the error of the all-direct build of the same model, measured on the same input).
+    #[arg(long, value_name = "T", conflicts_with_all = ["winograd"])]
+    tolerance: Option<f64>,
+    /// With `--winograd auto`: the input rows to measure on (`.safetensors` or `.npy`, NCHW
+    /// float32, any number of images); two random rows by default.
+    #[arg(long, value_name = "X")]
+    calibration: Option<PathBuf>,
     /// Largest batch the compiled model accepts (the arena grows with the batch).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     max_batch: u32,
@@ -73,6 +84,7 @@ struct CompileArgs {
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum WinogradArg {
+    Auto,
     #[value(name = "4x4")]
     F4x4,
     #[value(name = "2x2")]
@@ -189,7 +201,7 @@ fn run(cli: Cli) -> Result<()> {
         return Ok(());
     }
     let args = cli.compile;
-    let model = args.model.context("no model given")?;
+    let model = args.model.clone().context("no model given")?;
     let graph = driver::load(&model)?;
     if args.emit == Some(Emit::Ir) {
         print!("{}", ir::print::print(&graph));
@@ -206,30 +218,33 @@ fn run(cli: Cli) -> Result<()> {
                 "code generation needs weights: pass --weights W.safetensors or --random-weights SEED"
             );
         }
-        let verify = cfg!(debug_assertions);
-        let (opt, bytes) = match args.target {
-            TargetKind::Cpu => {
-                let winograd = match args.winograd {
-                    WinogradArg::F4x4 => Winograd::F4x4,
-                    WinogradArg::F2x2 => Winograd::F2x2,
-                    WinogradArg::Off => Winograd::Off,
-                };
-                let options = CpuOptions { winograd };
-                driver::compile_cpu_with(graph, &weights, args.max_batch, verify, &options)?
-            }
-            TargetKind::Cuda => {
-                let archs: Vec<&str> = args.cuda_arch.iter().map(String::as_str).collect();
-                driver::compile_cuda_for(
-                    graph,
-                    &weights,
-                    args.max_batch,
-                    verify,
-                    &archs,
-                    !args.no_ptx,
-                )?
-            }
+        let target = match args.target {
+            TargetKind::Cpu => Target::Cpu(kernel_policy(&args)?),
+            TargetKind::Cuda => Target::Cuda {
+                archs: args.cuda_arch.clone(),
+                ptx: !args.no_ptx,
+            },
         };
+        let options = CompileOptions {
+            weights,
+            target,
+            max_batch: args.max_batch,
+            verify: cfg!(debug_assertions),
+        };
+        let Compiled {
+            opt,
+            bytes,
+            selection,
+        } = driver::compile(graph, &options)?;
         print_timings(args.timings, &opt.timings);
+        if let Some(selection) = &selection {
+            eprintln!("{selection}");
+            if !selection.met {
+                eprintln!(
+                    "warning: no kernel choice reaches the budget; kept the most accurate one measured"
+                );
+            }
+        }
         std::fs::write(out, &bytes).with_context(|| format!("cannot write `{}`", out.display()))?;
         eprintln!(
             "wrote {} ({} bytes): {} steps, arena {} bytes per image, max batch {}",
@@ -250,11 +265,25 @@ fn run(cli: Cli) -> Result<()> {
         return Ok(());
     }
     let raw = graph.clone();
+    // With weights, `--emit plan` also shows each convolution's CPU kernel as `-o` would
+    // choose it (the choice needs the weights and a plan made at batch 1).
+    let kernels = if args.emit == Some(Emit::Plan) && !matches!(weights, WeightsSource::None) {
+        let opt = driver::optimize(graph.clone(), &weights, 1, cfg!(debug_assertions))?;
+        let (_, selection) =
+            sparsec::kernel_select::compile(&opt.graph, &opt.plan, &kernel_policy(&args)?)
+                .map_err(DriverError::from)?;
+        selection.map(|s| format!("{}{s}\n", s.render_kernels()))
+    } else {
+        None
+    };
     let opt = driver::optimize(graph, &weights, args.batch, cfg!(debug_assertions))?;
     print_timings(args.timings, &opt.timings);
     match args.emit {
         Some(Emit::OptIr) => print!("{}", ir::print::print(&opt.graph)),
-        Some(Emit::Plan) => print!("{}", plan::memory::print(&opt.graph, &opt.plan)),
+        Some(Emit::Plan) => {
+            print!("{}", plan::memory::print(&opt.graph, &opt.plan));
+            print!("{}", kernels.unwrap_or_default());
+        }
         Some(Emit::MemorySvg) => {
             let raw_liveness = plan::liveness::analyze(&raw).context("the graph has a cycle")?;
             print!(
@@ -273,6 +302,22 @@ fn run(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The CPU kernel policy of the compile arguments.
+fn kernel_policy(args: &CompileArgs) -> Result<KernelPolicy> {
+    Ok(match args.winograd {
+        WinogradArg::Auto => KernelPolicy::Guarded {
+            tolerance: args.tolerance,
+            calibration: match &args.calibration {
+                Some(path) => Some(sparsec::tensor_io::read(path)?.data),
+                None => None,
+            },
+        },
+        WinogradArg::F4x4 => KernelPolicy::Fixed(Winograd::F4x4),
+        WinogradArg::F2x2 => KernelPolicy::Fixed(Winograd::F2x2),
+        WinogradArg::Off => KernelPolicy::Fixed(Winograd::Off),
+    })
 }
 
 /// `sm_` and two or three digits (`sm_80`, `sm_90`, `sm_100`).

@@ -5,12 +5,16 @@
 //! two (each convolution split between them, or images tiled across them). The golden suite
 //! (`golden_cpu.rs`) checks the four golden models against PyTorch; this one covers every
 //! shape the examples have, so each kernel variant the compiler picks (Winograd F(4x4) and
-//! F(2x2), direct, strided, matrix products, pools) meets the reference somewhere.
+//! F(2x2), direct, strided, matrix products, pools) meets the reference somewhere. The kernels
+//! are forced to their fastest choice (`--winograd 4x4`) rather than left to the accuracy
+//! guard, so every Winograd-eligible layer runs F(4x4) here.
 
 use anyhow::{Result, ensure};
 use ir::interp;
 use runtime::Model;
+use sparsec::backend::cpu::Winograd;
 use sparsec::driver::{self, WeightsSource};
+use sparsec::kernel_select::KernelPolicy;
 use sparsec_tests::{damp_summed_branches, reference_run};
 use std::path::PathBuf;
 
@@ -23,7 +27,9 @@ fn check(name: &str, batch: usize) -> Result<()> {
     let mut raw = driver::load(&path)?;
     driver::bind(&mut raw, &WeightsSource::Random(7))?;
     damp_summed_branches(&mut raw);
-    let (opt, bytes) = driver::compile_cpu(raw, &WeightsSource::None, batch as u32, true)?;
+    let policy = KernelPolicy::Fixed(Winograd::F4x4);
+    let (opt, bytes) =
+        driver::compile_cpu_with(raw, &WeightsSource::None, batch as u32, true, &policy)?;
     let (x, want) = reference_run(&opt.graph, batch, 11)?;
     let model = Model::from_bytes(&bytes)?;
     for threads in [1, 2] {

@@ -17,13 +17,14 @@ use ir::{Graph, NodeId, Op, ParamId};
 use runtime::abi;
 use runtime::cpu::kernels;
 use runtime::format::{Descriptor, Step, StepKind};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
-/// The largest Winograd tile the backend may use for a 3x3 convolution. F(4x4, 3x3) does 4x
+/// The largest Winograd tile the backend may use for a 3x3 convolution (the accuracy guard,
+/// `crate::kernel_select`, decides it per layer by default). F(4x4, 3x3) does 4x
 /// fewer multiplications than the direct method and F(2x2, 3x3) 2.25x. F(4x4) rounds more: on
 /// the golden models the largest error against PyTorch is 1.5e-4 with F(4x4), 3.4e-5 with
 /// F(2x2) and 4.3e-5 direct (`docs/benchmarks.md`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Winograd {
     /// Direct convolution only.
     Off,
@@ -36,7 +37,7 @@ pub enum Winograd {
 
 impl Winograd {
     /// The largest output tile size m allowed (`kernels::winograd_flag`).
-    fn largest_tile(self) -> usize {
+    pub fn largest_tile(self) -> usize {
         match self {
             Winograd::Off => 0,
             Winograd::F2x2 => 2,
@@ -46,9 +47,95 @@ impl Winograd {
 }
 
 /// Choices of the CPU backend that trade speed against rounding.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct CpuOptions {
+    /// The largest Winograd tile of every 3x3 convolution not named in `per_layer`.
     pub winograd: Winograd,
+    /// The largest Winograd tile of single convolutions (node ids of the optimised graph),
+    /// overriding `winograd`: how the accuracy guard (`crate::kernel_select`) demotes the
+    /// layers that round too much.
+    pub per_layer: BTreeMap<NodeId, Winograd>,
+}
+
+impl CpuOptions {
+    /// Every 3x3 convolution capped at `winograd`.
+    pub fn uniform(winograd: Winograd) -> CpuOptions {
+        CpuOptions {
+            winograd,
+            per_layer: BTreeMap::new(),
+        }
+    }
+
+    /// The cap of the convolution `node`.
+    pub fn winograd_for(&self, node: NodeId) -> Winograd {
+        self.per_layer.get(&node).copied().unwrap_or(self.winograd)
+    }
+}
+
+/// The kernel a convolution step got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvKernel {
+    /// Direct convolution (every 1x1, strided or small-map convolution, and 3x3 ones where
+    /// Winograd is off or does not apply).
+    Direct,
+    /// Winograd F(2x2, 3x3).
+    WinogradF2,
+    /// Winograd F(4x4, 3x3).
+    WinogradF4,
+}
+
+impl ConvKernel {
+    fn from_flag(flag: u32) -> ConvKernel {
+        if flag & abi::FLAG_WINOGRAD4 != 0 {
+            ConvKernel::WinogradF4
+        } else if flag & abi::FLAG_WINOGRAD != 0 {
+            ConvKernel::WinogradF2
+        } else {
+            ConvKernel::Direct
+        }
+    }
+
+    /// The largest-tile cap that selects this kernel where it applies.
+    pub fn cap(self) -> Winograd {
+        match self {
+            ConvKernel::Direct => Winograd::Off,
+            ConvKernel::WinogradF2 => Winograd::F2x2,
+            ConvKernel::WinogradF4 => Winograd::F4x4,
+        }
+    }
+
+    /// Multiplications per output relative to the direct method (F(m x m, 3x3): (m+2)^2 per
+    /// m^2 outputs against 9).
+    pub fn relative_multiplies(self) -> f64 {
+        match self {
+            ConvKernel::Direct => 1.0,
+            ConvKernel::WinogradF2 => 16.0 / (4.0 * 9.0),
+            ConvKernel::WinogradF4 => 36.0 / (16.0 * 9.0),
+        }
+    }
+}
+
+impl std::fmt::Display for ConvKernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ConvKernel::Direct => "direct",
+            ConvKernel::WinogradF2 => "winograd F(2x2,3x3)",
+            ConvKernel::WinogradF4 => "winograd F(4x4,3x3)",
+        })
+    }
+}
+
+/// One convolution step's kernel, as compiled.
+#[derive(Clone, Debug)]
+pub struct ConvChoice {
+    pub node: NodeId,
+    /// The step's label (`%12 conv stage-0.block-3`).
+    pub label: String,
+    pub kernel: ConvKernel,
+    /// The fastest kernel the shape allows (what `Winograd::F4x4` would pick).
+    pub fastest: ConvKernel,
+    /// Multiply-accumulates per image.
+    pub macs: u64,
 }
 
 /// Sections and tables the artifact writer needs.
@@ -58,6 +145,8 @@ pub struct CpuProgram {
     pub steps: Vec<Step>,
     pub code: codegen::Compiled,
     pub scratch_bytes: u64,
+    /// Every convolution's kernel, in schedule order.
+    pub convs: Vec<ConvChoice>,
 }
 
 /// An aligned byte section being filled.
@@ -141,6 +230,17 @@ impl Lowering<'_> {
         })
     }
 
+    /// A step's label: its value's name in `--emit opt-ir` numbering, its op and its scope.
+    fn step_label(&self, id: NodeId) -> String {
+        let node = self.graph.node(id);
+        format!(
+            "{} {} {}",
+            self.numbering.name(id),
+            node.op.mnemonic(),
+            self.graph.scope(node.scope).name
+        )
+    }
+
     /// Prologue flags and parameter offsets of a reader.
     fn access(&mut self, access: &Access) -> Result<(u32, u32, u64, u64), BackendError> {
         let combine = match access.combine {
@@ -160,13 +260,9 @@ impl Lowering<'_> {
     }
 }
 
-/// Lowers the optimised graph to kernel calls, sections and machine code, with the default
-/// options.
-pub fn compile(graph: &Graph, plan: &MemoryPlan) -> Result<CpuProgram, BackendError> {
-    compile_with(graph, plan, &CpuOptions::default())
-}
-
-/// [`compile`] with the given options.
+/// Lowers the optimised graph to kernel calls, sections and machine code, every 3x3
+/// convolution capped as `options` say (the accuracy guard, `crate::kernel_select`, decides
+/// the caps from measurements; the backend only applies them).
 pub fn compile_with(
     graph: &Graph,
     plan: &MemoryPlan,
@@ -183,6 +279,7 @@ pub fn compile_with(
     let mut calls = Vec::new();
     let mut steps = Vec::new();
     let mut scratch = 0u64;
+    let mut convs = Vec::new();
     for &id in &plan.liveness.schedule {
         let node = graph.node(id);
         let operands = graph.operands(id);
@@ -238,7 +335,9 @@ pub fn compile_with(
                 };
                 // Winograd F(4x4, 3x3) or F(2x2, 3x3) wherever a kernel takes the shape: 4x or
                 // 2.25x fewer multiplications; the weights are transformed here, once.
-                let winograd = kernels::winograd_flag(&desc, options.winograd.largest_tile());
+                let cap = options.winograd_for(id);
+                let winograd = kernels::winograd_flag(&desc, cap.largest_tile());
+                let fastest = kernels::winograd_flag(&desc, Winograd::F4x4.largest_tile());
                 desc.flags = winograd;
                 flags |= winograd;
                 let packed = kernels::pack_conv_weights(&desc, l.data(c.weight)?);
@@ -253,8 +352,15 @@ pub fn compile_with(
                 desc.flags = flags;
                 scratch = scratch.max(kernels::conv_scratch_bytes(&desc));
                 let at = l.consts.push_desc(&desc);
-                let flops = 2 * crate::stats::node_macs(graph, id);
-                (StepKind::Conv, abi::KERNEL_CONV, at, flops)
+                let macs = crate::stats::node_macs(graph, id);
+                convs.push(ConvChoice {
+                    node: id,
+                    label: l.step_label(id),
+                    kernel: ConvKernel::from_flag(winograd),
+                    fastest: ConvKernel::from_flag(fastest),
+                    macs,
+                });
+                (StepKind::Conv, abi::KERNEL_CONV, at, 2 * macs)
             }
             Op::Pool(p) => {
                 let (combine, mut flags, scale_off, shift_off) = l.access(&p.access)?;
@@ -340,12 +446,7 @@ pub fn compile_with(
         let buffer_index = |n: NodeId| l.plan.liveness.buffer(n).map_or(0, |b| b.0);
         steps.push(Step {
             kind,
-            label: format!(
-                "{} {} {}",
-                l.numbering.name(id),
-                node.op.mnemonic(),
-                graph.scope(node.scope).name
-            ),
+            label: l.step_label(id),
             desc_offset,
             output: buffer_index(id),
             pieces: operands.iter().map(|&o| buffer_index(o)).collect(),
@@ -365,5 +466,6 @@ pub fn compile_with(
         steps,
         code,
         scratch_bytes: scratch,
+        convs,
     })
 }
