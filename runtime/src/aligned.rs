@@ -55,6 +55,25 @@ impl AlignedBytes {
         }
     }
 
+    /// Like [`AlignedBytes::zeroed`], but `None` instead of aborting the process when the
+    /// memory cannot be had (sizes that come from a file go through here).
+    pub(crate) fn try_zeroed(len: usize) -> Option<AlignedBytes> {
+        #[cfg(target_os = "linux")]
+        if len >= HUGE_PAGE
+            && let Some(storage) = map_huge(len)
+        {
+            return Some(AlignedBytes { storage, len });
+        }
+        let blocks = len.div_ceil(64).max(1);
+        let mut v: Vec<Block> = Vec::new();
+        v.try_reserve_exact(blocks).ok()?;
+        v.resize(blocks, Block([0; 64]));
+        Some(AlignedBytes {
+            storage: Storage::Heap(v),
+            len,
+        })
+    }
+
     pub(crate) fn from_slice(bytes: &[u8]) -> AlignedBytes {
         let mut a = AlignedBytes::zeroed(bytes.len());
         a.as_mut_slice()[..bytes.len()].copy_from_slice(bytes);

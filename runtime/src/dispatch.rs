@@ -8,7 +8,7 @@
 use crate::cuda::{CudaModel, CudaSession};
 use crate::error::{LoadError, RunError};
 use crate::format::{self, Backend, Manifest, ModelFile, TensorSpec};
-use crate::model;
+use crate::model::{self, LoadOptions};
 use std::path::Path;
 
 /// A loaded model (CPU or CUDA): validated, ready to run. `Send + Sync`.
@@ -24,21 +24,47 @@ enum Inner {
 }
 
 impl Model {
-    /// Reads and loads a model.bin file.
+    /// Reads and loads a model.bin file with the default [`LoadOptions`]: no native code
+    /// from the file runs (a CPU model runs its validated schedule through the runtime's own
+    /// kernels; a CUDA model is refused).
     pub fn load(path: impl AsRef<Path>) -> Result<Model, LoadError> {
+        Model::load_with(path, &LoadOptions::default())
+    }
+
+    /// Reads and loads a model.bin file with `options`.
+    pub fn load_with(path: impl AsRef<Path>, options: &LoadOptions) -> Result<Model, LoadError> {
         let bytes = format::read(path.as_ref())?;
-        Model::from_bytes(&bytes)
+        Model::from_bytes_with(&bytes, options)
+    }
+
+    /// Validates and loads model.bin bytes with the default [`LoadOptions`].
+    pub fn from_bytes(bytes: &[u8]) -> Result<Model, LoadError> {
+        Model::from_bytes_with(bytes, &LoadOptions::default())
     }
 
     /// Validates and loads model.bin bytes for the executor its target names. Nothing runs
-    /// and nothing is mapped or uploaded unless every check passes.
-    pub fn from_bytes(bytes: &[u8]) -> Result<Model, LoadError> {
+    /// and nothing is mapped or uploaded unless every check passes and `options` allow it.
+    pub fn from_bytes_with(bytes: &[u8], options: &LoadOptions) -> Result<Model, LoadError> {
         let file = ModelFile::parse(bytes)?;
         let inner = match file.manifest.target.backend {
-            Backend::Cpu => Inner::Cpu(model::Model::from_bytes(bytes)?),
+            Backend::Cpu => Inner::Cpu(model::Model::from_bytes_with(bytes, options)?),
+            Backend::Cuda if !options.allow_unsigned_code => {
+                return Err(LoadError::UnsignedCode {
+                    backend: Backend::Cuda,
+                });
+            }
             Backend::Cuda => Inner::Cuda(CudaModel::load(&file)?),
         };
         Ok(Model { inner })
+    }
+
+    /// Whether runs execute native code from the file (CPU machine code or CUDA kernels),
+    /// which only a caller's [`LoadOptions::allow_unsigned_code`] permits.
+    pub fn runs_native_code(&self) -> bool {
+        match &self.inner {
+            Inner::Cpu(m) => m.runs_native_code(),
+            Inner::Cuda(_) => true,
+        }
     }
 
     /// The backend that runs this model.

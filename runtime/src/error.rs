@@ -170,6 +170,19 @@ pub enum LoadError {
     #[error("cannot run the {backend} model on this machine: {reason}")]
     Device { backend: Backend, reason: String },
 
+    /// The manifest promises less than its kernels need (scratch), or more than can exist.
+    #[error("model.bin manifest: {0}")]
+    Inconsistent(String),
+
+    /// The model's kernels are native code from the file (CUDA), and the caller did not allow
+    /// unsigned native code to run.
+    #[error(
+        "model.bin for the {backend} backend runs native code from the file, and it is not \
+         signed by a trusted key: load it with `LoadOptions {{ allow_unsigned_code: true }}` \
+         (`sparsec run --allow-unsigned-code`) only if you trust where it came from"
+    )]
+    UnsignedCode { backend: Backend },
+
     /// Mapping or preparing the code failed (mmap, mprotect, driver load, ...).
     #[error("cannot prepare the model's code: {0}")]
     Executable(String),
@@ -218,6 +231,11 @@ pub enum RunError {
     /// A backend-specific failure (driver, allocation, ...).
     #[error("backend error: {0}")]
     Backend(String),
+
+    /// Memory the model needs could not be allocated (its manifest asks for more than this
+    /// machine gives).
+    #[error("out of memory: {what} needs {bytes} bytes")]
+    OutOfMemory { what: &'static str, bytes: u128 },
 }
 
 fn hex_bytes(bytes: &[u8]) -> String {

@@ -1,8 +1,15 @@
 //! The sparsec runtime: loads a compiled `model.bin` and runs it. Small, with no compiler
 //! inside (its dependency tree holds no cranelift, petgraph or clap; a test checks).
 //!
+//! Trust: a model.bin's checksum detects accidents, not attacks (anyone who edits the file can
+//! recompute it). The loader validates every size and offset the kernels rely on, and by
+//! default runs **no native code from the file**: a CPU model runs its schedule from the
+//! validated manifest through this crate's own kernels, and a CUDA model (whose kernels are the
+//! file's code) is refused. [`LoadOptions::allow_unsigned_code`] opts in to the file's native
+//! code, for files whose origin you trust.
+//!
 //! ```no_run
-//! let model = runtime::Model::load("model.bin")?;          // validated before any code maps
+//! let model = runtime::Model::load("model.bin")?;          // validated; runs no code from the file
 //! let mut session = model.session();                        // one per thread
 //! let input = vec![0.5f32; 3 * 32 * 32];
 //! let logits = session.run(&input, 1)?;                     // batch 1
@@ -22,4 +29,4 @@ pub mod profile;
 
 pub use dispatch::{Model, Session};
 pub use error::{LoadError, RunError};
-pub use model::default_threads;
+pub use model::{LoadOptions, default_threads};

@@ -11,19 +11,24 @@ use crate::abi;
 use crate::aligned::AlignedBytes;
 use crate::cpu::code::ExecutableCode;
 use crate::cpu::kernels;
+use crate::cpu::schedule::{Kernels, Operands, Schedule};
 use crate::cpu::team::Team;
 use crate::error::{LoadError, RunError};
 use crate::format::{self, Backend, Manifest, ModelFile, StepDesc, TensorSpec};
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 
-/// A loaded model: validated manifest, weights and constants in aligned memory, generated
-/// code mapped read+execute. `Send + Sync`: every field is immutable after `load`.
+/// A loaded model: validated manifest, weights and constants in aligned memory, and either the
+/// generated code mapped read+execute (only when the caller allowed it, [`LoadOptions`]) or
+/// the data-only schedule the runtime steps through itself. `Send + Sync`: every field is
+/// immutable after `load`.
 pub struct Model {
     pub(crate) manifest: Manifest,
     pub(crate) weights: AlignedBytes,
     pub(crate) consts: AlignedBytes,
-    code: ExecutableCode,
-    entry: usize,
+    /// The generated forward function and its entry offset; `None`: run [`Model::schedule`].
+    native: Option<(ExecutableCode, usize)>,
+    /// Every step as a kernel call from the validated manifest.
+    pub(crate) schedule: Schedule,
     /// Kernels for one thread (context: scratch) and for a team (context: the `Team`).
     pub(crate) kernels: [usize; abi::KERNEL_COUNT],
     pub(crate) team_kernels: [usize; abi::KERNEL_COUNT],
@@ -42,10 +47,26 @@ impl std::fmt::Debug for Model {
     }
 }
 
+/// What a loader may trust in a model.bin.
+///
+/// A model.bin carries native code (Cranelift machine code for the CPU, CUDA kernels). Its
+/// checksum only detects accidents: anyone who edits the file can recompute it. So by default
+/// no code from the file runs: a CPU model runs its schedule from the validated manifest
+/// through the runtime's own kernels (the generated code is only that sequence of kernel calls;
+/// `docs/model-bin.md` has the timings), and a CUDA model, whose kernels are the file's code,
+/// is refused.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Map and run the file's native code (the CPU forward function, the CUDA kernels). Only
+    /// for files the caller trusts: that code runs with the process's rights, and the
+    /// offsets compiled into it are not checked against the manifest.
+    pub allow_unsigned_code: bool,
+}
+
 impl Model {
     /// Validates and loads model.bin bytes. Nothing is mapped executable unless every check
-    /// passes.
-    pub fn from_bytes(bytes: &[u8]) -> Result<Model, LoadError> {
+    /// passes and `options` allow it.
+    pub fn from_bytes_with(bytes: &[u8], options: &LoadOptions) -> Result<Model, LoadError> {
         let file = ModelFile::parse(bytes)?;
         let m = &file.manifest;
         if m.target.backend != Backend::Cpu {
@@ -70,6 +91,7 @@ impl Model {
             })?;
         let weights_len = file.weights().len() as u64;
         let mut descriptors = Vec::with_capacity(m.steps.len());
+        let mut scratch_need = 0u64;
         for (i, step) in m.steps.iter().enumerate() {
             let desc = file
                 .step_descriptor(i)
@@ -79,8 +101,32 @@ impl Model {
                 })?;
             validate_step(m, i, step, &desc, weights_len)
                 .map_err(|reason| LoadError::Descriptor { step: i, reason })?;
+            scratch_need = scratch_need.max(match &desc {
+                StepDesc::Conv(d) => kernels::conv_scratch_bytes(d),
+                StepDesc::Pool(d) => kernels::pool_scratch_bytes(d),
+                StepDesc::Linear(d) => kernels::linear_scratch_bytes(d),
+            });
             descriptors.push(desc);
         }
+        // Kernels write up to their scratch need into each member's scratch: the file's
+        // figure must cover the largest one (a smaller one would let a kernel write past it).
+        if m.scratch_bytes < scratch_need {
+            return Err(LoadError::Inconsistent(format!(
+                "scratch_bytes {} is below the {scratch_need} bytes its kernels need",
+                m.scratch_bytes
+            )));
+        }
+        validate_lifetimes(m).map_err(LoadError::Inconsistent)?;
+        // Every arena the session may allocate must be addressable.
+        m.arena_bytes_per_image
+            .checked_mul(u64::from(m.max_batch))
+            .filter(|&b| b <= isize::MAX as u64)
+            .ok_or_else(|| {
+                LoadError::Inconsistent(format!(
+                    "an arena of {} bytes per image for a batch of {} is not addressable",
+                    m.arena_bytes_per_image, m.max_batch
+                ))
+            })?;
         if m.inputs.len() != 1 || m.outputs.len() != 1 {
             return Err(LoadError::Tensor {
                 role: "input",
@@ -95,13 +141,17 @@ impl Model {
         }
         let weights = AlignedBytes::from_slice(file.weights());
         let consts = AlignedBytes::from_slice(file.consts());
-        let code = ExecutableCode::new(code)?;
+        let native = if options.allow_unsigned_code {
+            Some((ExecutableCode::new(code)?, entry))
+        } else {
+            None
+        };
         Ok(Model {
             manifest: m.clone(),
             weights,
             consts,
-            code,
-            entry,
+            native,
+            schedule: Schedule::new(m, &descriptors),
             kernels: kernels::kernel_table(),
             team_kernels: kernels::kernel_table_team(),
             descriptors,
@@ -128,6 +178,12 @@ impl Model {
         &self.manifest
     }
 
+    /// Whether runs call the file's generated code (only when loaded with
+    /// [`LoadOptions::allow_unsigned_code`]), rather than the data-only schedule.
+    pub fn runs_native_code(&self) -> bool {
+        self.native.is_some()
+    }
+
     /// A session running on `threads` threads (the caller's plus `threads - 1` of its own; 1:
     /// only the caller's).
     pub fn session_with_threads(&self, threads: usize) -> Session<'_> {
@@ -139,6 +195,63 @@ impl Model {
             team: None,
         }
     }
+}
+
+/// Checks the plan itself: no two buffers that are live at the same step share arena bytes.
+/// A buffer is live from the step that writes it (the input: from the start) to its last
+/// reader (an output: to the end). Without this, a file whose buffers were moved would still
+/// run inside the arena but give wrong answers silently; the compiler's planner never emits
+/// such a plan.
+fn validate_lifetimes(m: &Manifest) -> Result<(), String> {
+    let n = m.buffers.len();
+    let end = m.steps.len();
+    let mut live: Vec<Option<(usize, usize)>> = vec![None; n];
+    let mut touch = |b: u32, at: usize| -> Result<(), String> {
+        let slot = live
+            .get_mut(b as usize)
+            .ok_or_else(|| format!("buffer {b} out of range"))?;
+        *slot = Some(match *slot {
+            Some((first, last)) => (first.min(at), last.max(at)),
+            None => (at, at),
+        });
+        Ok(())
+    };
+    for spec in &m.inputs {
+        touch(spec.buffer, 0)?;
+    }
+    for (i, step) in m.steps.iter().enumerate() {
+        touch(step.output, i)?;
+        for &p in &step.pieces {
+            touch(p, i)?;
+        }
+    }
+    for spec in &m.outputs {
+        touch(spec.buffer, end)?;
+    }
+    let mut spans: Vec<(usize, usize, u64, u64, usize)> = live
+        .iter()
+        .enumerate()
+        .filter_map(|(b, l)| {
+            let (first, last) = (*l)?;
+            let buf = m.buffers[b];
+            let bytes_end = buf.offset_per_image.checked_add(buf.bytes_per_image)?;
+            (buf.bytes_per_image > 0).then_some((first, last, buf.offset_per_image, bytes_end, b))
+        })
+        .collect();
+    spans.sort_unstable();
+    for (i, a) in spans.iter().enumerate() {
+        // Sorted by first step: only later-starting spans that start before `a` ends can meet.
+        for b in spans[i + 1..].iter().take_while(|b| b.0 <= a.1) {
+            if a.2 < b.3 && b.2 < a.3 {
+                return Err(format!(
+                    "buffers {} (bytes {}..{}, steps {}..={}) and {} (bytes {}..{}, steps {}..={}) \
+                     share arena bytes while both are live",
+                    a.4, a.2, a.3, a.0, a.1, b.4, b.2, b.3, b.0, b.1
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Checks one step's descriptor against the manifest's buffers and the weights section.
@@ -313,7 +426,14 @@ impl Session<'_> {
                 m.arena_bytes_per_image as usize,
                 m.scratch_bytes as usize,
             )
-            .map_err(|e| RunError::Backend(format!("starting the session's threads: {e}")))?;
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::OutOfMemory => RunError::OutOfMemory {
+                    what: "the session's per-thread arenas and scratch",
+                    bytes: (m.arena_bytes_per_image as u128 + m.scratch_bytes as u128)
+                        * self.threads as u128,
+                },
+                _ => RunError::Backend(format!("starting the session's threads: {e}")),
+            })?;
             self.team = Some(team);
         }
         Ok(())
@@ -338,10 +458,20 @@ impl Session<'_> {
         let Some(team) = self.team.as_ref() else {
             return Err(RunError::Backend("the session has no threads".into()));
         };
-        let forward_ptr = model.code.at(model.entry);
-        // SAFETY: the code section was produced by sparsec for this ABI (checksum-verified,
-        // target-checked) and maps read+execute for the model's lifetime; `entry` lies inside it.
-        let forward: abi::Forward = unsafe { std::mem::transmute(forward_ptr) };
+        let forward = match &model.native {
+            Some((code, entry)) => {
+                let forward_ptr = code.at(*entry);
+                // SAFETY: the caller allowed this file's code to run (`LoadOptions`); it was
+                // produced by sparsec for this ABI (checksum-verified, target-checked) and maps
+                // read+execute for the model's lifetime; `entry` lies inside it.
+                Some(unsafe { std::mem::transmute::<*const u8, abi::Forward>(forward_ptr) })
+            }
+            None => None,
+        };
+        let operands = Operands {
+            weights: model.weights.as_ptr(),
+            consts: model.consts.as_ptr(),
+        };
         let members = team.size();
         let in_buf = m.buffers[spec.buffer as usize];
         let out_spec = &m.outputs[0];
@@ -352,26 +482,59 @@ impl Session<'_> {
         // each member's scratch `scratch_bytes`, weights and constants their sections; the
         // tables hold KERNEL_COUNT kernels of the matching kind; image ranges lie in the batch.
         if batch < members {
-            // Load-time validation bounds every offset by arena_bytes_per_image * max_batch.
+            // Load-time validation bounds every offset by arena_bytes_per_image * max_batch,
+            // and that product by isize::MAX.
             let arena_len = (m.arena_bytes_per_image * b) as usize;
             if self.arena.len() < arena_len {
-                self.arena = AlignedBytes::zeroed(arena_len);
+                self.arena = AlignedBytes::try_zeroed(arena_len).ok_or(RunError::OutOfMemory {
+                    what: "the batch arena",
+                    bytes: arena_len as u128,
+                })?;
             }
             let at = (in_buf.offset_per_image * b) as usize;
             let dst = &mut self.arena.as_mut_slice()[at..at + input.len() * 4];
             for (d, v) in dst.chunks_exact_mut(4).zip(input) {
                 d.copy_from_slice(&v.to_ne_bytes());
             }
-            let args = ForwardArgs {
-                forward,
-                arena: self.arena.as_mut_ptr() as usize,
-                weights: model.weights.as_ptr() as usize,
-                consts: model.consts.as_ptr() as usize,
-                batch: b,
-            };
+            let arena = self.arena.as_mut_ptr();
             let context = std::ptr::from_ref(team).cast_mut().cast::<u8>();
-            // SAFETY: see above; the team table with the team, which runs no other job.
-            let status = unsafe { args.call(&model.team_kernels, context, 0, b) };
+            let status = match forward {
+                Some(forward) => {
+                    let args = ForwardArgs {
+                        forward,
+                        arena: arena as usize,
+                        weights: model.weights.as_ptr() as usize,
+                        consts: model.consts.as_ptr() as usize,
+                        batch: b,
+                    };
+                    // SAFETY: see above; the team table with the team, which runs no other job.
+                    unsafe { args.call(&model.team_kernels, context, 0, b) }
+                }
+                None => {
+                    let mut status = abi::STATUS_OK;
+                    for image in 0..b {
+                        // SAFETY: see above; the team table with the team, which runs no
+                        // other job; `image` lies in the batch.
+                        status = unsafe {
+                            model.schedule.run_image(
+                                arena,
+                                b,
+                                image,
+                                Kernels {
+                                    table: &model.team_kernels,
+                                    context,
+                                },
+                                operands,
+                                |_| {},
+                            )
+                        };
+                        if status != abi::STATUS_OK {
+                            break;
+                        }
+                    }
+                    status
+                }
+            };
             check(m, status)?;
             let at = (out_buf.offset_per_image * b) as usize;
             let bytes = &self.arena.as_mut_slice()[at..at + out_per_image * batch * 4];
@@ -383,15 +546,28 @@ impl Session<'_> {
             });
         }
         if self.output.len() < out_per_image * batch {
-            self.output = vec![0.0; out_per_image * batch];
+            let mut output = Vec::new();
+            output
+                .try_reserve_exact(out_per_image * batch)
+                .map_err(|_| RunError::OutOfMemory {
+                    what: "the output",
+                    bytes: (out_per_image * batch * 4) as u128,
+                })?;
+            output.resize(out_per_image * batch, 0.0);
+            self.output = output;
         }
-        let args = ForwardArgs {
+        let args = forward.map(|forward| ForwardArgs {
             forward,
             arena: 0,
             weights: model.weights.as_ptr() as usize,
             consts: model.consts.as_ptr() as usize,
             batch: 1,
-        };
+        });
+        // As integers, so that the closure below is `Sync`; the model outlives the batch.
+        let (weights_at, consts_at) = (
+            model.weights.as_ptr() as usize,
+            model.consts.as_ptr() as usize,
+        );
         let output = self.output.as_mut_ptr() as usize;
         let (in_at, out_at) = (
             in_buf.offset_per_image as usize,
@@ -401,9 +577,13 @@ impl Session<'_> {
         let failed = AtomicI32::new(abi::STATUS_OK);
         let ok = team.run(&|member| {
             let arena = team.arena(member);
-            let args = ForwardArgs {
+            let args = args.map(|args| ForwardArgs {
                 arena: arena as usize,
                 ..args
+            });
+            let operands = Operands {
+                weights: weights_at as *const u8,
+                consts: consts_at as *const u8,
             };
             loop {
                 let image = next.fetch_add(1, Ordering::Relaxed);
@@ -420,9 +600,26 @@ impl Session<'_> {
                         per_image,
                     );
                 }
-                // SAFETY: see above; the scratch table with this member's own scratch, one
-                // image in its own arena.
-                let s = unsafe { args.call(&model.kernels, team.scratch(member), 0, 1) };
+                let scratch = team.scratch(member);
+                let s = match &args {
+                    // SAFETY: see above; the scratch table with this member's own scratch, one
+                    // image in its own arena.
+                    Some(args) => unsafe { args.call(&model.kernels, scratch, 0, 1) },
+                    // SAFETY: as above, stepping through the validated schedule instead.
+                    None => unsafe {
+                        model.schedule.run_image(
+                            arena,
+                            1,
+                            0,
+                            Kernels {
+                                table: &model.kernels,
+                                context: scratch,
+                            },
+                            operands,
+                            |_| {},
+                        )
+                    },
+                };
                 if s != abi::STATUS_OK {
                     let _ = failed.compare_exchange(
                         abi::STATUS_OK,

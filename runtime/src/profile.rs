@@ -1,14 +1,15 @@
 //! Per-kernel profiles: [`Session::profile`] runs a batch on the same schedule as
 //! [`Session::run`] (images tiled over the threads, or each convolution split between them for a
-//! batch smaller than the team) and with the same kernels, but steps through the model's kernel
-//! calls from Rust instead of the generated forward function, with a clock around every call.
+//! batch smaller than the team) and with the same kernels, stepping through the model's
+//! data-only schedule (`cpu::schedule`) with a clock read after every call.
 //! [`LayerKind`] sorts steps into the kinds a report sums over.
 //!
 //! Must not change what a kernel computes: a profiled batch gives the same bits as `run`.
 
-use crate::abi::{self, Piece};
+use crate::abi;
+use crate::cpu::schedule::{Kernels, Operands};
 use crate::error::RunError;
-use crate::format::{BufferSpec, Manifest, StepDesc, StepKind};
+use crate::format::{Manifest, StepDesc, StepKind};
 use crate::model::Session;
 use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
@@ -118,14 +119,6 @@ impl Profile {
     }
 }
 
-/// One kernel call's operands, addresses relative to an arena.
-struct Call {
-    kernel: usize,
-    desc: usize,
-    output: (BufferSpec, u64),
-    pieces: Vec<(BufferSpec, u64)>,
-}
-
 impl Session<'_> {
     /// Runs a batch like [`Session::run`], timing every kernel call. Slower than `run` by a
     /// clock read per call; the output is the same.
@@ -134,32 +127,8 @@ impl Session<'_> {
         self.start_team()?;
         let model = self.model;
         let m = &model.manifest;
-        let calls: Vec<Call> = m
-            .steps
-            .iter()
-            .zip(&model.descriptors)
-            .map(|(step, desc)| {
-                let (kernel, plane) = match desc {
-                    StepDesc::Conv(d) => (abi::KERNEL_CONV, u64::from(d.in_h) * u64::from(d.in_w)),
-                    StepDesc::Pool(d) => (abi::KERNEL_POOL, u64::from(d.in_h) * u64::from(d.in_w)),
-                    StepDesc::Linear(d) => {
-                        (abi::KERNEL_LINEAR, u64::from(d.in_h) * u64::from(d.in_w))
-                    }
-                };
-                let buffer = |b: u32| m.buffers[b as usize];
-                Call {
-                    kernel,
-                    desc: step.desc_offset as usize,
-                    output: (buffer(step.output), 0),
-                    pieces: step
-                        .pieces
-                        .iter()
-                        .map(|&p| (buffer(p), buffer(p).bytes_per_image / 4 / plane.max(1)))
-                        .collect(),
-                }
-            })
-            .collect();
-        let nanos: Vec<AtomicU64> = calls.iter().map(|_| AtomicU64::new(0)).collect();
+        let schedule = &model.schedule;
+        let nanos: Vec<AtomicU64> = (0..schedule.len()).map(|_| AtomicU64::new(0)).collect();
         let Some(team) = self.team.as_ref() else {
             return Err(RunError::Backend("the session has no threads".into()));
         };
@@ -171,59 +140,34 @@ impl Session<'_> {
         let failed = AtomicI32::new(abi::STATUS_OK);
         // Runs every step on image `image` of a batch of `b` in `arena`, with `table` and
         // `context`, adding each call's time to `nanos`.
-        let steps = |arena: *mut u8, b: u64, image: u64, table: &[usize], context: *mut u8| {
-            let mut pieces: Vec<Piece> = Vec::with_capacity(8);
-            for (i, call) in calls.iter().enumerate() {
-                let at = |(buf, _): (BufferSpec, u64)| {
-                    arena.wrapping_add(
-                        (buf.offset_per_image * b + image * buf.bytes_per_image) as usize,
-                    )
-                };
-                pieces.clear();
-                pieces.extend(call.pieces.iter().map(|&(buf, channels)| Piece {
-                    ptr: at((buf, channels)).cast::<f32>().cast_const(),
-                    channels,
-                }));
-                let out = at(call.output).cast::<f32>();
-                let desc = (consts as *const u8).wrapping_add(call.desc);
-                let weights = weights as *const u8;
-                let start = Instant::now();
-                // `table[kernel]` is a kernel of that kind (`kernel_table*`) and the descriptor
-                // at `desc` is of the same kind (validated at load); the pieces and output are
-                // the step's buffers for this image in an arena sized for `b` images.
-                // SAFETY: as above, as the generated code computes them; `context` matches.
-                let status = unsafe {
-                    match call.kernel {
-                        abi::KERNEL_CONV => std::mem::transmute::<usize, abi::ConvKernel>(
-                            table[call.kernel],
-                        )(
-                            desc.cast(), pieces.as_ptr(), out, weights, context
-                        ),
-                        abi::KERNEL_POOL => std::mem::transmute::<usize, abi::PoolKernel>(
-                            table[call.kernel],
-                        )(
-                            desc.cast(), pieces.as_ptr(), out, weights, context
-                        ),
-                        _ => std::mem::transmute::<usize, abi::LinearKernel>(table[call.kernel])(
-                            desc.cast(),
-                            pieces.as_ptr(),
-                            out,
-                            weights,
-                            context,
-                        ),
-                    }
-                };
-                nanos[i].fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
-                if status != abi::STATUS_OK {
-                    let tagged = (i as i32 + 1) * 256 + status;
-                    let _ = failed.compare_exchange(
-                        abi::STATUS_OK,
-                        tagged,
-                        Ordering::Relaxed,
-                        Ordering::Relaxed,
-                    );
-                    return;
-                }
+        let steps = |arena: *mut u8,
+                     b: u64,
+                     image: u64,
+                     table: &[usize; abi::KERNEL_COUNT],
+                     context: *mut u8| {
+            let operands = Operands {
+                weights: weights as *const u8,
+                consts: consts as *const u8,
+            };
+            let mut last = Instant::now();
+            // SAFETY: `arena` holds the model's arena for `b` images and `image < b`; `table`
+            // and `context` match (the callers below); the schedule and sections are the
+            // model's.
+            let status = unsafe {
+                let kernels = Kernels { table, context };
+                schedule.run_image(arena, b, image, kernels, operands, |i| {
+                    let now = Instant::now();
+                    nanos[i].fetch_add((now - last).as_nanos() as u64, Ordering::Relaxed);
+                    last = now;
+                })
+            };
+            if status != abi::STATUS_OK {
+                let _ = failed.compare_exchange(
+                    abi::STATUS_OK,
+                    status,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
             }
         };
         let wall = Instant::now();
@@ -231,7 +175,12 @@ impl Session<'_> {
             let b = batch as u64;
             let arena_len = (m.arena_bytes_per_image * b) as usize;
             if self.arena.len() < arena_len {
-                self.arena = crate::aligned::AlignedBytes::zeroed(arena_len);
+                self.arena = crate::aligned::AlignedBytes::try_zeroed(arena_len).ok_or(
+                    RunError::OutOfMemory {
+                        what: "the batch arena",
+                        bytes: arena_len as u128,
+                    },
+                )?;
             }
             let at = (in_buf.offset_per_image * b) as usize;
             let dst = &mut self.arena.as_mut_slice()[at..at + input.len() * 4];

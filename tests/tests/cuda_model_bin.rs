@@ -32,7 +32,12 @@ fn fake_blobs() -> Compiled {
 
 fn load(opt: &Optimized, program: &CudaProgram, compiled: &Compiled) -> Result<LoadError> {
     let bytes = artifact::write_cuda(&opt.graph, &opt.plan, program, compiled, 64)?;
-    match Model::from_bytes(&bytes) {
+    // The checks below are about the file's structure: allow its (stand-in) native code, so
+    // that the trust check (`LoadError::UnsignedCode`, tested below) does not answer first.
+    let trusting = runtime::LoadOptions {
+        allow_unsigned_code: true,
+    };
+    match Model::from_bytes_with(&bytes, &trusting) {
         Ok(_) => anyhow::bail!("the model loaded"),
         Err(e) => Ok(e),
     }
@@ -113,4 +118,17 @@ fn no_cuda_model_runs_past_the_grid_limit() -> Result<()> {
         .expect_err("max batch 70000 was accepted");
     assert!(e.to_string().contains("batch limit"), "{e}");
     Ok(())
+}
+
+/// A CUDA model's kernels are native code from the file: without the caller's explicit
+/// permission (and with no signature to trust yet) it is refused before anything is parsed
+/// beyond the header and manifest, whatever the runtime was built with.
+#[test]
+fn a_cuda_model_needs_permission_to_run_its_code() -> Result<()> {
+    let (opt, program) = program()?;
+    let bytes = artifact::write_cuda(&opt.graph, &opt.plan, &program, &fake_blobs(), 64)?;
+    match Model::from_bytes(&bytes) {
+        Err(LoadError::UnsignedCode { .. }) => Ok(()),
+        other => anyhow::bail!("expected UnsignedCode, got {other:?}"),
+    }
 }

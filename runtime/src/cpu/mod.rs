@@ -1,6 +1,10 @@
 //! The CPU executor: executable memory for generated code (`code`), the kernels it calls
-//! (`kernels`) and the threads of a session (`team`).
+//! (`kernels`), the data-only step loop that runs a schedule without generated code
+//! (`schedule`) and the threads of a session (`team`).
 
 pub mod code;
 pub mod kernels;
-pub mod team;
+pub(crate) mod schedule;
+// Crate-private: a `Team` runs one job at a time from `&self`, which only a session (that
+// owns its team and is `!Sync` through `&mut self` runs) can guarantee.
+pub(crate) mod team;

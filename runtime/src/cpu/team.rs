@@ -73,7 +73,6 @@ pub struct Team {
     /// Per member: `arena_bytes` (rounded up to 64) of arena, then `scratch_bytes` of scratch.
     memory: Vec<UnsafeCell<AlignedBytes>>,
     scratch_at: usize,
-    scratch_bytes: usize,
 }
 
 // SAFETY: a member touches only its own memory cell (`arena(member)` and `scratch(member)` are
@@ -99,10 +98,22 @@ impl Team {
             shared: Arc::clone(&shared),
             workers: Vec::with_capacity(members - 1),
             memory: (0..members)
-                .map(|_| UnsafeCell::new(AlignedBytes::zeroed(scratch_at + scratch_bytes)))
-                .collect(),
+                .map(|_| {
+                    scratch_at
+                        .checked_add(scratch_bytes)
+                        .and_then(AlignedBytes::try_zeroed)
+                        .map(UnsafeCell::new)
+                        .ok_or_else(|| {
+                            std::io::Error::new(
+                                std::io::ErrorKind::OutOfMemory,
+                                format!(
+                                    "{arena_bytes} arena and {scratch_bytes} scratch bytes per thread"
+                                ),
+                            )
+                        })
+                })
+                .collect::<std::io::Result<_>>()?,
             scratch_at,
-            scratch_bytes,
         };
         for member in 1..members {
             let shared = Arc::clone(&shared);
@@ -132,11 +143,6 @@ impl Team {
     /// a job runs.
     pub fn scratch(&self, member: usize) -> *mut u8 {
         self.arena(member).wrapping_add(self.scratch_at)
-    }
-
-    /// Bytes of each member's scratch.
-    pub fn scratch_bytes(&self) -> usize {
-        self.scratch_bytes
     }
 
     /// Offers `job(member)` to every member (member 0, the calling thread, always runs it) and
