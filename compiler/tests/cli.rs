@@ -283,11 +283,36 @@ fn run_and_file_errors() {
     ];
     for (name, args, code) in cases {
         let err = fails(&args, code);
+        assert!(err.matches("os error").count() <= 1, "{err}");
         insta::assert_snapshot!(name, err);
     }
     // The failed write left no results behind it on standard output.
     let o = sparsec(&["run", &model, "--input", &good, "--output", &missing_dir]);
     assert!(stdout(&o).is_empty(), "{}", stdout(&o));
+}
+
+#[test]
+fn compile_file_errors_print_their_cause_once() {
+    let scratch = tmp_str();
+    let cases: [(&str, Vec<&str>); 3] = [
+        ("source_is_a_directory", vec!["examples"]),
+        ("stats_source_is_a_directory", vec!["stats", "examples"]),
+        (
+            "model_bin_cannot_be_written",
+            vec![
+                "examples/models/sparsenet-40-24.snet",
+                "--random-weights",
+                "0",
+                "-o",
+                &scratch,
+            ],
+        ),
+    ];
+    for (name, args) in cases {
+        let err = fails(&args, 1);
+        assert_eq!(err.matches("os error").count(), 1, "{err}");
+        insta::assert_snapshot!(name, err);
+    }
 }
 
 fn tmp_str() -> String {
