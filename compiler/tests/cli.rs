@@ -18,9 +18,10 @@ fn root() -> PathBuf {
         .to_path_buf()
 }
 
-/// This test process's scratch folder.
+/// The scratch folder, in cargo's folder for test files (`target/tmp`): each run overwrites
+/// the same files, so nothing accumulates.
 fn tmp() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sparsec-cli-{}", std::process::id()));
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli");
     std::fs::create_dir_all(&dir).expect("scratch folder");
     dir
 }
