@@ -198,10 +198,15 @@ pub fn memory_svg(name: &str, raw: &Liveness, graph: &Graph, plan: &MemoryPlan) 
     let gy = TOP + CHART_H + 60.0;
     let _ = writeln!(
         s,
-        "<text x=\"{LEFT}\" y=\"{}\" font-size=\"14\">arena blocks: x = lifetime (schedule step), y = arena offset; {} buffers in {}, each named by its producer (nodes numbered as in --emit opt-ir)</text>",
-        gy - 10.0,
+        "<text x=\"{LEFT}\" y=\"{}\" font-size=\"14\">arena blocks: x = lifetime (schedule step), y = arena offset; {} buffers in {}</text>",
+        gy - 24.0,
         plan.liveness.buffers.len(),
         mib(plan.arena.arena_bytes)
+    );
+    let _ = writeln!(
+        s,
+        "<text x=\"{LEFT}\" y=\"{}\" font-size=\"11\">each block: buffer, producer (%node op scope, numbered as in --emit opt-ir); blocks too small for text name it in their hover text</text>",
+        gy - 8.0
     );
     let _ = writeln!(
         s,
@@ -210,7 +215,8 @@ pub fn memory_svg(name: &str, raw: &Liveness, graph: &Graph, plan: &MemoryPlan) 
     let steps = f64::from(plan.liveness.steps().max(1));
     let arena = plan.arena.arena_bytes.max(1) as f64;
     // Offset ticks (left) and step ticks (below), with faint grid lines.
-    for v in ticks(arena, 6.0) {
+    const MIB: f64 = 1024.0 * 1024.0;
+    for v in ticks(arena / MIB, 6.0).into_iter().map(|t| t * MIB) {
         let y = gy + GANTT_H * v / arena;
         let _ = writeln!(
             s,
