@@ -316,6 +316,33 @@ fn compile_file_errors_print_their_cause_once() {
     }
 }
 
+#[test]
+fn memory_svg_escapes_names_and_labels_blocks() {
+    let source = std::fs::read_to_string(root().join("examples/models/sparsenet-40-24.snet"))
+        .expect("example model");
+    let source = source.replace(
+        "model \"sparsenet-40-24\"",
+        "model \"a<b>&'c\\\" <script>\"",
+    );
+    assert!(source.contains("<script>"), "the model line was replaced");
+    let path = tmp().join("odd-name.snet");
+    std::fs::write(&path, source).expect("write model");
+    let o = sparsec(&[&path.display().to_string(), "--emit", "memory-svg"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let svg = stdout(&o);
+    assert!(!svg.contains("<script>"), "an unescaped model name");
+    assert!(
+        svg.contains("a&lt;b&gt;&amp;&apos;c"),
+        "{}",
+        &svg[..400.min(svg.len())]
+    );
+    // The arena chart: step ticks with their axis name, offset ticks, and blocks named by
+    // their producer in the picture (not only in hover text).
+    assert!(svg.contains(">schedule step</text>"));
+    assert!(svg.contains(">@0.00 MiB</text>"));
+    assert!(svg.contains("font-size=\"8\">b1 %1 conv2d stem</text>"));
+}
+
 fn tmp_str() -> String {
     tmp().display().to_string()
 }
