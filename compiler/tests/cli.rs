@@ -317,6 +317,25 @@ fn compile_file_errors_print_their_cause_once() {
 }
 
 #[test]
+fn profile_says_winograd_figures_are_direct_equivalents() {
+    let model = model_bin().display().to_string();
+    let o = sparsec(&["run", &model, "--profile", "--iters", "1", "--threads", "1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(text.contains("% of peak"), "{text}");
+    // The note appears exactly when the model has Winograd steps (as `info` reports them).
+    let info = stdout(&sparsec(&["info", &model]));
+    let winograd = info.contains("Winograd");
+    let note = text.lines().any(|l| {
+        l.contains("run as Winograd")
+            && l.contains("direct-convolution equivalents and can pass 100%")
+    });
+    assert_eq!(note, winograd, "{info}\n{text}");
+    // One thread cannot show contention between threads.
+    assert!(!text.contains("warning:"), "{text}");
+}
+
+#[test]
 fn memory_svg_escapes_names_and_labels_blocks() {
     let source = std::fs::read_to_string(root().join("examples/models/sparsenet-40-24.snet"))
         .expect("example model");
