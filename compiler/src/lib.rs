@@ -6,11 +6,13 @@
 
 pub mod artifact;
 pub mod backend;
+pub mod bench;
 pub mod diagnostics;
 pub mod driver;
 pub mod frontend;
 pub mod kernel_select;
 pub mod lower;
+pub mod model_info;
 pub mod passes;
 pub mod peak;
 pub mod plan;

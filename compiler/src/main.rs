@@ -1,13 +1,18 @@
 //! The `sparsec` command line: argument parsing, file I/O and exit codes only. Every piece of
-//! work is a library call (`driver`); source errors arrive rendered like rustc's.
+//! work is a library call (`driver`, `model_info`, `bench`, ...); source errors arrive
+//! rendered like rustc's.
+//!
+//! Standard output goes through [`out`]: a reader that closes the pipe early (`| head`) ends
+//! the program quietly with status 0, as rustc and cargo do, never with a panic.
 
 use anyhow::{Context, Result};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use sparsec::backend::cpu::Winograd;
 use sparsec::driver::{self, CompileOptions, Compiled, DriverError, Target, WeightsSource};
 use sparsec::kernel_select::KernelPolicy;
 use sparsec::{plan, stats};
-use std::path::PathBuf;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -15,8 +20,12 @@ use std::process::ExitCode;
     name = "sparsec",
     version,
     about = "A static graph compiler for SparseNet-style convolutional networks",
+    long_about = "A static graph compiler for SparseNet-style convolutional networks: compiles \
+                  a .snet model to model.bin (`sparsec MODEL.snet -o model.bin`), runs, \
+                  describes and benchmarks model.bin files.",
     args_conflicts_with_subcommands = true,
-    subcommand_negates_reqs = true
+    subcommand_negates_reqs = true,
+    arg_required_else_help = true
 )]
 struct Cli {
     #[command(subcommand)]
@@ -27,8 +36,8 @@ struct Cli {
 
 #[derive(Args)]
 struct CompileArgs {
-    /// The `.snet` model to compile.
-    #[arg(required = true)]
+    /// The `.snet` model to compile (or a subcommand: run, stats, info, bench, completions).
+    #[arg(required = true, value_name = "MODEL.snet")]
     model: Option<PathBuf>,
     /// Print a stage of the compilation to standard output.
     #[arg(long, value_enum)]
@@ -114,8 +123,48 @@ enum Emit {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a compiled model.bin on an input and print the top classes of each row (softmax
+    /// probabilities, or logits with --logits).
+    Run {
+        /// The compiled model (`sparsec MODEL.snet --weights W.safetensors -o model.bin`).
+        #[arg(value_name = "MODEL.bin")]
+        model: PathBuf,
+        /// Input batch, NCHW float32: a `.safetensors` file (the tensor `input`, or its only
+        /// tensor) or a `.npy` file. Optional with `--profile` (random input of `--batch`).
+        #[arg(long, required_unless_present = "profile")]
+        input: Option<PathBuf>,
+        /// Where to write the output logits (`.safetensors` or `.npy`, by the extension).
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// How many of the most likely classes to print per row.
+        #[arg(long, value_name = "K", default_value_t = 5, value_parser = at_least_one)]
+        top: usize,
+        /// Print the raw logits instead of softmax probabilities.
+        #[arg(long)]
+        logits: bool,
+        /// Print each kernel's time and GFLOP/s, and the sums per layer kind (3x3, 1x1,
+        /// transition, head, ...) as a fraction of this machine's FMA peak measured now.
+        #[arg(long)]
+        profile: bool,
+        /// Batch of random input for `--profile` without `--input`.
+        #[arg(long, default_value_t = 1, value_parser = at_least_one)]
+        batch: usize,
+        /// Profiled runs to average (after one warm-up run).
+        #[arg(long, default_value_t = 5, value_parser = at_least_one)]
+        iters: usize,
+        /// Threads of the session (default: `SPARSEC_THREADS`, else every core).
+        #[arg(long, value_parser = at_least_one)]
+        threads: Option<usize>,
+        /// Run the native code in the file (CPU machine code, CUDA kernels) although it is not
+        /// signed: only for files whose origin you trust. Without it a CPU model runs its
+        /// validated schedule through the runtime's own kernels, and a CUDA model is refused.
+        #[arg(long)]
+        allow_unsigned_code: bool,
+    },
     /// Parameters, multiply-adds, depth and activation memory of a model.
     Stats {
+        /// The `.snet` model (source, not model.bin: no weights needed).
+        #[arg(value_name = "MODEL.snet")]
         model: PathBuf,
         /// Machine-readable output (keys documented in docs/stats.md).
         #[arg(long)]
@@ -124,40 +173,101 @@ enum Command {
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=65_536))]
         batch: u64,
     },
-    /// Run a compiled model.bin on an input and print the top-5 classes of each row.
-    Run {
+    /// Describe a compiled model.bin: target and CPU features, input, classes, maximum batch,
+    /// memory, steps and the kernel of each layer kind.
+    Info {
+        /// The compiled model (need not be runnable on this machine).
+        #[arg(value_name = "MODEL.bin")]
         model: PathBuf,
-        /// Input batch, NCHW float32: a `.safetensors` file (the tensor `input`, or its only
-        /// tensor) or a `.npy` file. Optional with `--profile` (random input of `--batch`).
-        #[arg(long, required_unless_present = "profile")]
-        input: Option<PathBuf>,
-        /// Where to write the output (`.safetensors` or `.npy`).
+        /// Machine-readable output (keys in the README, "Using it").
         #[arg(long)]
-        output: Option<PathBuf>,
-        /// Print each kernel's time and GFLOP/s, and the sums per layer kind (3x3, 1x1,
-        /// transition, head, ...) as a fraction of this machine's FMA peak measured now.
-        #[arg(long)]
-        profile: bool,
-        /// Batch of random input for `--profile` without `--input`.
-        #[arg(long, default_value_t = 1)]
-        batch: usize,
-        /// Profiled runs to average (after one warm-up run).
-        #[arg(long, default_value_t = 5)]
-        iters: usize,
-        /// Threads of the session (default: `SPARSEC_THREADS`, else every core).
-        #[arg(long)]
-        threads: Option<usize>,
+        json: bool,
     },
+    /// Measure a compiled model.bin: latency percentiles and throughput over random input,
+    /// and its GFLOP/s against this machine's FMA peak measured in the same run.
+    Bench {
+        /// The compiled model.
+        #[arg(value_name = "MODEL.bin")]
+        model: PathBuf,
+        /// Images per run (at most the model's maximum batch).
+        #[arg(long, default_value_t = 1, value_parser = at_least_one)]
+        batch: usize,
+        /// Threads of the session (default: `SPARSEC_THREADS`, else every core).
+        #[arg(long, value_parser = at_least_one)]
+        threads: Option<usize>,
+        /// Timed runs.
+        #[arg(long, default_value_t = 50, value_parser = at_least_one)]
+        iters: usize,
+        /// Untimed runs first (threads started, memory grown, caches warm).
+        #[arg(long, default_value_t = 5)]
+        warmup: usize,
+        /// Machine-readable output (keys in the README, "Using it").
+        #[arg(long)]
+        json: bool,
+        /// Run the native code in the file (CPU machine code, CUDA kernels) although it is not
+        /// signed: only for files whose origin you trust. Without it a CPU model runs its
+        /// validated schedule through the runtime's own kernels, and a CUDA model is refused.
+        #[arg(long)]
+        allow_unsigned_code: bool,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish or powershell) to standard
+    /// output.
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// A count that must be at least 1 (`--threads`, `--iters`, `--batch`, `--top`).
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("not a count: {e}")),
+    }
+}
+
+/// Writes to standard output. A closed pipe comes back as an `io::Error` of kind
+/// `BrokenPipe`, which `main` turns into a quiet exit.
+fn out(text: &str) -> Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(text.as_bytes())?;
+    stdout.flush()?;
+    Ok(())
+}
+
+/// Whether an error is (caused by) a closed standard output.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// The error and its causes on one line, each cause once: a message that already ends with
+/// its cause's text (`cannot read x: Is a directory`) is not followed by it again.
+fn error_line(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !line.ends_with(&c) {
+            line.push_str(": ");
+            line.push_str(&c);
+        }
+    }
+    line
 }
 
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader has gone (`sparsec ... | head`): nothing left to say, as rustc and cargo.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             match e.downcast_ref::<DriverError>() {
                 // Rendered diagnostics already end with the summary line.
                 Some(DriverError::Source { .. }) => eprintln!("{e}"),
-                _ => eprintln!("error: {e:#}"),
+                _ => eprintln!("error: {}", error_line(&e)),
             }
             ExitCode::FAILURE
         }
@@ -169,43 +279,95 @@ fn run(cli: Cli) -> Result<()> {
         model,
         input,
         output,
+        top,
+        logits,
         profile,
         batch,
         iters,
         threads,
+        allow_unsigned_code,
     }) = cli.command
     {
         let threads = threads.unwrap_or_else(runtime::default_threads);
+        let load = runtime::LoadOptions {
+            allow_unsigned_code,
+        };
         if profile {
-            return sparsec::profile_report::profile_model(
+            let report = sparsec::profile_report::profile_model(
                 &model,
                 input.as_deref(),
                 batch,
                 iters,
                 threads,
-            );
+            )?;
+            return out(&report);
         }
         let Some(input) = input else {
             anyhow::bail!("`sparsec run` needs --input (or --profile)");
         };
-        return run_model(&model, &input, output.as_deref(), threads);
+        let show = if logits {
+            Show::Logits
+        } else {
+            Show::Probabilities
+        };
+        return run_model(&model, &load, &input, output.as_deref(), threads, top, show);
     }
     if let Some(Command::Stats { model, json, batch }) = cli.command {
         let graph = driver::load(&model)?;
         let s = stats::full(&graph, batch)?;
         if json {
-            println!("{}", serde_json::to_string_pretty(&s)?);
+            out(&format!("{}\n", serde_json::to_string_pretty(&s)?))?;
         } else {
-            print!("{}", stats::render(&s));
+            out(&stats::render(&s))?;
         }
         return Ok(());
+    }
+    if let Some(Command::Info { model, json }) = cli.command {
+        let info = sparsec::model_info::read(&model)?;
+        if json {
+            out(&format!("{}\n", serde_json::to_string_pretty(&info)?))?;
+        } else {
+            out(&sparsec::model_info::render(&info))?;
+        }
+        return Ok(());
+    }
+    if let Some(Command::Bench {
+        model,
+        batch,
+        threads,
+        iters,
+        warmup,
+        json,
+        allow_unsigned_code,
+    }) = cli.command
+    {
+        let options = sparsec::bench::BenchOptions {
+            batch,
+            threads: threads.unwrap_or_else(runtime::default_threads),
+            warmup,
+            iters,
+            load: runtime::LoadOptions {
+                allow_unsigned_code,
+            },
+        };
+        let report = sparsec::bench::bench(&model, options)?;
+        if json {
+            out(&format!("{}\n", serde_json::to_string_pretty(&report)?))?;
+        } else {
+            out(&sparsec::bench::render(&report))?;
+        }
+        return Ok(());
+    }
+    if let Some(Command::Completions { shell }) = cli.command {
+        let mut script = Vec::new();
+        clap_complete::generate(shell, &mut Cli::command(), "sparsec", &mut script);
+        return out(&String::from_utf8_lossy(&script));
     }
     let args = cli.compile;
     let model = args.model.clone().context("no model given")?;
     let graph = driver::load(&model)?;
     if args.emit == Some(Emit::Ir) {
-        print!("{}", ir::print::print(&graph));
-        return Ok(());
+        return out(&ir::print::print(&graph));
     }
     let weights = match (&args.weights, args.random_weights) {
         (Some(path), _) => WeightsSource::Safetensors(path.clone()),
@@ -261,8 +423,7 @@ fn run(cli: Cli) -> Result<()> {
         let opt = driver::optimize(graph, &weights, 1, cfg!(debug_assertions))?;
         print_timings(args.timings, &opt.timings);
         let program = sparsec::backend::cuda::generate(&opt.graph, &opt.plan, false)?;
-        print!("{}", program.source);
-        return Ok(());
+        return out(&program.source);
     }
     let raw = graph.clone();
     // With weights, `--emit plan` also shows each convolution's CPU kernel as `-o` would
@@ -279,17 +440,19 @@ fn run(cli: Cli) -> Result<()> {
     let opt = driver::optimize(graph, &weights, args.batch, cfg!(debug_assertions))?;
     print_timings(args.timings, &opt.timings);
     match args.emit {
-        Some(Emit::OptIr) => print!("{}", ir::print::print(&opt.graph)),
+        Some(Emit::OptIr) => out(&ir::print::print(&opt.graph))?,
         Some(Emit::Plan) => {
-            print!("{}", plan::memory::print(&opt.graph, &opt.plan));
-            print!("{}", kernels.unwrap_or_default());
+            let plan = plan::memory::print(&opt.graph, &opt.plan);
+            out(&format!("{plan}{}", kernels.unwrap_or_default()))?;
         }
         Some(Emit::MemorySvg) => {
             let raw_liveness = plan::liveness::analyze(&raw).context("the graph has a cycle")?;
-            print!(
-                "{}",
-                plan::svg::memory_svg(&raw.name, &raw_liveness, &opt.plan)
-            );
+            out(&plan::svg::memory_svg(
+                &raw.name,
+                &raw_liveness,
+                &opt.graph,
+                &opt.plan,
+            ))?;
         }
         Some(Emit::Ir | Emit::Cuda) | None => {
             eprintln!(
@@ -350,29 +513,45 @@ fn print_timings(enabled: bool, timings: &[sparsec::passes::PassTiming]) {
     eprintln!("{:<22} {:>9.3} ms", "total", total * 1e3);
 }
 
-/// `sparsec run`: loads model.bin with the runtime, runs the input batch, prints the top-5
-/// classes of each row, optionally writes the output.
+/// What `sparsec run` prints beside each class.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Show {
+    Probabilities,
+    Logits,
+}
+
+/// Softmax of one row, in float64 (stable: the largest logit is subtracted first).
+fn softmax(logits: &[f32]) -> Vec<f64> {
+    let max = logits
+        .iter()
+        .map(|&v| f64::from(v))
+        .fold(f64::NEG_INFINITY, f64::max);
+    let exp: Vec<f64> = logits.iter().map(|&v| (f64::from(v) - max).exp()).collect();
+    let sum: f64 = exp.iter().sum();
+    exp.iter().map(|e| e / sum).collect()
+}
+
+/// `sparsec run`: loads model.bin with the runtime, runs the input batch, writes the output if
+/// asked, then prints the top `top` classes of each row. Arguments are checked (file types,
+/// batch) before anything runs.
 fn run_model(
-    model: &std::path::Path,
-    input: &std::path::Path,
-    output: Option<&std::path::Path>,
+    model_path: &Path,
+    load: &runtime::LoadOptions,
+    input: &Path,
+    output: Option<&Path>,
     threads: usize,
+    top: usize,
+    show: Show,
 ) -> Result<()> {
-    let model = runtime::Model::load(model)?;
+    sparsec::tensor_io::kind(input)?;
+    if let Some(path) = output {
+        sparsec::tensor_io::kind(path)?;
+    }
+    let model = runtime::Model::load_with(model_path, load)?;
     let (x, batch) = sparsec::profile_report::read_input(&model, input)?;
     let mut session = model.session_with_threads(threads);
     let y = session.run(&x, batch)?;
     let classes = y.len() / batch.max(1);
-    for (row, logits) in y.chunks(classes.max(1)).enumerate() {
-        let mut order: Vec<usize> = (0..logits.len()).collect();
-        order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
-        let top: Vec<String> = order
-            .iter()
-            .take(5)
-            .map(|&c| format!("{c} ({:.4})", logits[c]))
-            .collect();
-        println!("row {row}: {}", top.join(", "));
-    }
     if let Some(path) = output {
         let array = sparsec::tensor_io::Array {
             shape: vec![batch, classes],
@@ -381,5 +560,26 @@ fn run_model(
         sparsec::tensor_io::write(path, &model.output().name, &array)?;
         eprintln!("wrote {}", path.display());
     }
-    Ok(())
+    let k = top.min(classes);
+    let mut text = match show {
+        Show::Probabilities => {
+            format!("top {k} of {classes} classes per row (softmax probability):\n")
+        }
+        Show::Logits => format!("top {k} of {classes} classes per row (logit):\n"),
+    };
+    for (row, logits) in y.chunks(classes.max(1)).enumerate() {
+        let mut order: Vec<usize> = (0..logits.len()).collect();
+        order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+        let probabilities = softmax(logits);
+        let best: Vec<String> = order
+            .iter()
+            .take(k)
+            .map(|&c| match show {
+                Show::Probabilities => format!("{c} ({:.4})", probabilities[c]),
+                Show::Logits => format!("{c} ({:.4})", logits[c]),
+            })
+            .collect();
+        text.push_str(&format!("row {row}: {}\n", best.join(", ")));
+    }
+    out(&text)
 }

@@ -1,17 +1,32 @@
 //! `sparsec run`'s input handling and `sparsec run --profile`: a per-kernel profile of a
 //! compiled model (from `runtime::profile`), summed per layer kind and set against this
-//! machine's FMA peak measured in the same run (`crate::peak`).
+//! machine's FMA peak measured in the same run (`crate::peak`), with a warning when that peak
+//! shows the cores are shared ([`contention_warning`]).
 //!
 //! Must not time anything itself beyond the whole `run` call it reports beside the profile:
 //! kernel times come from the runtime.
 
 use anyhow::{Result, bail};
 use runtime::Model;
+use runtime::abi;
 use runtime::format::StepDesc;
 use runtime::profile::Profile;
 use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Instant;
+
+/// Checks a batch against the largest one `model` was compiled for, naming the option that
+/// raises it.
+pub fn check_batch(model: &Model, batch: usize) -> Result<()> {
+    let max = model.max_batch();
+    if batch > max {
+        bail!(
+            "a batch of {batch} images is more than this model.bin takes ({max}): compile it \
+             again with `--max-batch {batch}` (or more), or run the images in smaller batches"
+        );
+    }
+    Ok(())
+}
 
 /// Reads an NCHW batch (or one CHW image) for `model`; returns the floats and the batch.
 pub fn read_input(model: &Model, input: &Path) -> Result<(Vec<f32>, usize)> {
@@ -28,11 +43,12 @@ pub fn read_input(model: &Model, input: &Path) -> Result<(Vec<f32>, usize)> {
             want[2]
         ),
     };
+    check_batch(model, batch)?;
     Ok((x.data, batch))
 }
 
-/// Deterministic non-zero input in [-1, 1).
-fn random_input(n: usize) -> Vec<f32> {
+/// Deterministic non-zero input in [-1, 1) (a fixed-seed xorshift, the same on every run).
+pub fn random_input(n: usize) -> Vec<f32> {
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
     (0..n)
         .map(|_| {
@@ -44,18 +60,19 @@ fn random_input(n: usize) -> Vec<f32> {
         .collect()
 }
 
-/// `sparsec run MODEL --profile`: prints the profile of `iters` runs (after a warm-up).
+/// `sparsec run MODEL --profile`: the profile of `iters` runs (after a warm-up), as text.
 pub fn profile_model(
     model: &Path,
     input: Option<&Path>,
     batch: usize,
     iters: usize,
     threads: usize,
-) -> Result<()> {
+) -> Result<String> {
     let model = Model::load(model)?;
     let (x, batch) = match input {
         Some(p) => read_input(&model, p)?,
         None => {
+            check_batch(&model, batch)?;
             let per_image: usize = model.input().shape.iter().map(|&d| d as usize).product();
             (random_input(per_image * batch), batch)
         }
@@ -94,11 +111,38 @@ pub fn profile_model(
     }
     let peak1 = crate::peak::fma_peak(1, 0.2);
     let peak = crate::peak::fma_peak(session.threads(), 0.2);
-    print!(
-        "{}",
-        render(model.name(), &profile, run_median, peak1, peak, iters)
-    );
-    Ok(())
+    Ok(render(
+        model.name(),
+        &profile,
+        run_median,
+        peak1,
+        peak,
+        iters,
+    ))
+}
+
+/// A warning when `threads` threads reached less than 3/4 of `threads` times the one-thread
+/// FMA peak, both measured just now: other processes (or SMT siblings) share the cores, so
+/// every multi-thread figure of the same run is low and noisy. `None` when they scale.
+pub fn contention_warning(threads: usize, peak1: Option<f64>, peak: Option<f64>) -> Option<String> {
+    let (p1, pn) = (peak1?, peak?);
+    if threads < 2 || p1 <= 0.0 {
+        return None;
+    }
+    let scaling = pn / p1;
+    (scaling < 0.75 * threads as f64).then(|| {
+        format!(
+            "warning: {threads} threads reached only {scaling:.1}x the one-thread FMA peak \
+             (ideal {threads}x): the cores are shared with other work (or are SMT siblings), \
+             so multi-thread times are slower and noisier than on an idle machine"
+        )
+    })
+}
+
+/// Whether a step is a convolution run as Winograd (fewer multiplications than the direct
+/// convolution its FLOP count describes).
+fn is_winograd(d: &StepDesc) -> bool {
+    matches!(d, StepDesc::Conv(c) if c.flags & (abi::FLAG_WINOGRAD | abi::FLAG_WINOGRAD4) != 0)
 }
 
 fn shape(d: &StepDesc) -> String {
@@ -215,5 +259,29 @@ pub fn render(
         out,
         "GFLOP/s count 2 x multiply-accumulates of the direct convolution; a kernel's time is its calls' time on all threads divided by the threads running at once."
     );
+    let winograd = p.steps.iter().filter(|s| is_winograd(&s.desc)).count();
+    if winograd > 0 {
+        let _ = writeln!(
+            out,
+            "{winograd} convolution(s) run as Winograd F(2x2) or F(4x4), which multiply 2.25x or 4x less than the direct convolution their FLOPs count: their GFLOP/s and % of peak are direct-convolution equivalents and can pass 100%."
+        );
+    }
+    if let Some(w) = contention_warning(p.threads, peak1, peak) {
+        let _ = writeln!(out, "{w}");
+    }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::contention_warning;
+
+    #[test]
+    fn contention_is_reported_only_when_threads_do_not_scale() {
+        assert_eq!(contention_warning(2, Some(50.0), Some(95.0)), None);
+        assert_eq!(contention_warning(1, Some(50.0), Some(20.0)), None);
+        assert_eq!(contention_warning(2, None, Some(95.0)), None);
+        let w = contention_warning(2, Some(50.0), Some(45.0)).expect("2 threads at 0.9x");
+        assert!(w.starts_with("warning: 2 threads reached only 0.9x"), "{w}");
+    }
 }

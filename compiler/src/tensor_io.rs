@@ -1,20 +1,52 @@
 //! Reading and writing tensors for `sparsec run`: safetensors (the tensor named `input`, or the
 //! only tensor of the file) and NumPy `.npy` (float32, little-endian, C order), chosen by the
-//! file extension.
+//! file extension; any other extension is an error naming the file, before it is read.
 //!
 //! Must not run models: it only moves arrays between files and memory.
 
 use std::path::Path;
 
+/// Why a tensor file could not be read or written. The I/O cause is the error's `source`, not
+/// part of its message (a caller printing the chain shows it once).
 #[derive(Debug, thiserror::Error)]
 pub enum TensorIoError {
-    #[error("cannot read `{path}`: {source}")]
-    Io {
+    #[error("cannot read `{path}`")]
+    Read {
         path: String,
+        #[source]
         source: std::io::Error,
     },
+    #[error("cannot write `{path}`")]
+    Write {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{path}`: unknown tensor file type: the name must end in `.safetensors` or `.npy`")]
+    Extension { path: String },
     #[error("`{path}`: {reason}")]
     Format { path: String, reason: String },
+}
+
+/// The file formats [`read`] and [`write`] know, by extension.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileKind {
+    Safetensors,
+    Npy,
+}
+
+/// The format a path names by its extension (case-insensitive), or an error naming the file.
+pub fn kind(path: &Path) -> Result<FileKind, TensorIoError> {
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    if ext.eq_ignore_ascii_case("npy") {
+        Ok(FileKind::Npy)
+    } else if ext.eq_ignore_ascii_case("safetensors") {
+        Ok(FileKind::Safetensors)
+    } else {
+        Err(TensorIoError::Extension {
+            path: path.display().to_string(),
+        })
+    }
 }
 
 /// A float32 array with its shape.
@@ -24,14 +56,10 @@ pub struct Array {
     pub data: Vec<f32>,
 }
 
-fn is_npy(path: &Path) -> bool {
-    path.extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("npy"))
-}
-
 pub fn read(path: &Path) -> Result<Array, TensorIoError> {
     let p = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|source| TensorIoError::Io {
+    let kind = kind(path)?;
+    let bytes = std::fs::read(path).map_err(|source| TensorIoError::Read {
         path: p.clone(),
         source,
     })?;
@@ -39,7 +67,7 @@ pub fn read(path: &Path) -> Result<Array, TensorIoError> {
         path: p.clone(),
         reason,
     };
-    if is_npy(path) {
+    if kind == FileKind::Npy {
         return read_npy(&bytes).map_err(fail);
     }
     let tensors = crate::weights::load_tensors(&bytes).map_err(|e| fail(e.to_string()))?;
@@ -59,7 +87,7 @@ pub fn read(path: &Path) -> Result<Array, TensorIoError> {
 
 pub fn write(path: &Path, name: &str, array: &Array) -> Result<(), TensorIoError> {
     let p = path.display().to_string();
-    let bytes = if is_npy(path) {
+    let bytes = if kind(path)? == FileKind::Npy {
         write_npy(array)
     } else {
         let raw: Vec<u8> = array.data.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -77,7 +105,7 @@ pub fn write(path: &Path, name: &str, array: &Array) -> Result<(), TensorIoError
             reason: e.to_string(),
         })?
     };
-    std::fs::write(path, bytes).map_err(|source| TensorIoError::Io { path: p, source })
+    std::fs::write(path, bytes).map_err(|source| TensorIoError::Write { path: p, source })
 }
 
 fn read_npy(bytes: &[u8]) -> Result<Array, String> {
@@ -96,9 +124,20 @@ fn read_npy(bytes: &[u8]) -> Result<Array, String> {
         .get(start..start + header_len)
         .and_then(|h| std::str::from_utf8(h).ok())
         .ok_or("truncated or non-UTF-8 .npy header")?;
-    if !header.contains("'descr': '<f4'") {
+    let descr = header
+        .split("'descr':")
+        .nth(1)
+        .and_then(|s| s.split('\'').nth(1))
+        .ok_or("no 'descr' (dtype) in the .npy header")?;
+    if descr != "<f4" {
+        let dtype = match descr.trim_start_matches(['<', '>', '=', '|']) {
+            "f8" => "float64".to_string(),
+            "f2" => "float16".to_string(),
+            "f4" => "big-endian float32".to_string(),
+            other => format!("dtype '{}'", other.escape_debug()),
+        };
         return Err(format!(
-            "only little-endian float32 ('<f4') arrays are supported; header: {header}"
+            "the array is {dtype}; sparsec reads little-endian float32 only: convert it with `x.astype(np.float32)`"
         ));
     }
     if header.contains("'fortran_order': True") {
@@ -182,12 +221,35 @@ mod tests {
         });
         bytes.truncate(bytes.len() - 1);
         assert!(read_npy(&bytes).is_err());
-        let f8 = String::from_utf8_lossy(&write_npy(&Array {
+        let mut f8 = write_npy(&Array {
             shape: vec![1],
-            data: vec![0.0],
-        }))
-        .replace("<f4", "<f8");
-        assert!(read_npy(f8.as_bytes()).is_err());
+            data: vec![0.0, 0.0],
+        });
+        let at = f8
+            .windows(3)
+            .position(|w| w == b"<f4")
+            .expect("the header names its dtype");
+        f8[at + 2] = b'8';
+        let e = read_npy(&f8).expect_err("float64 is rejected");
+        assert!(
+            e.contains("float64") && e.contains("x.astype(np.float32)"),
+            "{e}"
+        );
         assert!(read_npy(b"hello").is_err());
+    }
+
+    #[test]
+    fn the_extension_chooses_the_format() {
+        assert_eq!(kind(Path::new("x.NPY")).ok(), Some(FileKind::Npy));
+        assert_eq!(
+            kind(Path::new("a/x.safetensors")).ok(),
+            Some(FileKind::Safetensors)
+        );
+        let e = kind(Path::new("y.txt")).expect_err("unknown extension");
+        assert_eq!(
+            e.to_string(),
+            "`y.txt`: unknown tensor file type: the name must end in `.safetensors` or `.npy`"
+        );
+        assert!(kind(Path::new("noext")).is_err());
     }
 }

@@ -52,6 +52,55 @@ fn diagnostics() {
     });
 }
 
+/// Lines (1-based) marked `#~ error` (this line) or `#~^ error` (the line above) in a fixture.
+fn marked_lines(source: &str) -> Vec<usize> {
+    let mut lines = Vec::new();
+    for (i, text) in source.lines().enumerate() {
+        if text.contains("#~^ error") {
+            lines.push(i);
+        } else if text.contains("#~ error") {
+            lines.push(i + 1);
+        }
+    }
+    lines.sort_unstable();
+    lines.dedup();
+    lines
+}
+
+/// No consequential errors: every error fixture marks the lines that are wrong (`#~ error`),
+/// and the compiler reports an error on each of those lines and on no other. A note may point
+/// anywhere (a first definition, a use of a bad binding).
+#[test]
+fn errors_only_on_marked_lines() {
+    let mut wrong = Vec::new();
+    insta::glob!("fixtures/errors", "*.snet", |path| {
+        let source = std::fs::read_to_string(path).expect("fixture is readable");
+        let (_, errors) = sparsec::compile_source("t", &source);
+        let line_of = |byte: u32| {
+            1 + source.as_bytes()[..(byte as usize).min(source.len())]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count()
+        };
+        let mut reported: Vec<usize> = errors.iter().map(|d| line_of(d.span.start)).collect();
+        reported.sort_unstable();
+        reported.dedup();
+        let marked = marked_lines(&source);
+        if reported != marked {
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+            wrong.push(format!(
+                "{}: errors on lines {reported:?}, marked {marked:?}",
+                name.unwrap_or_default()
+            ));
+        }
+    });
+    assert!(
+        wrong.is_empty(),
+        "fixtures with errors on unmarked lines or marks without an error:\n{}",
+        wrong.join("\n")
+    );
+}
+
 /// Every stored snapshot belongs to an example or a fixture that still exists (what
 /// `cargo insta test --unreferenced=reject` checks, without needing cargo-insta installed).
 #[test]
@@ -69,6 +118,18 @@ fn no_orphan_snapshots() {
             !name.ends_with(".new"),
             "pending snapshot {name}: run `cargo insta review`"
         );
+        // `tests/cli.rs` names its snapshots: each must still be named there.
+        if let Some(snapshot) = name.strip_prefix("cli__") {
+            let cli =
+                std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cli.rs"))
+                    .expect("tests/cli.rs");
+            let quoted = format!("\"{}\"", snapshot.trim_end_matches(".snap"));
+            assert!(
+                cli.contains(&quoted),
+                "snapshot {name} has no test in cli.rs"
+            );
+            continue;
+        }
         let (prefix, file) = name
             .trim_end_matches(".snap")
             .split_once('@')

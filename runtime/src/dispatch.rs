@@ -9,6 +9,7 @@ use crate::cuda::{CudaModel, CudaSession};
 use crate::error::{LoadError, RunError};
 use crate::format::{self, Backend, Manifest, ModelFile, TensorSpec};
 use crate::model::{self, LoadOptions};
+use crate::profile::LayerKind;
 use std::path::Path;
 
 /// A loaded model (CPU or CUDA): validated, ready to run. `Send + Sync`.
@@ -108,6 +109,17 @@ impl Model {
             Inner::Cpu(m) => m.max_batch(),
             Inner::Cuda(m) => m.manifest().max_batch as usize,
         }
+    }
+
+    /// The [`LayerKind`] of every step of a parsed file, in step order (what
+    /// [`Session::profile`] sums over), for reports about a model that need not run here.
+    /// `None` for a file with no input (no executor loads one).
+    pub fn layer_kinds(file: &ModelFile<'_>) -> Option<Vec<LayerKind>> {
+        let m = &file.manifest;
+        m.inputs.first()?;
+        (0..m.steps.len())
+            .map(|i| Some(LayerKind::of(m, &file.step_descriptor(i)?, i)))
+            .collect()
     }
 
     /// A session: one caller's working memory. On the CPU it runs on every core

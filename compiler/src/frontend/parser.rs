@@ -579,27 +579,57 @@ fn is_stage(word: &str) -> bool {
     matches!(word, "stem" | "block" | "transition" | "head")
 }
 
-/// The closest candidate by edit distance, if close enough to be a likely typo.
+/// The closest candidate by edit distance, if close enough to be a likely typo. The distance
+/// counts a swap of two adjacent characters as one edit (`unti`, `uint` -> `unit`), as rustc's
+/// suggestions do.
 pub fn suggest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
     candidates
         .iter()
         .map(|c| (edit_distance(word, c), *c))
-        .filter(|&(d, c)| d <= (c.len() / 3).max(1))
+        .filter(|&(d, c)| d <= (c.chars().count() / 3).max(1))
         .min()
         .map(|(_, c)| c)
 }
 
+/// Damerau-Levenshtein distance in its optimal-string-alignment form: insertions, deletions,
+/// substitutions and transpositions of adjacent characters each cost 1.
 fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
+    // Three rows: two back (for transpositions), one back, and the current one.
+    let mut before: Vec<usize> = vec![0; b.len() + 1];
     let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
+    for i in 0..a.len() {
         let mut cur = vec![i + 1; b.len() + 1];
-        for (j, &cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != cb))
+        for j in 0..b.len() {
+            let mut d = (prev[j] + usize::from(a[i] != b[j]))
                 .min(prev[j + 1] + 1)
                 .min(cur[j] + 1);
+            if i > 0 && j > 0 && a[i] == b[j - 1] && a[i - 1] == b[j] {
+                d = d.min(before[j - 1] + 1);
+            }
+            cur[j + 1] = d;
         }
-        prev = cur;
+        before = std::mem::replace(&mut prev, cur);
     }
     prev[b.len()]
+}
+
+#[cfg(test)]
+mod suggest_tests {
+    use super::{edit_distance, suggest};
+
+    #[test]
+    fn a_swap_is_one_edit() {
+        assert_eq!(edit_distance("unti", "unit"), 1);
+        assert_eq!(edit_distance("uint", "unit"), 1);
+        assert_eq!(edit_distance("blok", "block"), 1);
+        assert_eq!(edit_distance("abc", "abc"), 0);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        let keywords = ["model", "input", "let", "unit", "block"];
+        assert_eq!(suggest("unti", &keywords), Some("unit"));
+        assert_eq!(suggest("uint", &keywords), Some("unit"));
+        assert_eq!(suggest("xyz", &keywords), None);
+    }
 }

@@ -47,11 +47,23 @@ impl fmt::Display for Value {
     }
 }
 
+/// A `let` binding: its value (or [`Value::Poison`]) and where it is written.
+#[derive(Clone, Debug)]
+pub struct Binding {
+    pub value: Value,
+    /// The bound name.
+    pub name_span: Span,
+    /// The expression after `=`: where a value that is wrong at its uses is fixed.
+    pub value_span: Span,
+}
+
 /// Everything a name can resolve to, in lookup order: locals, then `let` bindings.
 pub struct Scope<'a> {
-    pub lets: &'a HashMap<String, (Value, Span)>,
+    pub lets: &'a HashMap<String, Binding>,
     pub locals: &'a [(&'static str, Value)],
-    pub labels: &'a HashMap<String, u32>,
+    /// Channels of each labelled stage's output; `None` for a stage that failed (a use is a
+    /// follow-on error).
+    pub labels: &'a HashMap<String, Option<u32>>,
 }
 
 impl Scope<'_> {
@@ -64,7 +76,19 @@ impl Scope<'_> {
             "false" => return Some(Value::Bool(false)),
             _ => {}
         }
-        self.lets.get(name).map(|(v, _)| v.clone())
+        self.lets.get(name).map(|b| b.value.clone())
+    }
+
+    /// The `let` binding an expression refers to when it is exactly a bound name (not shadowed
+    /// by a local).
+    fn binding_of<'e>(&'e self, expr: &'e Expr) -> Option<(&'e str, &'e Binding)> {
+        let ExprKind::Name(name) = &expr.kind else {
+            return None;
+        };
+        if self.locals.iter().any(|(n, _)| n == name) {
+            return None;
+        }
+        self.lets.get(name).map(|b| (name.as_str(), b))
     }
 
     fn known_names(&self) -> Vec<&str> {
@@ -198,7 +222,13 @@ pub fn eval(expr: &Expr, scope: &Scope) -> Eval<Value> {
                         .help("label a stage with `name: block(...)` and write `channels(name)`"));
                     };
                     match scope.labels.get(label) {
-                        Some(&c) => Ok(Value::Int(i64::from(c))),
+                        Some(&Some(c)) => Ok(Value::Int(i64::from(c))),
+                        Some(None) => Err(Diagnostic::new(
+                            Code::UnknownName,
+                            arg.span,
+                            format!("stage `{label}` failed"),
+                        )
+                        .follow_on()),
                         None => {
                             let mut known: Vec<&str> =
                                 scope.labels.keys().map(String::as_str).collect();
@@ -349,22 +379,59 @@ fn unknown_name(name: &str, span: Span, scope: &Scope) -> Diagnostic {
 }
 
 /// Evaluates an expression that must be a positive integer no larger than `max` (channel
-/// counts, kernel sizes, layer counts); `what` names it in messages.
+/// counts, kernel sizes, layer counts); `what` names it in messages. When the expression is
+/// just the name of a `let` binding, a bad value is the binding's fault: the error points at
+/// the binding, with a note at this use (uses of one binding merge into one error, see
+/// `compile_source`).
 pub fn eval_count(expr: &Expr, scope: &Scope, what: &str, min: i64, max: i64) -> Eval<u32> {
     let v = eval(expr, scope)?;
+    check_count(&v, expr.span, what, min, max).map_err(|bad| {
+        let (d, need) = *bad;
+        let Some((name, b)) = scope.binding_of(expr) else {
+            return d;
+        };
+        Diagnostic::new(
+            d.code,
+            b.value_span,
+            format!("`{name}` is bound to {v}, but it is used where {need}"),
+        )
+        .label(format!("`{name}` is bound to {v} here"))
+        .note(expr.span, format!("used as {what} here"))
+        .help(format!(
+            "change the value bound to `{name}`: every use of it reads this value"
+        ))
+    })
+}
+
+/// Checks a value against a count's bounds: the error at the use, and what was needed.
+fn check_count(
+    v: &Value,
+    span: Span,
+    what: &str,
+    min: i64,
+    max: i64,
+) -> Result<u32, Box<(Diagnostic, String)>> {
     let i = match v {
-        Value::Int(i) => i,
+        Value::Int(i) => *i,
         Value::Real(r) => {
             let frac = if r.fract() != 0.0 { "fractional " } else { "" };
-            return Err(Diagnostic::new(
-                Code::ExpectedInteger,
-                expr.span,
-                format!("{what} must be an integer, found the {frac}real `{r:?}`"),
-            )
-            .label("a real number")
-            .help("round it explicitly with `floor(...)`, `ceil(...)` or `round(...)`"));
+            return Err(Box::new((
+                Diagnostic::new(
+                    Code::ExpectedInteger,
+                    span,
+                    format!("{what} must be an integer, found the {frac}real `{r:?}`"),
+                )
+                .label("a real number")
+                .help("round it explicitly with `floor(...)`, `ceil(...)` or `round(...)`"),
+                "an integer is needed".into(),
+            )));
         }
-        other => return Err(wrong_type(expr.span, "an integer", &other)),
+        other => {
+            return Err(Box::new((
+                wrong_type(span, "an integer", other),
+                "an integer is needed".into(),
+            )));
+        }
     };
     if i < min {
         let code = if what == "the number of layers" && i == 0 {
@@ -377,22 +444,20 @@ pub fn eval_count(expr: &Expr, scope: &Scope, what: &str, min: i64, max: i64) ->
         } else {
             format!("at least {min}")
         };
-        return Err(Diagnostic::new(
-            code,
-            expr.span,
-            format!("{what} must be {bound}, found {i}"),
-        )
-        .label(format!("this is {i}"))
-        .help(format!("{what} is a count: use a value of at least {min}")));
+        return Err(Box::new((
+            Diagnostic::new(code, span, format!("{what} must be {bound}, found {i}"))
+                .label(format!("this is {i}"))
+                .help(format!("{what} is a count: use a value of at least {min}")),
+            format!("a value of at least {min} is needed"),
+        )));
     }
     if i > max {
-        return Err(Diagnostic::new(
-            Code::OutOfRange,
-            expr.span,
-            format!("{what} is too large: {i}"),
-        )
-        .label(format!("the limit is {max}"))
-        .help("sparsec accepts networks up to these sizes; check the arithmetic"));
+        return Err(Box::new((
+            Diagnostic::new(Code::OutOfRange, span, format!("{what} is too large: {i}"))
+                .label(format!("the limit is {max}"))
+                .help("sparsec accepts networks up to these sizes; check the arithmetic"),
+            format!("at most {max} is allowed"),
+        )));
     }
     Ok(i as u32)
 }

@@ -15,7 +15,7 @@ use crate::frontend::ast::{
     Arg, Expr, ExprKind, Item, ItemKind, OpStmt, Program, Stage, StageKind,
 };
 use crate::frontend::parser::suggest;
-use eval::{Scope, Value, eval, eval_count};
+use eval::{Binding, Scope, Value, eval, eval_count};
 use ir::{Graph, MAX_DIM, NodeId, Op, ScopeId, Span, TensorType};
 use std::collections::HashMap;
 use topology::{Links, Order, OutputRule};
@@ -31,9 +31,25 @@ pub fn compile_source(default_name: &str, source: &str) -> (Option<Graph>, Vec<D
     let (program, mut diagnostics) = crate::frontend::parse(source);
     let (graph, errors) = lower(&program, default_name);
     diagnostics.extend(errors);
-    // The same mistake reached twice (a unit used by several layers) is reported once.
-    let mut seen = std::collections::HashSet::new();
-    diagnostics.retain(|d| !d.follow_on && seen.insert((d.span, d.code, d.message.clone())));
+    // The same mistake reached twice (a unit used by several layers, a bad `let` used in
+    // several places) is reported once, with the notes of every report.
+    let mut merged: Vec<Diagnostic> = Vec::with_capacity(diagnostics.len());
+    for d in diagnostics.into_iter().filter(|d| !d.follow_on) {
+        match merged
+            .iter_mut()
+            .find(|m| (m.span, m.code, &m.message) == (d.span, d.code, &d.message))
+        {
+            Some(first) => {
+                for note in d.notes {
+                    if !first.notes.contains(&note) {
+                        first.notes.push(note);
+                    }
+                }
+            }
+            None => merged.push(d),
+        }
+    }
+    let diagnostics = merged;
     if diagnostics.is_empty() {
         (graph, diagnostics)
     } else {
@@ -109,10 +125,10 @@ pub fn lower(program: &Program, default_name: &str) -> (Option<Graph>, Vec<Diagn
 struct Lowering<'p> {
     graph: Graph,
     diagnostics: Vec<Diagnostic>,
-    lets: HashMap<String, (Value, Span)>,
+    lets: HashMap<String, Binding>,
     units: HashMap<String, (&'p [OpStmt], Span)>,
-    /// Channels of each labelled stage's output.
-    labels: HashMap<String, u32>,
+    /// Channels of each labelled stage's output (`None`: the stage failed).
+    labels: HashMap<String, Option<u32>>,
     label_spans: HashMap<String, Span>,
     /// Where each parameter name was first defined (for duplicate reports).
     param_spans: HashMap<String, Span>,
@@ -159,8 +175,8 @@ impl<'p> Lowering<'p> {
             }
             ItemKind::Input { dims } => self.input(dims, item.span),
             ItemKind::Let { name, value } => {
-                if let Some((_, first)) = self.lets.get(&name.name) {
-                    let first = *first;
+                if let Some(first) = self.lets.get(&name.name) {
+                    let first = first.name_span;
                     self.diagnostics.push(
                         Diagnostic::new(
                             Code::DuplicateBinding,
@@ -173,17 +189,21 @@ impl<'p> Lowering<'p> {
                     );
                     return;
                 }
-                match eval(value, &self.scope(&[])) {
-                    Ok(v) => {
-                        self.lets.insert(name.name.clone(), (v, name.span));
-                    }
+                let value_span = value.span;
+                let value = match eval(value, &self.scope(&[])) {
+                    Ok(v) => v,
                     Err(d) => {
                         self.diagnostics.push(d);
                         // Later uses of the name are follow-on errors, not new ones.
-                        self.lets
-                            .insert(name.name.clone(), (Value::Poison, name.span));
+                        Value::Poison
                     }
-                }
+                };
+                let binding = Binding {
+                    value,
+                    name_span: name.span,
+                    value_span,
+                };
+                self.lets.insert(name.name.clone(), binding);
             }
             ItemKind::Unit { name, body } => {
                 if let Some((_, first)) = self.units.get(&name.name) {
@@ -300,10 +320,16 @@ impl<'p> Lowering<'p> {
                 self.current = Some(x);
                 if let Some(label) = &stage.label {
                     let c = self.graph.node(x).ty.channels;
-                    self.labels.insert(label.name.clone(), c);
+                    self.labels.insert(label.name.clone(), Some(c));
                 }
             }
-            None => self.poisoned = true,
+            None => {
+                self.poisoned = true;
+                // `channels(label)` of a failed stage is unknown, not an unknown label.
+                if let Some(label) = &stage.label {
+                    self.labels.insert(label.name.clone(), None);
+                }
+            }
         }
     }
 
@@ -524,9 +550,12 @@ impl<'p> Lowering<'p> {
         };
         let scope = self.graph.add_scope(scope_name, span);
         let x = if self.poisoned { None } else { self.current };
-        let in_channels = x.map_or(0, |x| self.graph.node(x).ty.channels);
+        // Unknown after a failed stage: a use is a follow-on error, never a check against 0.
+        let in_channels = x.map_or(Value::Poison, |x| {
+            Value::Int(i64::from(self.graph.node(x).ty.channels))
+        });
         let ctx = Ctx {
-            locals: vec![("in_channels", Value::Int(i64::from(in_channels)))],
+            locals: vec![("in_channels", in_channels)],
             prefix,
             scope,
         };
@@ -663,7 +692,9 @@ impl<'p> Lowering<'p> {
                 locals: vec![
                     (
                         "in_channels",
-                        Value::Int(x.map_or(0, |x| i64::from(self.graph.node(x).ty.channels))),
+                        x.map_or(Value::Poison, |x| {
+                            Value::Int(i64::from(self.graph.node(x).ty.channels))
+                        }),
                     ),
                     ("growth", Value::Int(i64::from(growth))),
                     ("layer", Value::Int(i as i64)),

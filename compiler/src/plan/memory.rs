@@ -78,6 +78,9 @@ pub fn print(graph: &Graph, plan: &MemoryPlan) -> String {
         "  schedule: {} steps (program order)",
         plan.liveness.steps()
     );
+    out.push_str(
+        "  nodes: numbered as in --emit opt-ir (the optimised graph), not as in --emit ir\n",
+    );
     let _ = writeln!(out, "  buffers: {}", plan.liveness.buffers.len());
     let _ = writeln!(out, "  arena: {} bytes", group(plan.arena.arena_bytes));
     let _ = writeln!(

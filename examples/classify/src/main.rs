@@ -1,6 +1,7 @@
 //! Example: classify images with a compiled model, linking only the `runtime` crate (no
 //! compiler inside). Reads an NCHW float32 batch from a safetensors file (the tensor `input`),
-//! runs it, prints the top-5 classes of each row.
+//! runs it, prints the top-5 classes of each row with their logits. Any other input file type
+//! is an error naming the file.
 //!
 //! ```sh
 //! cargo run --release -p sparsec -- examples/models/sparsenet-40-24.snet \
@@ -26,12 +27,30 @@ fn main() -> ExitCode {
 }
 
 fn classify(model_path: &str, input_path: &str) -> Result<(), Box<dyn std::error::Error>> {
+    // Only safetensors is read here: say so, naming the file, before reading anything.
+    let is_safetensors = std::path::Path::new(input_path)
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
+    if !is_safetensors {
+        return Err(format!(
+            "`{input_path}`: this example reads `.safetensors` input only (the tensor `input`)"
+        )
+        .into());
+    }
     let model = runtime::Model::load(model_path)?;
-    let bytes = std::fs::read(input_path)?;
-    let tensors = safetensors::SafeTensors::deserialize(&bytes)?;
-    let view = tensors.tensor("input")?;
+    let bytes =
+        std::fs::read(input_path).map_err(|e| format!("cannot read `{input_path}`: {e}"))?;
+    let tensors = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| format!("`{input_path}` is not a safetensors file: {e}"))?;
+    let view = tensors
+        .tensor("input")
+        .map_err(|e| format!("`{input_path}`: {e}"))?;
     if view.dtype() != safetensors::Dtype::F32 {
-        return Err(format!("`input` is {:?}, expected F32", view.dtype()).into());
+        return Err(format!(
+            "`{input_path}`: `input` is {:?}, expected F32",
+            view.dtype()
+        )
+        .into());
     }
     let input: Vec<f32> = view
         .data()
@@ -41,9 +60,14 @@ fn classify(model_path: &str, input_path: &str) -> Result<(), Box<dyn std::error
     let batch = view.shape().first().copied().unwrap_or(1);
     let mut session = model.session();
     let logits = session.run(&input, batch)?;
-    let classes = logits.len() / batch;
-    println!("{}: {} images, {} classes", model.name(), batch, classes);
-    for (row, l) in logits.chunks(classes).enumerate() {
+    let classes = logits.len() / batch.max(1);
+    println!(
+        "{}: {} images, {} classes; top-5 per row with its logit (not a probability)",
+        model.name(),
+        batch,
+        classes
+    );
+    for (row, l) in logits.chunks(classes.max(1)).enumerate() {
         let mut order: Vec<usize> = (0..l.len()).collect();
         order.sort_by(|&a, &b| l[b].total_cmp(&l[a]));
         let top: Vec<String> = order
