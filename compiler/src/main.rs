@@ -306,7 +306,8 @@ fn print_timings(enabled: bool, timings: &[sparsec::passes::PassTiming]) {
 }
 
 /// `sparsec run`: loads model.bin with the runtime, runs the input batch, prints the top-5
-/// classes of each row, optionally writes the output.
+/// classes of each row (or, for a feature map output, its shape and a summary), optionally
+/// writes the output.
 fn run_model(
     model: &std::path::Path,
     input: &std::path::Path,
@@ -318,19 +319,41 @@ fn run_model(
     let mut session = model.session_with_threads(threads);
     let y = session.run(&x, batch)?;
     let classes = y.len() / batch.max(1);
-    for (row, logits) in y.chunks(classes.max(1)).enumerate() {
-        let mut order: Vec<usize> = (0..logits.len()).collect();
-        order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
-        let top: Vec<String> = order
-            .iter()
-            .take(5)
-            .map(|&c| format!("{c} ({:.4})", logits[c]))
-            .collect();
-        println!("row {row}: {}", top.join(", "));
+    let [c, h, w] = model.output().shape;
+    let feature_map = (h, w) != (1, 1);
+    if feature_map {
+        // A feature map (a model without a classifier head): its shape and a summary per row.
+        for (row, map) in y.chunks(classes.max(1)).enumerate() {
+            let (lo, hi) = map
+                .iter()
+                .fold((f32::INFINITY, f32::NEG_INFINITY), |(l, u), &v| {
+                    (l.min(v), u.max(v))
+                });
+            let mean = map.iter().map(|&v| f64::from(v)).sum::<f64>() / map.len().max(1) as f64;
+            println!(
+                "row {row}: [{c}, {h}, {w}] feature map, mean {mean:.4}, min {lo:.4}, max {hi:.4}"
+            );
+        }
+    } else {
+        for (row, logits) in y.chunks(classes.max(1)).enumerate() {
+            let mut order: Vec<usize> = (0..logits.len()).collect();
+            order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+            let top: Vec<String> = order
+                .iter()
+                .take(5)
+                .map(|&c| format!("{c} ({:.4})", logits[c]))
+                .collect();
+            println!("row {row}: {}", top.join(", "));
+        }
     }
     if let Some(path) = output {
+        let shape = if feature_map {
+            vec![batch, c as usize, h as usize, w as usize]
+        } else {
+            vec![batch, classes]
+        };
         let array = sparsec::tensor_io::Array {
-            shape: vec![batch, classes],
+            shape,
             data: y.to_vec(),
         };
         sparsec::tensor_io::write(path, &model.output().name, &array)?;
