@@ -44,6 +44,7 @@ const CASES: &[(&str, Combine, usize, bool, bool)] = &[
     ("dense-bn-relu-last", Combine::Concat, 5, true, true),
     ("stem-block", Combine::Concat, 4, false, false),
     ("block-on-input", Combine::Concat, 3, true, false),
+    ("relu-last", Combine::Concat, 3, true, true),
 ];
 
 #[test]

@@ -173,3 +173,8 @@ fn sparsenet_plus_2000() -> Result<()> {
 fn sparsenet_121_32() -> Result<()> {
     check("sparsenet-121-32", 1)
 }
+
+#[test]
+fn feature_extractor_relu_last() -> Result<()> {
+    check_extractor("relu-last")
+}

@@ -417,3 +417,8 @@ fn feature_extractor_stem_block() -> Result<()> {
 fn feature_extractor_block_on_input() -> Result<()> {
     check_extractor("block-on-input")
 }
+
+#[test]
+fn feature_extractor_relu_last() -> Result<()> {
+    check_extractor("relu-last")
+}
