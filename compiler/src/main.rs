@@ -532,8 +532,9 @@ fn softmax(logits: &[f32]) -> Vec<f64> {
 }
 
 /// `sparsec run`: loads model.bin with the runtime, runs the input batch, writes the output if
-/// asked, then prints the top `top` classes of each row. Arguments are checked (file types,
-/// batch) before anything runs.
+/// asked, then prints the top `top` classes of each row (or, for a feature-map output, its
+/// shape and a summary per row). Arguments are checked (file types, batch) before anything
+/// runs.
 fn run_model(
     model_path: &Path,
     load: &runtime::LoadOptions,
@@ -552,13 +553,36 @@ fn run_model(
     let mut session = model.session_with_threads(threads);
     let y = session.run(&x, batch)?;
     let classes = y.len() / batch.max(1);
+    let [c, h, w] = model.output().shape;
+    // A model without a classifier head gives a feature map per image.
+    let feature_map = (h, w) != (1, 1);
     if let Some(path) = output {
+        let shape = if feature_map {
+            vec![batch, c as usize, h as usize, w as usize]
+        } else {
+            vec![batch, classes]
+        };
         let array = sparsec::tensor_io::Array {
-            shape: vec![batch, classes],
+            shape,
             data: y.to_vec(),
         };
         sparsec::tensor_io::write(path, &model.output().name, &array)?;
         eprintln!("wrote {}", path.display());
+    }
+    if feature_map {
+        let mut text = String::new();
+        for (row, map) in y.chunks(classes.max(1)).enumerate() {
+            let (lo, hi) = map
+                .iter()
+                .fold((f32::INFINITY, f32::NEG_INFINITY), |(l, u), &v| {
+                    (l.min(v), u.max(v))
+                });
+            let mean = map.iter().map(|&v| f64::from(v)).sum::<f64>() / map.len().max(1) as f64;
+            text.push_str(&format!(
+                "row {row}: [{c}, {h}, {w}] feature map, mean {mean:.4}, min {lo:.4}, max {hi:.4}\n"
+            ));
+        }
+        return out(&text);
     }
     let k = top.min(classes);
     let mut text = match show {

@@ -8,6 +8,10 @@
 //! F(2x2), direct, strided, matrix products, pools) meets the reference somewhere. The kernels
 //! are forced to their fastest choice (`--winograd 4x4`) rather than left to the accuracy
 //! guard, so every Winograd-eligible layer runs F(4x4) here.
+//!
+//! The feature extractors of `tests/models/` (no head: the last stage is a block, possibly
+//! followed by a batch norm and ReLU; issue 12) run the same way at batches 1 and 3, and their
+//! output must have the block output's `[C, H, W]` per image, as the runtime reports it.
 
 use anyhow::{Result, ensure};
 use ir::interp;
@@ -24,7 +28,36 @@ fn check(name: &str, batch: usize) -> Result<()> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../examples/models")
         .join(format!("{name}.snet"));
-    let mut raw = driver::load(&path)?;
+    check_file(&path, batch).map(drop)
+}
+
+/// A feature extractor of `tests/models/` at batches 1 and 3; its output is the last block's
+/// tensor, `[C, H, W]` per image, as the lowered graph types it.
+fn check_extractor(name: &str) -> Result<()> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("models")
+        .join(format!("{name}.snet"));
+    let raw = driver::load(&path)?;
+    let t = raw.node(raw.outputs()[0]).ty;
+    let shape = [t.channels, t.height, t.width];
+    ensure!(
+        t.height > 1 && t.width > 1,
+        "{name}: a feature map, not a vector"
+    );
+    for batch in [1, 3] {
+        let model = check_file(&path, batch)?;
+        ensure!(
+            model.output().shape == shape,
+            "{name}: the runtime reports {:?}, the model gives {shape:?}",
+            model.output().shape
+        );
+    }
+    Ok(())
+}
+
+fn check_file(path: &std::path::Path, batch: usize) -> Result<Model> {
+    let name = path.display();
+    let mut raw = driver::load(path)?;
     driver::bind(&mut raw, &WeightsSource::Random(7))?;
     damp_summed_branches(&mut raw);
     let policy = KernelPolicy::Fixed(Winograd::F4x4);
@@ -35,6 +68,12 @@ fn check(name: &str, batch: usize) -> Result<()> {
     for threads in [1, 2] {
         let mut session = model.session_with_threads(threads);
         let got = session.run(&x, batch)?;
+        ensure!(
+            got.len() == want.len(),
+            "{name}: {} output values, the interpreter gives {}",
+            got.len(),
+            want.len()
+        );
         let error = interp::relative_error(got, &want);
         eprintln!("{name} batch {batch}, {threads} thread(s): relative error {error:.3e}");
         ensure!(
@@ -42,7 +81,32 @@ fn check(name: &str, batch: usize) -> Result<()> {
             "{name} ({threads} threads): relative error {error:.3e} above {TOLERANCE:e}"
         );
     }
-    Ok(())
+    Ok(model)
+}
+
+#[test]
+fn feature_extractor_sparse_concat_last() -> Result<()> {
+    check_extractor("sparse-concat-last")
+}
+
+#[test]
+fn feature_extractor_sum_last() -> Result<()> {
+    check_extractor("sum-last")
+}
+
+#[test]
+fn feature_extractor_dense_bn_relu_last() -> Result<()> {
+    check_extractor("dense-bn-relu-last")
+}
+
+#[test]
+fn feature_extractor_stem_block() -> Result<()> {
+    check_extractor("stem-block")
+}
+
+#[test]
+fn feature_extractor_block_on_input() -> Result<()> {
+    check_extractor("block-on-input")
 }
 
 #[test]
@@ -114,4 +178,9 @@ fn sparsenet_plus_2000() -> Result<()> {
 #[test]
 fn sparsenet_121_32() -> Result<()> {
     check("sparsenet-121-32", 1)
+}
+
+#[test]
+fn feature_extractor_relu_last() -> Result<()> {
+    check_extractor("relu-last")
 }

@@ -8,7 +8,8 @@
 //! and weights) for every example model (batch 2; batch 1 for the deep and ImageNet ones), once
 //! with every convolution's latency tile and once with its throughput tile, and
 //! for the four golden models also with PyTorch's outputs (golden weights and input, batch 2):
-//! relative error ≤ 2e-4.
+//! relative error ≤ 2e-4. The feature extractors of `tests/models/` (no head, issue 12) are
+//! checked the same way at batches 1 and 3.
 //!
 //! g++ is required: without it these tests fail, they do not skip.
 
@@ -19,7 +20,7 @@ use sparsec::driver::{self, Optimized, WeightsSource};
 use sparsec::weights::load_tensors;
 use sparsec_tests::{damp_summed_branches, reference_run};
 use std::ffi::{CString, c_void};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -183,10 +184,10 @@ fn run(
     Ok(arena[at..at + len].to_vec())
 }
 
-/// The optimised graph and CUDA program of an example model with `weights` bound (random
-/// ones damped for the sum-aggregated models).
-fn compile(name: &str, weights: &WeightsSource) -> Result<(Optimized, CudaProgram)> {
-    let mut raw = driver::load(&repo().join(format!("examples/models/{name}.snet")))?;
+/// The optimised graph and CUDA program of a model with `weights` bound (random ones damped
+/// for the sum-aggregated models).
+fn compile(path: &Path, weights: &WeightsSource) -> Result<(Optimized, CudaProgram)> {
+    let mut raw = driver::load(path)?;
     driver::bind(&mut raw, weights)?;
     damp_summed_branches(&mut raw);
     let opt = driver::optimize(raw, &WeightsSource::None, 1, false)?;
@@ -198,8 +199,24 @@ fn compile(name: &str, weights: &WeightsSource) -> Result<(Optimized, CudaProgra
 /// and input at `batch`, and, for a golden model, with the golden weights against PyTorch's
 /// outputs (the source depends on sizes and offsets only, so the same library serves both).
 fn check(name: &str, batch: u32, golden: bool) -> Result<()> {
+    let path = repo().join(format!("examples/models/{name}.snet"));
+    check_file(name, &path, batch, golden)
+}
+
+/// A feature extractor of `tests/models/` (issue 12: the last stage is a block, possibly
+/// followed by a batch norm and ReLU) at batches 1 and 3, against the interpreter; the output
+/// the shim reads is the last block's tensor, `[C, H, W]` per image.
+fn check_extractor(name: &str) -> Result<()> {
+    let path = repo().join(format!("tests/models/{name}.snet"));
+    for batch in [1, 3] {
+        check_file(name, &path, batch, false)?;
+    }
+    Ok(())
+}
+
+fn check_file(name: &str, path: &Path, batch: u32, golden: bool) -> Result<()> {
     let start = std::time::Instant::now();
-    let (opt, program) = compile(name, &WeightsSource::Random(7))?;
+    let (opt, program) = compile(path, &WeightsSource::Random(7))?;
     let lib = Library::build(name, &program.source)?;
     let built = start.elapsed();
     let (x, want) = reference_run(&opt.graph, batch as usize, 11)?;
@@ -208,6 +225,12 @@ fn check(name: &str, batch: u32, golden: bool) -> Result<()> {
     for pick in [Pick::First, Pick::Last] {
         let before = start.elapsed();
         let got = run(&lib, &opt, &program, &x, batch, pick)?;
+        ensure!(
+            got.len() == want.len(),
+            "{name}: {} output values, the interpreter gives {}",
+            got.len(),
+            want.len()
+        );
         let error = interp::relative_error(&got, &want);
         eprintln!(
             "{name} batch {batch}, {pick:?} variants: shim vs interpreter relative error \
@@ -225,7 +248,7 @@ fn check(name: &str, batch: u32, golden: bool) -> Result<()> {
     }
     let weights =
         WeightsSource::Safetensors(repo().join(format!("../shared/golden/{name}.safetensors")));
-    let (opt, golden_program) = compile(name, &weights)?;
+    let (opt, golden_program) = compile(path, &weights)?;
     ensure!(
         golden_program.source == program.source,
         "{name}: the source depends on the weights"
@@ -368,4 +391,34 @@ fn sparsenet_plus_2000() -> Result<()> {
 #[test]
 fn sparsenet_121_32() -> Result<()> {
     check("sparsenet-121-32", 1, false)
+}
+
+#[test]
+fn feature_extractor_sparse_concat_last() -> Result<()> {
+    check_extractor("sparse-concat-last")
+}
+
+#[test]
+fn feature_extractor_sum_last() -> Result<()> {
+    check_extractor("sum-last")
+}
+
+#[test]
+fn feature_extractor_dense_bn_relu_last() -> Result<()> {
+    check_extractor("dense-bn-relu-last")
+}
+
+#[test]
+fn feature_extractor_stem_block() -> Result<()> {
+    check_extractor("stem-block")
+}
+
+#[test]
+fn feature_extractor_block_on_input() -> Result<()> {
+    check_extractor("block-on-input")
+}
+
+#[test]
+fn feature_extractor_relu_last() -> Result<()> {
+    check_extractor("relu-last")
 }

@@ -2,7 +2,8 @@
 //! same output (relative error below 1e-5) on the lowered graph and on the optimised graph,
 //! with random "trained-looking" weights and a random non-zero input. The golden models are
 //! also checked against PyTorch in `golden_interpreter.rs`; this covers the other topologies
-//! (sum aggregation, residual, dense, max-pool stems, per-block growth).
+//! (sum aggregation, residual, dense, max-pool stems, per-block growth), and the feature
+//! extractors of `tests/models/` (the output materialised by a copy, issue 12).
 
 use ir::interp::{self, Tensor};
 use sparsec::driver::{self, WeightsSource};
@@ -16,9 +17,10 @@ fn input(shape: [usize; 4], seed: u64) -> Tensor {
 
 #[test]
 fn optimised_graphs_compute_what_lowered_graphs_compute() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/models");
-    let mut paths: Vec<_> = std::fs::read_dir(dir)
-        .expect("examples")
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut paths: Vec<_> = ["../examples/models", "models"]
+        .into_iter()
+        .flat_map(|dir| std::fs::read_dir(root.join(dir)).expect("model folder"))
         .map(|e| e.expect("entry").path())
         .collect();
     paths.sort();

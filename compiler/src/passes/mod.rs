@@ -13,6 +13,7 @@ mod fold_batch_norm;
 mod fuse_head;
 mod fuse_preactivation;
 mod fuse_relu_epilogue;
+mod materialise_output;
 mod pool_before_conv;
 
 use ir::Graph;
@@ -37,6 +38,8 @@ pub const PIPELINE: &[(&str, Pass)] = &[
     ("fold-batch-norm", fold_batch_norm::run),
     // conv → relu with no other reader: the conv applies the ReLU as it writes.
     ("fuse-relu-epilogue", fuse_relu_epilogue::run),
+    // output ← concat/add/bn/relu/input: an identity reader writes the output tensor.
+    ("materialise-output", materialise_output::run),
     // bn → relu → reader: the reader applies scale, shift and ReLU as it loads.
     ("fuse-preactivation", fuse_preactivation::run),
     // concat/add → reader: the reader reads the pieces in place.

@@ -1272,10 +1272,21 @@ fn pool_body(a: &mut PoolArgs<'_>) {
     let pro = a.pro;
     let plane = &mut a.scratch[..g.ih * g.iw];
     let area = (g.kh * g.kw) as f32;
+    // A 1x1 window, stride 1, no padding: the identity (`x / 1` and a max of one are `x`), as
+    // the compiler uses it to materialise a graph output (`passes/materialise_output.rs`).
+    let identity = !g.global && (g.kh, g.kw, g.sh, g.sw, g.ph, g.pw) == (1, 1, 1, 1, 0, 0);
     for (c, src) in a.input.channels() {
+        let dst = &mut a.out[c * g.oh * g.ow..][..g.oh * g.ow];
+        if identity {
+            // SAFETY: the output plane is the input plane's size (`oh = ih`, `ow = iw`).
+            unsafe { src.load(0, dst, &pro, c) };
+            if a.relu {
+                dst.iter_mut().for_each(|v| *v = relu(*v));
+            }
+            continue;
+        }
         // SAFETY: the whole plane of `ih * iw` floats.
         unsafe { src.load(0, plane, &pro, c) };
-        let dst = &mut a.out[c * g.oh * g.ow..][..g.oh * g.ow];
         if g.global {
             dst[0] = if g.max {
                 plane.iter().fold(f32::NEG_INFINITY, |m, &v| nan_max(m, v))
@@ -2530,10 +2541,12 @@ mod tests {
         let c = rng.range(n_pieces as u32, 9) as usize;
         let global = rng.range(0, 3) == 0;
         let max = rng.coin();
-        let (k, stride) = if rng.coin() {
-            (2, 2)
-        } else {
-            (3, rng.range(1, 2))
+        // 2x2 (transitions), 3x3 (stems, strided or not), 1x1 stride 1 (the identity that
+        // materialises a graph output).
+        let (k, stride) = match rng.range(0, 2) {
+            0 => (2, 2),
+            1 => (3, rng.range(1, 2)),
+            _ => (1, 1),
         };
         let pad = if k == 3 { rng.range(0, 1) } else { 0 };
         let (ih, iw) = (rng.range(k, 12) as usize, rng.range(k, 12) as usize);
