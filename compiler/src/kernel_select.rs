@@ -116,6 +116,9 @@ pub struct KernelSelection {
     pub trials: usize,
     /// Calibration rows.
     pub rows: usize,
+    /// Seconds spent in the reference interpreter, and building and running candidates.
+    pub reference_seconds: f64,
+    pub candidates_seconds: f64,
     /// Every convolution's kernel, in schedule order.
     pub convs: Vec<ConvChoice>,
 }
@@ -164,12 +167,15 @@ impl fmt::Display for KernelSelection {
         write!(
             f,
             "accuracy: relative error {:.2e} against the f64 reference on {} calibration row{} \
-             ({verdict} budget {:.2e} = {budget}; {} builds measured); convolutions: {}",
+             ({verdict} budget {:.2e} = {budget}; {} builds measured in {:.1} s, reference {:.1} s); \
+             convolutions: {}",
             self.error,
             self.rows,
             if self.rows == 1 { "" } else { "s" },
             self.budget.limit(),
             self.trials,
+            self.candidates_seconds,
+            self.reference_seconds,
             counts.join(", ")
         )
     }
@@ -199,7 +205,10 @@ pub fn compile(
     {
         return Err(SelectError::Tolerance(t));
     }
-    let fastest = cpu::compile_with(graph, plan, &CpuOptions::uniform(Winograd::F4x4))?;
+    let started = std::time::Instant::now();
+    let mut code: cpu::CodeCache = None;
+    let fastest =
+        cpu::compile_reusing(graph, plan, &CpuOptions::uniform(Winograd::F4x4), &mut code)?;
     let eligible: Vec<ConvChoice> = fastest
         .convs
         .iter()
@@ -210,7 +219,7 @@ pub fn compile(
         // Nothing to choose: every convolution runs direct, whatever the budget.
         return Ok((fastest, None));
     }
-    let mut bench = Bench::new(graph, plan, calibration)?;
+    let mut bench = Bench::new(graph, plan, calibration, code)?;
     let fast_error = bench.measure_program(&fastest)?;
     let (budget, direct) = match tolerance {
         Some(t) => (Budget::Tolerance(t), None),
@@ -221,8 +230,10 @@ pub fn compile(
     };
     let limit = budget.limit();
     let rows = bench.rows;
+    let reference_seconds = bench.reference_seconds;
     let finish = |program: CpuProgram, error: f64, direct_error: Option<f64>, trials: usize| {
         let met = error <= limit;
+        let candidates_seconds = started.elapsed().as_secs_f64() - reference_seconds;
         let selection = KernelSelection {
             budget,
             error,
@@ -230,6 +241,8 @@ pub fn compile(
             met,
             trials,
             rows,
+            reference_seconds,
+            candidates_seconds,
             convs: program.convs.clone(),
         };
         (program, Some(selection))
@@ -375,7 +388,11 @@ struct Bench<'a> {
     input: Vec<f32>,
     rows: usize,
     reference: Vec<f32>,
+    reference_seconds: f64,
     trials: usize,
+    /// Candidates differ in descriptors and weights, not in calls: their machine code is
+    /// compiled once.
+    code: cpu::CodeCache,
 }
 
 impl<'a> Bench<'a> {
@@ -383,6 +400,7 @@ impl<'a> Bench<'a> {
         graph: &'a Graph,
         plan: &'a MemoryPlan,
         calibration: Option<&[f32]>,
+        code: cpu::CodeCache,
     ) -> Result<Bench<'a>, SelectError> {
         let &input_id = graph
             .inputs()
@@ -408,6 +426,7 @@ impl<'a> Bench<'a> {
             None => random_rows(per_image * DEFAULT_CALIBRATION_ROWS, 0x5EED),
         };
         let rows = input.len() / per_image.max(1);
+        let started = std::time::Instant::now();
         let reference = interp::run(
             graph,
             &[Tensor {
@@ -430,12 +449,14 @@ impl<'a> Bench<'a> {
             input,
             rows,
             reference,
+            reference_seconds: started.elapsed().as_secs_f64(),
             trials: 0,
+            code,
         })
     }
 
     fn measure(&mut self, options: &CpuOptions) -> Result<(f64, CpuProgram), SelectError> {
-        let program = cpu::compile_with(self.graph, self.plan, options)?;
+        let program = cpu::compile_reusing(self.graph, self.plan, options, &mut self.code)?;
         let e = self.measure_program(&program)?;
         Ok((e, program))
     }
@@ -445,7 +466,9 @@ impl<'a> Bench<'a> {
             .map_err(|_| SelectError::Calibration(format!("{} rows are too many", self.rows)))?;
         let bytes = artifact::write_cpu(self.graph, self.plan, program, max_batch)?;
         let model = runtime::Model::from_bytes(&bytes)?;
-        let mut session = model.session();
+        // One thread: every split of the work gives the same bits (a runtime test checks), and
+        // a compile must not depend on what else the machine is running.
+        let mut session = model.session_with_threads(1);
         let got = session.run(&self.input, self.rows)?;
         self.trials += 1;
         let e = interp::relative_error(got, &self.reference);

@@ -30,7 +30,7 @@ pub struct BufferRef {
 }
 
 /// One kernel call per image.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CallPlan {
     /// Index into the kernel table (`abi::KERNEL_*`).
     pub kernel: usize,
@@ -42,6 +42,7 @@ pub struct CallPlan {
 }
 
 /// The compiled forward function.
+#[derive(Clone, Debug)]
 pub struct Compiled {
     pub code: Vec<u8>,
     /// Features the code needs (none beyond baseline x86-64).

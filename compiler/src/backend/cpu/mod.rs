@@ -268,6 +268,22 @@ pub fn compile_with(
     plan: &MemoryPlan,
     options: &CpuOptions,
 ) -> Result<CpuProgram, BackendError> {
+    compile_reusing(graph, plan, options, &mut None)
+}
+
+/// Machine code compiled for one list of kernel calls, kept to be reused by the next compile
+/// whose calls are the same (the Winograd choice changes descriptors and weights, which the
+/// code reads through offsets, but not the calls).
+pub type CodeCache = Option<(Vec<CallPlan>, codegen::Compiled)>;
+
+/// [`compile_with`], reusing `cache`'s machine code when the calls match, and leaving this
+/// compile's code in it.
+pub fn compile_reusing(
+    graph: &Graph,
+    plan: &MemoryPlan,
+    options: &CpuOptions,
+    cache: &mut CodeCache,
+) -> Result<CpuProgram, BackendError> {
     let mut l = Lowering {
         graph,
         plan,
@@ -459,7 +475,14 @@ pub fn compile_with(
             pieces,
         });
     }
-    let code = codegen::compile(&calls)?;
+    let code = match cache {
+        Some((cached_calls, code)) if *cached_calls == calls => code.clone(),
+        _ => {
+            let code = codegen::compile(&calls)?;
+            *cache = Some((calls, code.clone()));
+            code
+        }
+    };
     Ok(CpuProgram {
         weights: l.weights.bytes,
         consts: l.consts.bytes,
