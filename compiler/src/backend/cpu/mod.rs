@@ -253,7 +253,7 @@ pub fn compile_with(
                 desc.flags = flags;
                 scratch = scratch.max(kernels::conv_scratch_bytes(&desc));
                 let at = l.consts.push_desc(&desc);
-                let flops = 2 * crate::stats::node_macs(graph, id);
+                let flops = ir::cost::node_flops(graph, id);
                 (StepKind::Conv, abi::KERNEL_CONV, at, flops)
             }
             Op::Pool(p) => {
@@ -291,7 +291,7 @@ pub fn compile_with(
                     StepKind::Pool,
                     abi::KERNEL_POOL,
                     at,
-                    node.ty.elements() * u64::from(p.kernel[0] * p.kernel[1]),
+                    ir::cost::node_flops(graph, id),
                 )
             }
             Op::Linear(lin) => {
@@ -327,7 +327,7 @@ pub fn compile_with(
                     StepKind::Linear,
                     abi::KERNEL_LINEAR,
                     at,
-                    2 * crate::stats::node_macs(graph, id),
+                    ir::cost::node_flops(graph, id),
                 )
             }
             Op::BatchNorm(_) | Op::Relu | Op::Concat | Op::Add => {
