@@ -1,14 +1,18 @@
-//! The peer benchmark: sparsec against ONNX Runtime and tract on the golden models, in one run.
+//! The peer benchmark: sparsec against ONNX Runtime, OpenVINO and tract on the golden models, in
+//! one run.
 //!
-//! `cargo bench -p sparsec-tests --bench peers [-- [--quick] [--no-ort] [--no-tract] [NAME...]]`
-//! (or `PEERS_MODELS=a,b` and `PEERS_QUICK=1`). For each golden model it compiles
+//! `bash benches/peers/run.sh [--quick] [--no-ort] [--no-openvino] [--no-tract] [--batch N]...
+//! [NAME...]` (or `PEERS_MODELS=a,b` and `PEERS_QUICK=1`): `run.sh` installs the Python peers
+//! into a venv under `target/` (`setup.sh`), then runs this binary in release mode. A package of
+//! its own, outside the main workspace, so that the test build never compiles tract. For each golden model it compiles
 //! `examples/models/NAME.snet` with the golden weights, loads it with `runtime::Model` and times
 //! `Session::run` at batch 1 and 64; times tract on `../shared/golden/NAME.onnx` (batch fixed,
-//! optimised, single-threaded); and times ONNX Runtime by spawning `tests/benches/ort_bench.py`
-//! (2 intra-op threads). Every peer's output on the golden input is checked against the golden
+//! optimised, single-threaded); and times ONNX Runtime and OpenVINO by spawning
+//! `benches/peers/ort_bench.py` and `openvino_bench.py` (2 threads each; OpenVINO in f32, latency
+//! hint, one stream, reshaped to the batch). Every peer's output on the golden input is checked against the golden
 //! output (relative error below 2e-4) before its times are reported. It also measures the
 //! machine's AVX2 FMA peak (1 and 2 threads, at the start and the end) and prints a markdown
-//! table of medians, speed-ups, the fraction of the 2-core peak that sparsec and ORT reach, and
+//! table of medians, speed-ups (and their geometric means), the fraction of the 2-core peak that sparsec and ORT reach, and
 //! how much CPU other processes took while each cell ran (the figures mean little on a busy
 //! machine).
 //!
@@ -33,14 +37,15 @@ const MODELS: [&str; 4] = [
     "sparsenet-bc-1000-12",
 ];
 const BATCHES: [usize; 2] = [1, 64];
-const ORT_THREADS: usize = 2;
+/// Threads of each Python peer (ONNX Runtime's intra-op threads, OpenVINO's inference threads).
+const PY_THREADS: usize = 2;
 const TOLERANCE: f64 = 2e-4;
 const SEED: u64 = 42;
 const IMAGE: [usize; 3] = [3, 32, 32];
 const PER_IMAGE: usize = IMAGE[0] * IMAGE[1] * IMAGE[2];
 
 fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 fn golden(file: &str) -> PathBuf {
@@ -62,7 +67,7 @@ struct Budget {
     cell_cap: Duration,
     /// The whole run.
     total: Duration,
-    /// Batch-1 cells are measured in this many rounds, sparsec and ORT taking turns, and the
+    /// Batch-1 cells are measured in this many rounds, sparsec, ORT and OpenVINO taking turns, and the
     /// times of all rounds pooled: on a shared VM the machine's speed drifts over seconds (the
     /// host runs other guests), and a peer measured in one block of seconds may get a slow
     /// stretch the other never sees.
@@ -125,6 +130,7 @@ struct Options {
     quick: bool,
     models: Vec<&'static str>,
     ort: bool,
+    openvino: bool,
     tract: bool,
     /// The batch sizes to measure (`--batch N`, repeatable; default [`BATCHES`]).
     batches: Vec<usize>,
@@ -139,7 +145,7 @@ fn options() -> Result<Options> {
         .filter(|s| !s.is_empty())
         .map(String::from)
         .collect();
-    let (mut ort, mut tract) = (true, true);
+    let (mut ort, mut openvino, mut tract) = (true, true, true);
     let mut batches = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -152,14 +158,13 @@ fn options() -> Result<Options> {
                 }
                 batches.push(b);
             }
-            // `cargo bench` passes `--bench` to every bench binary.
-            "--bench" => {}
             "--quick" => quick = true,
             "--no-ort" => ort = false,
+            "--no-openvino" => openvino = false,
             "--no-tract" => tract = false,
             "-h" | "--help" => {
                 println!(
-                    "usage: cargo bench -p sparsec-tests --bench peers -- [--quick] [--no-ort] \
+                    "usage: bash benches/peers/run.sh [--quick] [--no-ort] [--no-openvino] \
                      [--no-tract] [--batch N]... [MODEL-FILTER...]\nmodels: {}",
                     MODELS.join(", ")
                 );
@@ -188,6 +193,7 @@ fn options() -> Result<Options> {
         quick,
         models,
         ort,
+        openvino,
         tract,
         batches: if batches.is_empty() {
             BATCHES.to_vec()
@@ -436,104 +442,154 @@ fn time_tract(plan: &TractPlan, x: &[f32], batch: usize, budget: &Budget) -> Res
     })
 }
 
-fn ort_script() -> PathBuf {
-    repo().join("tests/benches/ort_bench.py")
+/// A peer that runs in Python: a script beside this package, on `peer_timing.py`'s harness.
+struct PyPeer {
+    /// The product's name, for the header.
+    long: &'static str,
+    /// The Python module whose `__version__` is reported.
+    module: &'static str,
+    script: &'static str,
+    /// How it is set up, for the header.
+    settings: &'static str,
 }
 
+const ORT: PyPeer = PyPeer {
+    long: "ONNX Runtime",
+    module: "onnxruntime",
+    script: "ort_bench.py",
+    settings: "2 intra-op threads, 1 inter-op, sequential, all graph optimisations",
+};
+
+const OPENVINO: PyPeer = PyPeer {
+    long: "OpenVINO",
+    module: "openvino",
+    script: "openvino_bench.py",
+    settings: "CPU plugin, INFERENCE_PRECISION_HINT=f32, INFERENCE_NUM_THREADS=2, \
+               PERFORMANCE_HINT=LATENCY, NUM_STREAMS=1, reshaped to the batch",
+};
+
+/// The Python peers, in `PEERS` order after sparsec.
+const PY_PEERS: [&PyPeer; 2] = [&ORT, &OPENVINO];
+
+/// `PYTHON`, else the venv `setup.sh` makes (`target/peers-venv`), else `python3`.
 fn python() -> String {
-    std::env::var("PYTHON").unwrap_or_else(|_| "python3".into())
-}
-
-/// ONNX Runtime's version, or why it cannot run.
-fn ort_version() -> Result<String, String> {
-    let out = Command::new(python())
-        .args(["-c", "import onnxruntime; print(onnxruntime.__version__)"])
-        .output()
-        .map_err(|e| format!("cannot run `{}`: {e}", python()))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    if let Ok(p) = std::env::var("PYTHON") {
+        return p;
+    }
+    let venv = repo().join("target/peers-venv/bin/python");
+    if venv.exists() {
+        venv.display().to_string()
     } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+        "python3".into()
     }
 }
 
-struct OrtRun {
+impl PyPeer {
+    fn script(&self) -> PathBuf {
+        repo().join("benches/peers").join(self.script)
+    }
+
+    /// The peer's version, or why it cannot run.
+    fn version(&self) -> Result<String, String> {
+        let code = format!("import {m}; print({m}.__version__)", m = self.module);
+        let out = Command::new(python())
+            .args(["-c", &code])
+            .output()
+            .map_err(|e| format!("cannot run `{}`: {e}", python()))?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+        }
+    }
+
+    /// One cell (or one round of it): the script's timed calls, and its output on `check_input`.
+    fn run(
+        &self,
+        name: &str,
+        batch: usize,
+        input: &Path,
+        check_input: Option<&Path>,
+        budget: &Budget,
+    ) -> Result<PyRun> {
+        let script = self.script;
+        let mut cmd = Command::new(python());
+        cmd.arg(self.script())
+            .arg("--model")
+            .arg(golden(&format!("{name}.onnx")))
+            .args(["--batch", &batch.to_string()])
+            .args(["--threads", &PY_THREADS.to_string()])
+            .args(["--iters", &budget.max_iters.to_string()])
+            .args(["--min-iters", &budget.min_iters.to_string()])
+            .args(["--warmup", &budget.warmup(batch).to_string()])
+            .args(["--budget-s", &budget.cell.as_secs_f64().to_string()])
+            .args(["--cap-s", &budget.cell_cap.as_secs_f64().to_string()])
+            .args(["--seed", &SEED.to_string()])
+            .arg("--input")
+            .arg(input);
+        if let Some(c) = check_input {
+            cmd.arg("--check-input").arg(c);
+        }
+        let out = cmd.output().with_context(|| format!("running {script}"))?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let json: serde_json::Value = serde_json::from_str(stdout.trim()).with_context(|| {
+            format!(
+                "{script} printed no JSON (status {}): {}{}",
+                out.status,
+                stdout.trim(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )
+        })?;
+        if let Some(e) = json["error"].as_str() {
+            bail!("{script}: {e}");
+        }
+        let times_ms: Vec<f64> = json["times_ms"]
+            .as_array()
+            .with_context(|| format!("{script}: no times_ms"))?
+            .iter()
+            .map(|v| {
+                v.as_f64()
+                    .with_context(|| format!("{script}: a time is not a number"))
+            })
+            .collect::<Result<_>>()?;
+        let check_output = json["check_output"].as_array().map(|a| {
+            a.iter()
+                .map(|v| v.as_f64().unwrap_or(f64::NAN) as f32)
+                .collect()
+        });
+        Ok(PyRun {
+            timing: Timing { times_ms },
+            check_output,
+        })
+    }
+}
+
+struct PyRun {
     timing: Timing,
     check_output: Option<Vec<f32>>,
-}
-
-fn run_ort(
-    name: &str,
-    batch: usize,
-    input: &Path,
-    check_input: Option<&Path>,
-    budget: &Budget,
-) -> Result<OrtRun> {
-    let mut cmd = Command::new(python());
-    cmd.arg(ort_script())
-        .arg("--model")
-        .arg(golden(&format!("{name}.onnx")))
-        .args(["--batch", &batch.to_string()])
-        .args(["--threads", &ORT_THREADS.to_string()])
-        .args(["--iters", &budget.max_iters.to_string()])
-        .args(["--min-iters", &budget.min_iters.to_string()])
-        .args(["--warmup", &budget.warmup(batch).to_string()])
-        .args(["--budget-s", &budget.cell.as_secs_f64().to_string()])
-        .args(["--cap-s", &budget.cell_cap.as_secs_f64().to_string()])
-        .args(["--seed", &SEED.to_string()])
-        .arg("--input")
-        .arg(input);
-    if let Some(c) = check_input {
-        cmd.arg("--check-input").arg(c);
-    }
-    let out = cmd.output().context("running ort_bench.py")?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let json: serde_json::Value = serde_json::from_str(stdout.trim()).with_context(|| {
-        format!(
-            "ort_bench.py printed no JSON (status {}): {}{}",
-            out.status,
-            stdout.trim(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )
-    })?;
-    if let Some(e) = json["error"].as_str() {
-        bail!("ort_bench.py: {e}");
-    }
-    let times_ms: Vec<f64> = json["times_ms"]
-        .as_array()
-        .context("ort_bench.py: no times_ms")?
-        .iter()
-        .map(|v| v.as_f64().context("ort_bench.py: a time is not a number"))
-        .collect::<Result<_>>()?;
-    let check_output = json["check_output"].as_array().map(|a| {
-        a.iter()
-            .map(|v| v.as_f64().unwrap_or(f64::NAN) as f32)
-            .collect()
-    });
-    Ok(OrtRun {
-        timing: Timing { times_ms },
-        check_output,
-    })
 }
 
 // ---------------------------------------------------------------------------------------------
 // The run
 
-const PEERS: [&str; 3] = ["sparsec", "ORT", "tract"];
+/// The columns: sparsec, the Python peers (`PY_PEERS`), tract.
+const PEERS: [&str; 4] = ["sparsec", "ORT", "OpenVINO", "tract"];
+const N: usize = PEERS.len();
+const TRACT: usize = N - 1;
 
 struct Row {
     model: &'static str,
     batch: usize,
     macs_per_image: u64,
-    /// sparsec, ORT, tract.
-    cells: [Cell; 3],
+    /// In `PEERS` order.
+    cells: [Cell; N],
     /// The share of the machine's CPU time other processes used while each cell ran.
-    others: [Option<f64>; 3],
+    others: [Option<f64>; N],
 }
 
 struct ModelChecks {
     model: &'static str,
-    checks: [Check; 3],
+    checks: [Check; N],
 }
 
 fn cell_of(r: Result<Timing>) -> Cell {
@@ -543,13 +599,17 @@ fn cell_of(r: Result<Timing>) -> Cell {
     }
 }
 
+/// Each Python peer's version, or why it does not run (`--no-ort`, `--no-openvino`, not
+/// installed), in `PY_PEERS` order.
+type PyVersions = [Result<String, String>; 2];
+
 fn bench_model(
     name: &'static str,
     opts: &Options,
-    ort: &Result<String, String>,
+    py: &PyVersions,
     tmp: &Path,
     run_start: Instant,
-    scaling: &mut [f64; 3],
+    scaling: &mut [f64; N],
     rows: &mut Vec<Row>,
 ) -> Result<ModelChecks> {
     let budget = &opts.budget;
@@ -557,7 +617,7 @@ fn bench_model(
         Ok(m) => m,
         Err(_) => {
             let graph = driver::load(&repo().join(format!("examples/models/{name}.snet")))?;
-            sparsec::stats::stats(&graph, 1).macs_per_image
+            ir::cost::graph_macs(&graph)
         }
     };
     let io = golden_io(name)?;
@@ -572,7 +632,8 @@ fn bench_model(
     );
     let model_error = model.as_ref().err().map(|e| format!("{e:#}"));
     let mut session = model.as_ref().ok().map(Model::session);
-    let sparsec_check = match session.as_mut() {
+    let mut checks: [Check; N] = std::array::from_fn(|_| Check::NotRun("disabled".into()));
+    checks[0] = match session.as_mut() {
         Some(s) => check_of(
             s.run(&io.input, io.images)
                 .map(<[f32]>::to_vec)
@@ -581,28 +642,24 @@ fn bench_model(
         ),
         None => Check::NotRun(model_error.clone().unwrap_or_default()),
     };
-    let mut ort_check = Check::NotRun(
-        if opts.ort {
-            "ONNX Runtime not installed"
-        } else {
-            "--no-ort"
+    for (i, v) in py.iter().enumerate() {
+        if let Err(why) = v {
+            checks[1 + i] = Check::NotRun(why.lines().last().unwrap_or("not installed").into());
         }
-        .into(),
-    );
-    let mut tract_check = Check::NotRun("tract disabled".into());
-    let mut batch1: [Cell; 3] = std::array::from_fn(|_| Cell::Skipped);
+    }
+    let mut batch1: [Cell; N] = std::array::from_fn(|_| Cell::Skipped);
 
     for &batch in &opts.batches {
         let x = random_input(batch * PER_IMAGE, SEED);
         let input_file = tmp.join(format!("input-b{batch}.bin"));
         write_f32(&input_file, &x)?;
-        let mut cells: [Cell; 3] = std::array::from_fn(|_| Cell::Skipped);
-        let mut others = [None; 3];
+        let mut cells: [Cell; N] = std::array::from_fn(|_| Cell::Skipped);
+        let mut others = [None; N];
 
-        // sparsec and ONNX Runtime, taking turns (`Budget::rounds`).
+        // sparsec and the Python peers, taking turns (`Budget::rounds`).
         let rounds = budget.rounds(batch);
         let round = budget.round(rounds);
-        let mut shares: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+        let mut shares: [Vec<f64>; TRACT] = std::array::from_fn(|_| Vec::new());
         for r in 0..rounds {
             let before = cpu_sample();
             let cell = match session.as_mut() {
@@ -618,33 +675,38 @@ fn bench_model(
             cells[0] = std::mem::replace(&mut cells[0], Cell::Skipped).merge(cell);
             shares[0].extend(others_share(before, cpu_sample()));
 
-            let before = cpu_sample();
-            let cell = match ort {
-                _ if !opts.ort => Cell::Unavailable("--no-ort"),
-                Err(_) => Cell::Unavailable("not installed"),
-                Ok(_) if batch > 1 && !fits(budget, run_start, batch, &batch1[1], scaling[1]) => {
-                    Cell::Skipped
-                }
-                Ok(_) => {
-                    let check = (batch == 1 && r == 0).then_some(golden_input.as_path());
-                    match run_ort(name, batch, &input_file, check, &round) {
-                        Ok(run) => {
-                            if let Some(out) = run.check_output {
-                                ort_check = check_of(Ok(out), &io.output);
+            for (k, (peer, version)) in PY_PEERS.iter().zip(py).enumerate() {
+                let i = 1 + k;
+                let before = cpu_sample();
+                let cell = match version {
+                    Err(why) if why.starts_with("--no-") => Cell::Unavailable("disabled"),
+                    Err(_) => Cell::Unavailable("not installed"),
+                    Ok(_)
+                        if batch > 1 && !fits(budget, run_start, batch, &batch1[i], scaling[i]) =>
+                    {
+                        Cell::Skipped
+                    }
+                    Ok(_) => {
+                        let check = (batch == 1 && r == 0).then_some(golden_input.as_path());
+                        match peer.run(name, batch, &input_file, check, &round) {
+                            Ok(run) => {
+                                if let Some(out) = run.check_output {
+                                    checks[i] = check_of(Ok(out), &io.output);
+                                }
+                                Cell::Time(run.timing)
                             }
-                            Cell::Time(run.timing)
-                        }
-                        Err(e) => {
-                            if check.is_some() {
-                                ort_check = Check::NotRun(format!("{e:#}"));
+                            Err(e) => {
+                                if check.is_some() {
+                                    checks[i] = Check::NotRun(format!("{e:#}"));
+                                }
+                                Cell::Failed(format!("{e:#}"))
                             }
-                            Cell::Failed(format!("{e:#}"))
                         }
                     }
-                }
-            };
-            cells[1] = std::mem::replace(&mut cells[1], Cell::Skipped).merge(cell);
-            shares[1].extend(others_share(before, cpu_sample()));
+                };
+                cells[i] = std::mem::replace(&mut cells[i], Cell::Skipped).merge(cell);
+                shares[i].extend(others_share(before, cpu_sample()));
+            }
         }
         for (i, peer) in shares.into_iter().enumerate() {
             // The worst round: how quiet the machine was at least.
@@ -664,9 +726,9 @@ fn bench_model(
 
         // tract.
         let before = cpu_sample();
-        cells[2] = if !opts.tract {
+        cells[TRACT] = if !opts.tract {
             Cell::Unavailable("--no-tract")
-        } else if batch > 1 && !fits(budget, run_start, batch, &batch1[2], scaling[2]) {
+        } else if batch > 1 && !fits(budget, run_start, batch, &batch1[TRACT], scaling[TRACT]) {
             Cell::Skipped
         } else {
             let t = Instant::now();
@@ -677,23 +739,23 @@ fn bench_model(
                         t.elapsed().as_secs_f64()
                     );
                     if batch == 1 {
-                        tract_check = check_of(tract_golden(&plan, &io), &io.output);
+                        checks[TRACT] = check_of(tract_golden(&plan, &io), &io.output);
                     }
                     cell_of(time_tract(&plan, &x, batch, budget))
                 }
                 Err(e) => {
                     if batch == 1 {
-                        tract_check = Check::NotRun(format!("{e:#}"));
+                        checks[TRACT] = Check::NotRun(format!("{e:#}"));
                     }
                     Cell::Failed(format!("{e:#}"))
                 }
             }
         };
-        others[2] = others_share(before, cpu_sample());
+        others[TRACT] = others_share(before, cpu_sample());
         eprintln!(
             "{name} b{batch}: tract {}{}",
-            cells[2].progress(),
-            show_others(others[2])
+            cells[TRACT].progress(),
+            show_others(others[TRACT])
         );
 
         if batch == 1 {
@@ -715,12 +777,13 @@ fn bench_model(
     }
     Ok(ModelChecks {
         model: name,
-        checks: [sparsec_check, ort_check, tract_check],
+        checks,
     })
 }
 
 fn tract_version() -> String {
-    let lock = std::fs::read_to_string(repo().join("Cargo.lock")).unwrap_or_default();
+    let lock = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.lock"))
+        .unwrap_or_default();
     lock.split("[[package]]")
         .find(|p| p.contains("name = \"tract-onnx\""))
         .and_then(|p| p.lines().find_map(|l| l.strip_prefix("version = ")))
@@ -843,11 +906,29 @@ fn gflops(macs_per_image: u64, batch: usize, ms: f64) -> f64 {
     2.0 * macs_per_image as f64 * batch as f64 / (ms * 1e-3) / 1e9
 }
 
+/// The geometric mean of the speed-ups over `peer` (index into `PEERS`) in the rows where both
+/// sides have a time, and how many such rows there are.
+fn geomean_speedup(rows: &[Row], peer: usize) -> Option<(f64, usize)> {
+    let logs: Vec<f64> = rows
+        .iter()
+        .filter_map(|r| match (r.cells[peer].ms(), r.cells[0].ms()) {
+            (Some(p), Some(o)) if p > 0.0 && o > 0.0 => Some((p / o).ln()),
+            _ => None,
+        })
+        .collect();
+    (!logs.is_empty()).then(|| {
+        (
+            (logs.iter().sum::<f64>() / logs.len() as f64).exp(),
+            logs.len(),
+        )
+    })
+}
+
 fn main() -> Result<()> {
     let opts = options()?;
     let run_start = Instant::now();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    println!("# sparsec vs ONNX Runtime vs tract (CPU)\n");
+    println!("# sparsec vs ONNX Runtime vs OpenVINO vs tract (CPU)\n");
     println!(
         "CPU: {} ({cores} logical cores); {} run; models: {}",
         cpu_model(),
@@ -861,29 +942,40 @@ fn main() -> Result<()> {
         sparsec::peak::fma_peak(2, peak_seconds),
     );
 
-    let ort = if opts.ort {
-        ort_version()
-    } else {
-        Err("--no-ort".into())
-    };
-    match &ort {
-        Ok(v) => println!(
-            "ONNX Runtime {v} (python: {}; {ORT_THREADS} intra-op threads, 1 inter-op, \
-             sequential, all graph optimisations)",
-            python()
-        ),
-        Err(_) if !opts.ort => println!("ONNX Runtime: disabled (--no-ort)"),
-        Err(e) => println!(
-            "ONNX Runtime: not available ({}). Install it with `pip install \
-             onnxruntime==1.32.*` (or the newest version pip offers); continuing without it.",
-            e.lines().last().unwrap_or("import failed")
-        ),
+    let enabled = [opts.ort, opts.openvino];
+    let flags = ["--no-ort", "--no-openvino"];
+    let py: PyVersions = std::array::from_fn(|k| {
+        if enabled[k] {
+            PY_PEERS[k].version()
+        } else {
+            Err(flags[k].into())
+        }
+    });
+    for ((peer, version), flag) in PY_PEERS.iter().zip(&py).zip(flags) {
+        match version {
+            Ok(v) => println!(
+                "{} {v} (python: {}; {})",
+                peer.long,
+                python(),
+                peer.settings
+            ),
+            Err(e) if e == flag => println!("{}: disabled ({flag})", peer.long),
+            Err(e) => println!(
+                "{}: not available ({}). Install it with `bash benches/peers/setup.sh` (a venv \
+                 in target/, which the bench then uses); continuing without it.",
+                peer.long,
+                e.lines().last().unwrap_or("import failed")
+            ),
+        }
     }
     println!(
         "tract-onnx {}: single-threaded (tract-linalg built without `multithread-mm`)",
         tract_version()
     );
-    println!("sparsec: one thread per session");
+    println!(
+        "sparsec: {} threads per session",
+        runtime::default_threads()
+    );
     println!("load average at start: {}\n", load_average());
 
     let tmp = std::env::temp_dir().join(format!("sparsec-peers-{}", std::process::id()));
@@ -891,9 +983,9 @@ fn main() -> Result<()> {
     let mut rows = Vec::new();
     let mut checks = Vec::new();
     let mut errors = Vec::new();
-    let mut scaling = [1.0; 3];
+    let mut scaling = [1.0; N];
     for &name in &opts.models {
-        match bench_model(name, &opts, &ort, &tmp, run_start, &mut scaling, &mut rows) {
+        match bench_model(name, &opts, &py, &tmp, run_start, &mut scaling, &mut rows) {
             Ok(c) => checks.push(c),
             Err(e) => errors.push(format!("{name}: {e:#}")),
         }
@@ -932,11 +1024,15 @@ fn main() -> Result<()> {
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "\n| model | batch | sparsec ms | ORT ms | tract ms | sparsec/ORT speed-up | \
-         sparsec/tract speed-up | sparsec GFLOP/s | % of 2-core peak | ORT % of 2-core peak | \
-         others' CPU % (sparsec/ORT/tract) |"
+        "\n| model | batch | sparsec ms | ORT ms | OpenVINO ms | tract ms | sparsec/ORT speed-up | \
+         sparsec/OpenVINO speed-up | sparsec/tract speed-up | sparsec GFLOP/s | \
+         % of 2-core peak | ORT % of 2-core peak | OpenVINO % of 2-core peak | \
+         others' CPU % (sparsec/ORT/OpenVINO/tract) |"
     );
-    let _ = writeln!(t, "|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        t,
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
     for r in &rows {
         let is_wrong = |i: usize| {
             checks
@@ -951,22 +1047,22 @@ fn main() -> Result<()> {
             }
             _ => "–".into(),
         };
+        let shown: Vec<String> = (0..N).map(|i| r.cells[i].show(is_wrong(i))).collect();
+        let ratios: Vec<String> = (1..N).map(|i| ratio(r.cells[i].ms(), ours)).collect();
         let _ = writeln!(
             t,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.model,
             r.batch,
-            r.cells[0].show(is_wrong(0)),
-            r.cells[1].show(is_wrong(1)),
-            r.cells[2].show(is_wrong(2)),
-            ratio(r.cells[1].ms(), ours),
-            ratio(r.cells[2].ms(), ours),
+            shown.join(" | "),
+            ratios.join(" | "),
             ours.map_or_else(
                 || "–".into(),
                 |ms| format!("{:.1}", gflops(r.macs_per_image, r.batch, ms))
             ),
             pct(ours),
             pct(r.cells[1].ms()),
+            pct(r.cells[2].ms()),
             r.others
                 .iter()
                 .zip(&r.cells)
@@ -979,6 +1075,20 @@ fn main() -> Result<()> {
         );
     }
     print!("{t}");
+    let means: Vec<String> = (1..N)
+        .map(|i| match geomean_speedup(&rows, i) {
+            Some((g, n)) => format!(
+                "{} **{g:.2}x** ({n} cell{})",
+                PEERS[i],
+                if n == 1 { "" } else { "s" }
+            ),
+            None => format!("{} –", PEERS[i]),
+        })
+        .collect();
+    println!(
+        "\nGeometric mean of the speed-ups (peer ms / sparsec ms over the cells both ran): {}",
+        means.join(", ")
+    );
     println!(
         "\nMedians of timed calls after warm-up (full run: at least {} calls or {:.0} s per cell). \
          Speed-up = peer ms / sparsec ms (above 1: sparsec is faster). GFLOP/s count 2 x the \
@@ -988,7 +1098,7 @@ fn main() -> Result<()> {
     );
     println!(
         "sparsec runs {} threads per session (`runtime::default_threads`, `SPARSEC_THREADS`); \
-         ORT uses {ORT_THREADS} threads; tract runs single-threaded.",
+         ORT and OpenVINO use {PY_THREADS} threads; tract runs single-threaded.",
         runtime::default_threads()
     );
     for r in &rows {
