@@ -4,11 +4,16 @@
 //! the activation memory a naive executor holds (every tensor its own buffer, concatenations
 //! materialised), in total and per scope.
 //!
-//! Read-only over the IR. The JSON keys of [`Stats`] are documented in `docs/stats.md` and
-//! stable: add keys, never rename or remove them.
+//! Read-only over the IR. Used by the `stats` command and the CLI only: the per-node costs are
+//! `ir::cost`'s, the number formatting `crate::numfmt`'s. The JSON keys of [`Stats`] are
+//! documented in `docs/stats.md` and stable: add keys, never rename or remove them.
 
+use ir::cost::node_macs;
 use ir::{Graph, Op};
 use serde::Serialize;
+
+/// Re-exported for the CLI, which formats its own summaries with it.
+pub use crate::numfmt::group;
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct Stats {
@@ -43,20 +48,6 @@ pub struct ScopeStats {
     pub macs_per_image: u64,
     pub convs: u64,
     pub naive_activation_bytes: u64,
-}
-
-/// Multiply-accumulates one node performs per image.
-pub fn node_macs(graph: &Graph, id: ir::NodeId) -> u64 {
-    let node = graph.node(id);
-    match &node.op {
-        Op::Conv2d(c) => {
-            let cin = graph.params.get(c.weight).shape[1] as u64;
-            let window = cin * u64::from(c.kernel[0]) * u64::from(c.kernel[1]);
-            node.ty.elements().saturating_mul(window)
-        }
-        Op::Linear(l) => graph.params.get(l.weight).elements(),
-        _ => 0,
-    }
 }
 
 /// Costs of the unoptimised graph only (the memory-plan fields are left 0; see [`full`]).
@@ -144,11 +135,7 @@ pub fn full(graph: &Graph, batch: u64) -> Result<Stats, crate::driver::DriverErr
         batch,
         cfg!(debug_assertions),
     )?;
-    s.optimized_macs_per_image = opt
-        .graph
-        .node_ids()
-        .map(|n| node_macs(&opt.graph, n))
-        .fold(0, u64::saturating_add);
+    s.optimized_macs_per_image = ir::cost::graph_macs(&opt.graph);
     s.materialising_peak_bytes = crate::driver::materialising_peak_bytes(graph, batch)?;
     s.arena_bytes = opt.plan.arena.arena_bytes;
     s.lower_bound_bytes = opt.plan.arena.lower_bound_bytes;
@@ -230,19 +217,6 @@ pub fn render(s: &Stats) -> String {
             sc.convs,
             group(sc.naive_activation_bytes)
         );
-    }
-    out
-}
-
-/// `1234567` → `1,234,567`.
-pub fn group(v: u64) -> String {
-    let s = v.to_string();
-    let mut out = String::with_capacity(s.len() + s.len() / 3);
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
     }
     out
 }

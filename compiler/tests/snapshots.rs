@@ -1,5 +1,9 @@
-//! Snapshot tests: the printed IR of every example model and the rendered diagnostics of every
-//! invalid fixture. The text is the test API: `cargo insta review` after an intended change.
+//! Snapshot tests: every example model lowers to a graph that passes the verifier, and the
+//! printed IR of those of `common::SNAPSHOT_MODELS` is snapshotted; the rendered diagnostics of
+//! every invalid fixture are snapshotted. The text is the test API: `cargo insta review`
+//! after an intended change.
+
+mod common;
 
 use std::path::Path;
 
@@ -32,7 +36,9 @@ fn emit_ir() {
     insta::glob!("../../examples/models", "*.snet", |path| {
         let ir =
             compile(path).unwrap_or_else(|e| panic!("{} fails to compile:\n{e}", path.display()));
-        insta::assert_snapshot!(ir);
+        if common::is_listed(path, &common::SNAPSHOT_MODELS) {
+            insta::assert_snapshot!(ir);
+        }
     });
 }
 
@@ -101,13 +107,15 @@ fn errors_only_on_marked_lines() {
     );
 }
 
-/// Every stored snapshot belongs to an example or a fixture that still exists (what
-/// `cargo insta test --unreferenced=reject` checks, without needing cargo-insta installed).
+/// Every stored snapshot belongs to a test, and to a model, fixture or pass input that it still
+/// covers (what `cargo insta test --unreferenced=reject` checks, without needing cargo-insta
+/// installed).
 #[test]
 fn no_orphan_snapshots() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots");
-    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/models");
-    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/errors");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = root.join("tests/snapshots");
+    let fixtures = root.join("tests/fixtures/errors");
+    let pass_inputs = root.join("tests/passes");
     for entry in std::fs::read_dir(dir).expect("snapshot dir") {
         let name = entry
             .expect("entry")
@@ -134,17 +142,31 @@ fn no_orphan_snapshots() {
             .trim_end_matches(".snap")
             .split_once('@')
             .unwrap_or_else(|| panic!("unexpected file {name} in tests/snapshots"));
-        let source_dir = match prefix {
-            "snapshots__emit_ir"
-            | "optimize__emit_opt_ir"
-            | "optimize__emit_plan"
-            | "cuda__emit_cuda" => &examples,
-            "snapshots__diagnostics" => &fixtures,
+        let model = file.trim_end_matches(".snet");
+        match prefix {
+            "snapshots__emit_ir" | "optimize__emit_opt_ir" | "optimize__emit_plan" => assert!(
+                common::SNAPSHOT_MODELS.contains(&model),
+                "snapshot {name}: {model} is not in common::SNAPSHOT_MODELS"
+            ),
+            "cuda__emit_cuda" => assert!(
+                common::CUDA_SNAPSHOT_MODELS.contains(&model),
+                "snapshot {name}: {model} is not in common::CUDA_SNAPSHOT_MODELS"
+            ),
+            "snapshots__diagnostics" => assert!(
+                fixtures.join(file).exists(),
+                "snapshot {name} has no fixture"
+            ),
+            // `<pass>__<file>`: the input `tests/passes/<pass>/<file>`.
+            "passes__pass" => {
+                let (pass, input) = file
+                    .split_once("__")
+                    .unwrap_or_else(|| panic!("snapshot {name}: no pass folder in its name"));
+                assert!(
+                    pass_inputs.join(pass).join(input).exists(),
+                    "snapshot {name} has no input tests/passes/{pass}/{input}"
+                );
+            }
             _ => panic!("snapshot {name} has no test"),
-        };
-        assert!(
-            source_dir.join(file).exists(),
-            "snapshot {name} has no source file"
-        );
+        }
     }
 }

@@ -2,12 +2,14 @@
 //!
 //! Owns tensor types ([`TensorType`]), the closed op set ([`Op`]), the graph ([`Graph`], a
 //! petgraph `StableDiGraph` with typed ids), the parameter table ([`Params`]), shape inference,
-//! the verifier ([`verify`]), the canonical text printer ([`print`]) and the reference
-//! interpreter ([`interp`]), which is the numerical oracle for every pass and backend.
+//! the verifier ([`verify`]), the canonical text printer ([`print`]), the reference
+//! interpreter ([`interp`]), which is the numerical oracle for every pass and backend, and the
+//! cost of each node ([`cost`]: MACs and FLOPs per op kind).
 //!
 //! Must not know about the `.snet` syntax, diagnostics rendering, passes, memory planning or
 //! code generation: those live in the `sparsec` crate and only use the API here.
 
+pub mod cost;
 mod graph;
 mod ids;
 

@@ -27,7 +27,7 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 fn sources() -> Vec<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut files = Vec::new();
-    for dir in ["ir", "compiler", "runtime", "tests", "examples"] {
+    for dir in ["ir", "compiler", "runtime", "tests", "examples", "benches"] {
         rust_files(&root.join(dir), &mut files);
     }
     files.sort();

@@ -106,10 +106,7 @@ pub fn analyze<'g>(graph: &'g Graph, plan: &MemoryPlan) -> Result<Vec<StepPlan<'
                 })
             })
             .collect::<Result<Vec<_>, BackendError>>()?;
-        let flops_per_image = match &node.op {
-            Op::Pool(p) => node.ty.elements() * u64::from(p.kernel[0] * p.kernel[1]),
-            _ => 2 * crate::stats::node_macs(graph, id),
-        };
+        let flops_per_image = ir::cost::node_flops(graph, id);
         steps.push(StepPlan {
             node: id,
             op: &node.op,

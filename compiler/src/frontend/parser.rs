@@ -633,3 +633,133 @@ mod suggest_tests {
         assert_eq!(suggest("xyz", &keywords), None);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Focused parser tests: precedence, spans, layout, labels and recovery on small inputs.
+    //! (Whole files and rendered diagnostics are `tests/snapshots.rs`.)
+
+    use crate::diagnostics::Code;
+    use crate::frontend::ast::{BinOp, ExprKind, ItemKind, Program, StageKind};
+
+    fn parse(source: &str) -> (Program, Vec<Code>) {
+        let (program, diagnostics) = crate::frontend::parse(source);
+        (program, diagnostics.iter().map(|d| d.code).collect())
+    }
+
+    #[test]
+    fn multiplication_binds_tighter_than_addition() {
+        let (p, errors) = parse("let x = 1 + 2 * 3 - 4");
+        assert_eq!(errors, []);
+        let ItemKind::Let { name, value } = &p.items[0].kind else {
+            panic!("not a let: {:?}", p.items[0].kind);
+        };
+        assert_eq!(name.name, "x");
+        // (1 + (2 * 3)) - 4
+        let ExprKind::Binary(BinOp::Sub, left, right) = &value.kind else {
+            panic!("top is not `-`: {:?}", value.kind);
+        };
+        assert!(matches!(right.kind, ExprKind::Int(4)));
+        let ExprKind::Binary(BinOp::Add, one, product) = &left.kind else {
+            panic!("left is not `+`: {:?}", left.kind);
+        };
+        assert!(matches!(one.kind, ExprKind::Int(1)));
+        assert!(matches!(product.kind, ExprKind::Binary(BinOp::Mul, _, _)));
+    }
+
+    #[test]
+    fn spans_are_byte_ranges_of_the_source() {
+        let source = "input [3, 32, 32]\nlet growth = 2 * 12\n";
+        let (p, errors) = parse(source);
+        assert_eq!(errors, []);
+        let ItemKind::Let { name, value } = &p.items[1].kind else {
+            panic!("not a let: {:?}", p.items[1].kind);
+        };
+        let text = |s: ir::Span| &source[s.start as usize..s.end as usize];
+        assert_eq!(text(name.span), "growth");
+        assert_eq!(text(value.span), "2 * 12");
+        assert_eq!(text(p.items[0].span), "input [3, 32, 32]");
+    }
+
+    #[test]
+    fn ops_need_no_separators_and_names_may_be_dotted() {
+        let (p, errors) =
+            parse("head { bn1 = bn() relu(); classifier.linear = linear(10, bias = false) }");
+        assert_eq!(errors, []);
+        let ItemKind::Stage(stage) = &p.items[0].kind else {
+            panic!("not a stage: {:?}", p.items[0].kind);
+        };
+        assert_eq!(stage.kind, StageKind::Head);
+        let body = stage.body.as_deref().unwrap_or_default();
+        let ops: Vec<(Option<&str>, &str)> = body
+            .iter()
+            .map(|o| (o.name.as_ref().map(|n| n.0.as_str()), o.op.name.as_str()))
+            .collect();
+        assert_eq!(
+            ops,
+            [
+                (Some("bn1"), "bn"),
+                (None, "relu"),
+                (Some("classifier.linear"), "linear")
+            ]
+        );
+        let args = &body[2].args;
+        assert_eq!(args.len(), 2);
+        assert!(args[0].name.is_none());
+        assert_eq!(args[1].name.as_ref().map(|n| n.name.as_str()), Some("bias"));
+    }
+
+    #[test]
+    fn a_labelled_block_keeps_its_label_and_named_arguments() {
+        let (p, errors) = parse("b1: block(layers = 2, growth = 4, unit = u, links = sparse(2))");
+        assert_eq!(errors, []);
+        let ItemKind::Stage(stage) = &p.items[0].kind else {
+            panic!("not a stage: {:?}", p.items[0].kind);
+        };
+        assert_eq!(stage.kind, StageKind::Block);
+        assert_eq!(stage.label.as_ref().map(|l| l.name.as_str()), Some("b1"));
+        let names: Vec<&str> = stage
+            .args
+            .iter()
+            .filter_map(|a| a.name.as_ref().map(|n| n.name.as_str()))
+            .collect();
+        assert_eq!(names, ["layers", "growth", "unit", "links"]);
+        assert!(matches!(&stage.args[3].value.kind, ExprKind::Call(f, _) if f.name == "sparse"));
+    }
+
+    #[test]
+    fn an_error_in_one_item_does_not_lose_the_next() {
+        let (p, errors) = parse("let = 3\nlet y = 2\n");
+        assert!(!errors.is_empty());
+        assert!(
+            p.items
+                .iter()
+                .any(|i| matches!(&i.kind, ItemKind::Let { name, .. } if name.name == "y")),
+            "{:?}",
+            p.items
+        );
+    }
+
+    #[test]
+    fn an_unclosed_body_is_reported_and_the_next_item_still_parsed() {
+        let (p, errors) = parse("stem { conv0 = conv(4, kernel = 3)\nhead { relu() }\n");
+        assert!(errors.contains(&Code::UnclosedDelimiter), "{errors:?}");
+        let stages: Vec<StageKind> = p
+            .items
+            .iter()
+            .filter_map(|i| match &i.kind {
+                ItemKind::Stage(s) => Some(s.kind),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(stages, [StageKind::Stem, StageKind::Head]);
+    }
+
+    #[test]
+    fn no_prefix_of_a_real_model_makes_the_parser_panic() {
+        let source = include_str!("../../../examples/models/sparsenet-bc-100-24.snet");
+        for end in (0..source.len()).filter(|&i| source.is_char_boundary(i)) {
+            let _ = parse(&source[..end]);
+        }
+    }
+}

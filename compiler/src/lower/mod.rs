@@ -968,3 +968,118 @@ impl<'p> Lowering<'p> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Focused lowering tests: shapes, aggregation, parameter names and typed errors on small
+    //! inputs. (Whole models are `tests/snapshots.rs`; the topology rules `topology.rs`.)
+
+    use super::compile_source;
+    use crate::diagnostics::Code;
+    use ir::{Graph, Op, TensorType};
+
+    fn lower(source: &str) -> Graph {
+        let (graph, errors) = compile_source("unnamed", source);
+        assert!(errors.is_empty(), "{errors:?}");
+        graph.unwrap_or_else(|| panic!("no errors but no graph"))
+    }
+
+    fn codes(source: &str) -> Vec<Code> {
+        let (graph, errors) = compile_source("unnamed", source);
+        assert!(graph.is_none(), "an invalid model gave a graph");
+        errors.iter().map(|d| d.code).collect()
+    }
+
+    fn ops(graph: &Graph) -> Vec<&'static str> {
+        graph
+            .topo_order()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|n| graph.node(n).op.mnemonic())
+            .collect()
+    }
+
+    fn output_type(graph: &Graph) -> TensorType {
+        graph.node(graph.outputs()[0]).ty
+    }
+
+    #[test]
+    fn a_stem_lowers_to_its_ops_with_inferred_shapes_and_the_file_name() {
+        let g = lower(
+            "input [3, 8, 8]\nstem { conv0 = conv(4, kernel = 3, stride = 2, pad = 1) relu() }",
+        );
+        assert_eq!(g.name, "unnamed");
+        assert_eq!(ops(&g), ["input", "conv2d", "relu", "output"]);
+        assert_eq!(output_type(&g), TensorType::new(4, 4, 4));
+        assert!(ir::verify::verify(&g).is_ok());
+    }
+
+    #[test]
+    fn a_sparse_block_concatenates_exponential_offsets() {
+        // Layer 4 of sparse(2) reads y3, y2 and y0 (offsets 1, 2, 4): three pieces.
+        let g = lower(
+            "model \"m\"\ninput [4, 8, 8]\nunit u { bn1 = bn() relu() conv1 = conv(growth, 3, pad = 1) }\n\
+             block(layers = 4, growth = 2, unit = u, links = sparse(2))",
+        );
+        assert_eq!(g.name, "m");
+        let widths: Vec<usize> = g
+            .node_ids()
+            .filter(|&n| matches!(g.node(n).op, Op::Concat))
+            .map(|n| g.operands(n).len())
+            .collect();
+        assert!(widths.contains(&3), "{widths:?}");
+        // The block's output (next_layer rule) is what a fifth layer would read: y4, y3, y1.
+        assert_eq!(output_type(&g).channels, 6);
+    }
+
+    #[test]
+    fn a_residual_block_sums_instead_of_concatenating() {
+        let g = lower(
+            "input [4, 8, 8]\nunit u { bn1 = bn() relu() conv1 = conv(growth, 3, pad = 1) }\n\
+             block(layers = 3, growth = 4, unit = u, links = residual)",
+        );
+        let all = ops(&g);
+        assert!(all.contains(&"add") && !all.contains(&"concat"), "{all:?}");
+        assert_eq!(output_type(&g), TensorType::new(4, 8, 8));
+    }
+
+    #[test]
+    fn parameters_get_the_official_pytorch_names() {
+        let g = lower(
+            "input [3, 8, 8]\nunit u { bn1 = bn() relu() conv1 = conv(growth, 3, pad = 1) }\n\
+             stem { conv0 = conv(4, kernel = 3, pad = 1) }\n\
+             block(layers = 1, growth = 2, unit = u, links = dense)\n\
+             head { global_avg_pool() classifier.linear = linear(10) }",
+        );
+        for name in [
+            "features.conv0.weight",
+            "features.dense-stage-0.block-1.bn1.running_var",
+            "features.dense-stage-0.block-1.conv1.weight",
+            "classifier.linear.bias",
+        ] {
+            assert!(g.params.by_name(name).is_some(), "no parameter {name}");
+        }
+    }
+
+    #[test]
+    fn shape_errors_are_typed_diagnostics() {
+        // A linear layer on a 8x8 map, and a 2x2 pool on an odd map.
+        assert_eq!(
+            codes("input [3, 8, 8]\nhead { fc = linear(10) }"),
+            [Code::NotFlat]
+        );
+        assert_eq!(
+            codes("input [3, 7, 7]\nstem { avg_pool(2) }"),
+            [Code::PoolNotDivisible]
+        );
+    }
+
+    #[test]
+    fn a_unit_used_by_many_layers_reports_its_error_once() {
+        let errors = codes(
+            "input [3, 8, 8]\nunit u { conv1 = conv(growth, kernel = 3, pad = 1) relu() bogus() }\n\
+             block(layers = 3, growth = 2, unit = u, links = dense)",
+        );
+        assert_eq!(errors, [Code::UnknownOp]);
+    }
+}

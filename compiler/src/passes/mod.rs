@@ -28,6 +28,8 @@ pub enum PassError {
         pass: &'static str,
         error: ir::ShapeError,
     },
+    #[error("no pass named `{name}`; the pipeline is: {pipeline}")]
+    UnknownPass { name: String, pipeline: String },
 }
 
 pub type Pass = fn(&mut Graph) -> Result<usize, PassError>;
@@ -61,8 +63,33 @@ pub struct PassTiming {
 
 /// Runs the whole pipeline; with `verify`, the verifier runs after every pass.
 pub fn optimize(graph: &mut Graph, verify: bool) -> Result<Vec<PassTiming>, PassError> {
-    let mut timings = Vec::with_capacity(PIPELINE.len());
-    for &(name, pass) in PIPELINE {
+    run(graph, PIPELINE, verify)
+}
+
+/// Runs the pipeline up to and including the pass named `name` (a name in [`PIPELINE`]), with
+/// the verifier after every pass: what the pass-level tests (`compiler/tests/passes/`) see
+/// before and after one pass. An unknown name is an error naming the pipeline.
+pub fn optimize_until(graph: &mut Graph, name: &str) -> Result<Vec<PassTiming>, PassError> {
+    let Some(last) = PIPELINE.iter().position(|&(n, _)| n == name) else {
+        return Err(PassError::UnknownPass {
+            name: name.to_string(),
+            pipeline: PIPELINE
+                .iter()
+                .map(|&(n, _)| n)
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    };
+    run(graph, &PIPELINE[..=last], true)
+}
+
+fn run(
+    graph: &mut Graph,
+    passes: &[(&'static str, Pass)],
+    verify: bool,
+) -> Result<Vec<PassTiming>, PassError> {
+    let mut timings = Vec::with_capacity(passes.len());
+    for &(name, pass) in passes {
         let start = Instant::now();
         let rewrites = pass(graph)?;
         timings.push(PassTiming {

@@ -64,7 +64,7 @@ pub fn plan(graph: &Graph, batch: u64) -> Option<MemoryPlan> {
 /// The `--emit plan` text: a summary, then one line per buffer in schedule order.
 pub fn print(graph: &Graph, plan: &MemoryPlan) -> String {
     let numbering = ir::print::Numbering::new(graph, &plan.liveness.schedule);
-    let group = crate::stats::group;
+    let group = crate::numfmt::group;
     let mut out = String::new();
     let _ = writeln!(
         out,

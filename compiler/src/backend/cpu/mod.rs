@@ -368,7 +368,7 @@ pub fn compile_reusing(
                 desc.flags = flags;
                 scratch = scratch.max(kernels::conv_scratch_bytes(&desc));
                 let at = l.consts.push_desc(&desc);
-                let macs = crate::stats::node_macs(graph, id);
+                let macs = ir::cost::node_macs(graph, id);
                 convs.push(ConvChoice {
                     node: id,
                     label: l.step_label(id),
@@ -376,7 +376,12 @@ pub fn compile_reusing(
                     fastest: ConvKernel::from_flag(fastest),
                     macs,
                 });
-                (StepKind::Conv, abi::KERNEL_CONV, at, 2 * macs)
+                (
+                    StepKind::Conv,
+                    abi::KERNEL_CONV,
+                    at,
+                    ir::cost::node_flops(graph, id),
+                )
             }
             Op::Pool(p) => {
                 let (combine, mut flags, scale_off, shift_off) = l.access(&p.access)?;
@@ -413,7 +418,7 @@ pub fn compile_reusing(
                     StepKind::Pool,
                     abi::KERNEL_POOL,
                     at,
-                    node.ty.elements() * u64::from(p.kernel[0] * p.kernel[1]),
+                    ir::cost::node_flops(graph, id),
                 )
             }
             Op::Linear(lin) => {
@@ -449,7 +454,7 @@ pub fn compile_reusing(
                     StepKind::Linear,
                     abi::KERNEL_LINEAR,
                     at,
-                    2 * crate::stats::node_macs(graph, id),
+                    ir::cost::node_flops(graph, id),
                 )
             }
             Op::BatchNorm(_) | Op::Relu | Op::Concat | Op::Add => {
