@@ -423,7 +423,7 @@ impl<'a> Bench<'a> {
                 }
                 x.to_vec()
             }
-            None => random_rows(per_image * DEFAULT_CALIBRATION_ROWS, 0x5EED),
+            None => interp::random_input(per_image * DEFAULT_CALIBRATION_ROWS, 0x5EED),
         };
         let rows = input.len() / per_image.max(1);
         let started = std::time::Instant::now();
@@ -477,21 +477,6 @@ impl<'a> Bench<'a> {
     }
 }
 
-/// Deterministic uniform values in [-1, 1) (splitmix64): calibration rows when none are given.
-fn random_rows(n: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed;
-    (0..n)
-        .map(|_| {
-            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -505,13 +490,5 @@ mod tests {
         assert!(groups.iter().all(|g| (2..=3).contains(&g.len())));
         assert_eq!(split_groups(&items[..3], 8).len(), 3);
         assert_eq!(split_groups(&items[..1], 8), vec![&items[..1]]);
-    }
-
-    #[test]
-    fn random_rows_are_deterministic_non_zero_and_bounded() {
-        let a = random_rows(1000, 7);
-        assert_eq!(a, random_rows(1000, 7));
-        assert!(a.iter().all(|v| (-1.0..1.0).contains(v)));
-        assert!(a.iter().filter(|v| **v == 0.0).count() < 2);
     }
 }

@@ -47,17 +47,10 @@ pub fn read_input(model: &Model, input: &Path) -> Result<(Vec<f32>, usize)> {
     Ok((x.data, batch))
 }
 
-/// Deterministic non-zero input in [-1, 1) (a fixed-seed xorshift, the same on every run).
+/// Deterministic non-zero input in [-1, 1) (`ir::interp::random_input` with a fixed seed, the
+/// same on every run).
 pub fn random_input(n: usize) -> Vec<f32> {
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    (0..n)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
+    ir::interp::random_input(n, 0x9e37_79b9)
 }
 
 /// `sparsec run MODEL --profile`: the profile of `iters` runs (after a warm-up), as text.

@@ -145,6 +145,23 @@ pub fn run(graph: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>, InterpError>
         .collect()
 }
 
+/// `n` deterministic uniform values in [-1, 1) from `seed` (splitmix64), non-zero with
+/// probability ~1: the random input every comparison with the interpreter uses (tests,
+/// benchmarks, the compiler's accuracy guard), the same on every platform.
+pub fn random_input(n: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed;
+    (0..n)
+        .map(|_| {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
 /// `‖got − want‖₂ / ‖want‖₂`, computed in `f64`. Slices of different lengths are infinitely
 /// far apart; two all-zero slices are 0 apart; a NaN anywhere gives NaN (which fails any
 /// `< tolerance` check).

@@ -7,19 +7,7 @@ use anyhow::{Result, ensure};
 use ir::interp::{self, Tensor};
 
 /// Deterministic uniform floats in [-1, 1) (splitmix64), non-zero with probability ~1.
-pub fn random_input(n: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed;
-    (0..n)
-        .map(|_| {
-            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
-}
+pub use ir::interp::random_input;
 
 /// Deep sum-aggregated networks (SparseNet[+] at depth 1001 and 2000) add hundreds of unit
 /// outputs: with uncalibrated random weights the activations overflow float32. Scale each
