@@ -1,0 +1,212 @@
+//! The team kernels: each convolution split into parts across a session's threads (parts
+//! owned per member and claimed first, then others' unclaimed parts from the end:
+//! [`PartClaims`]); pools and the linear layer run on the caller alone.
+//!
+//! Must not hold the numbers of a step: it only splits the work of the parent's kernels.
+
+use super::*;
+
+/// The kernel table for running one image on a [`Team`]: the context argument is a `*const
+/// Team`. Function pointers as `usize`, in `abi::KERNEL_*` order.
+pub fn kernel_table_team() -> [usize; abi::KERNEL_COUNT] {
+    let mut t = [0; abi::KERNEL_COUNT];
+    t[abi::KERNEL_CONV] = conv2d_team as abi::ConvKernel as usize;
+    t[abi::KERNEL_POOL] = pool_team as abi::PoolKernel as usize;
+    t[abi::KERNEL_LINEAR] = linear_team as abi::LinearKernel as usize;
+    t
+}
+
+/// The smallest convolution (multiply-accumulates) split between members: below it the
+/// fork-join (about a microsecond) costs more than the second core saves.
+const SPLIT_MIN_MACS: usize = 1 << 17;
+
+/// Parts of a split convolution per member of the team.
+const PARTS_PER_MEMBER: usize = 1;
+
+/// Which parts of a split kernel have been claimed. Member `m` owns parts `m * per ..
+/// (m + 1) * per` (`per = parts / members`, the rest to the last member) and claims them first,
+/// in order; then it takes any other member's unclaimed parts from the end. Owning the same
+/// parts in every layer keeps each member's share of the activations in its own core's cache
+/// (a part of one layer reads mostly what the same part of the layer before wrote); taking the
+/// rest lets a member that starts late, or never, cost no more than its own share.
+pub(super) struct PartClaims {
+    claimed: AtomicU64,
+    parts: usize,
+}
+
+impl PartClaims {
+    /// At most 64 parts.
+    pub(super) fn new(parts: usize) -> PartClaims {
+        PartClaims {
+            claimed: AtomicU64::new(0),
+            parts: parts.min(64),
+        }
+    }
+
+    /// Tries to claim `part`.
+    fn claim(&self, part: usize) -> bool {
+        let bit = 1u64 << part;
+        self.claimed.fetch_or(bit, Ordering::Relaxed) & bit == 0
+    }
+
+    /// The next part member `member` of `members` runs, or `None` when all are claimed.
+    pub(super) fn next(&self, member: usize, members: usize) -> Option<usize> {
+        let per = (self.parts / members.max(1)).max(1);
+        let first = (member * per).min(self.parts);
+        let last = if member + 1 >= members {
+            self.parts
+        } else {
+            ((member + 1) * per).min(self.parts)
+        };
+        (first..last)
+            .chain((0..self.parts).rev())
+            .find(|&part| self.claim(part))
+    }
+}
+
+/// The pooling kernel for this CPU (the AVX2 entry falls back to portable code by itself).
+fn best_pool() -> abi::PoolKernel {
+    #[cfg(target_arch = "x86_64")]
+    return pool_avx2;
+    #[cfg(not(target_arch = "x86_64"))]
+    return pool_portable;
+}
+
+/// The linear kernel for this CPU (as [`best_pool`]).
+fn best_linear() -> abi::LinearKernel {
+    #[cfg(target_arch = "x86_64")]
+    return linear_avx2;
+    #[cfg(not(target_arch = "x86_64"))]
+    return linear_portable;
+}
+
+/// Part `part` of `parts` of a convolution, with AVX2+FMA where the CPU has them.
+fn conv_part(a: &mut ConvArgs<'_>, part: usize, parts: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2::available() {
+        // SAFETY: the CPU has AVX2 and FMA (checked just above).
+        unsafe { avx2::conv(a, part, parts) };
+        return;
+    }
+    conv_portable_body(a, part, parts);
+}
+
+/// A convolution's operands, shared by the members of a team.
+struct ConvCall {
+    desc: *const ConvDesc,
+    pieces: *const Piece,
+    out: *mut f32,
+    weights: *const u8,
+}
+
+// SAFETY: the members only read the descriptor, pieces and weights, and write disjoint parts of
+// the output (`ConvGeom::bands`); the caller keeps them all alive until every member is done.
+unsafe impl Sync for ConvCall {}
+
+/// Convolution on a team ([`abi::ConvKernel`]; the context is a `*const Team`): each member
+/// packs the input its part of the output rows (or pixel runs) reads into its own scratch and
+/// computes that part; the parts are disjoint.
+///
+/// # Safety
+/// The kernel contract (module doc), with `team` a live [`Team`] whose members' scratch holds
+/// the descriptor's scratch bytes, not running another job.
+pub unsafe extern "C" fn conv2d_team(
+    desc: *const ConvDesc,
+    pieces: *const Piece,
+    out: *mut f32,
+    weights: *const u8,
+    team: *mut u8,
+) -> i32 {
+    // SAFETY: a live team or null, by the contract.
+    let Some(team) = (unsafe { team.cast::<Team>().as_ref() }) else {
+        return abi::STATUS_BAD_DESCRIPTOR;
+    };
+    if !desc.is_aligned() {
+        return abi::STATUS_BAD_DESCRIPTOR;
+    }
+    // SAFETY: aligned, and valid or null by the contract.
+    let Some(Ok(g)) = (unsafe { desc.as_ref() }).map(conv_geom) else {
+        return abi::STATUS_BAD_DESCRIPTOR;
+    };
+    let status = AtomicI32::new(abi::STATUS_OK);
+    let call = ConvCall {
+        desc,
+        pieces,
+        out,
+        weights,
+    };
+    let run_part = |member: usize, part: usize, parts: usize| {
+        let c = &call;
+        // SAFETY: the kernel contract, forwarded; each member uses its own scratch, and the
+        // parts of the output are disjoint (`ConvGeom::bands`), each run once.
+        match unsafe { conv_args(c.desc, c.pieces, c.out, c.weights, team.scratch(member)) } {
+            Some(mut a) => conv_part(&mut a, part, parts),
+            None => status.store(abi::STATUS_BAD_DESCRIPTOR, Ordering::Relaxed),
+        }
+    };
+    let members = team.size();
+    // Parts of whole output rows (tile rows for Winograd, 16-pixel tiles when flat), a few per
+    // member (`PartClaims`).
+    let units = if g.winograd != 0 {
+        winograd::units(&g)
+    } else if g.flat {
+        (g.oh * g.ow).div_ceil(2 * LANES)
+    } else {
+        g.oh
+    };
+    let parts = (PARTS_PER_MEMBER * members).min(units).min(64);
+    if members == 1 || parts < 2 || g.macs() < SPLIT_MIN_MACS {
+        run_part(0, 0, 1);
+    } else {
+        let claims = PartClaims::new(parts);
+        let ok = team.run(&|member| {
+            while let Some(part) = claims.next(member, members) {
+                run_part(member, part, parts);
+            }
+        });
+        if !ok {
+            return abi::STATUS_BAD_DESCRIPTOR;
+        }
+    }
+    status.load(Ordering::Relaxed)
+}
+
+/// Pooling on a team: on the caller, with member 0's scratch.
+///
+/// # Safety
+/// As [`conv2d_team`].
+pub unsafe extern "C" fn pool_team(
+    desc: *const PoolDesc,
+    pieces: *const Piece,
+    out: *mut f32,
+    weights: *const u8,
+    team: *mut u8,
+) -> i32 {
+    // SAFETY: a live team or null, by the contract.
+    let Some(team) = (unsafe { team.cast::<Team>().as_ref() }) else {
+        return abi::STATUS_BAD_DESCRIPTOR;
+    };
+    let kernel = best_pool();
+    // SAFETY: the kernel contract, forwarded with member 0's scratch.
+    unsafe { kernel(desc, pieces, out, weights, team.scratch(0)) }
+}
+
+/// Linear layer on a team: on the caller, with member 0's scratch.
+///
+/// # Safety
+/// As [`conv2d_team`].
+pub unsafe extern "C" fn linear_team(
+    desc: *const LinearDesc,
+    pieces: *const Piece,
+    out: *mut f32,
+    weights: *const u8,
+    team: *mut u8,
+) -> i32 {
+    // SAFETY: a live team or null, by the contract.
+    let Some(team) = (unsafe { team.cast::<Team>().as_ref() }) else {
+        return abi::STATUS_BAD_DESCRIPTOR;
+    };
+    let kernel = best_linear();
+    // SAFETY: the kernel contract, forwarded with member 0's scratch.
+    unsafe { kernel(desc, pieces, out, weights, team.scratch(0)) }
+}
