@@ -5,6 +5,7 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod descriptors;
 pub mod steps;
 
 #[derive(Debug, thiserror::Error)]

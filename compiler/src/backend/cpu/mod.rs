@@ -10,13 +10,15 @@
 pub mod codegen;
 
 use super::BackendError;
+use super::descriptors::{self, Placed, Section};
+use super::steps;
 use crate::plan::memory::MemoryPlan;
 use codegen::{BufferRef, CallPlan};
-use ir::op::{Access, Combine, PoolKind};
+use ir::op::Access;
 use ir::{Graph, NodeId, Op, ParamId};
 use runtime::abi;
 use runtime::cpu::kernels;
-use runtime::format::{Descriptor, Step, StepKind};
+use runtime::format::{Step, StepKind};
 use std::collections::{BTreeMap, HashMap};
 
 /// The largest Winograd tile the backend may use for a 3x3 convolution (the accuracy guard,
@@ -149,43 +151,10 @@ pub struct CpuProgram {
     pub convs: Vec<ConvChoice>,
 }
 
-/// An aligned byte section being filled.
-#[derive(Default)]
-struct SectionBuilder {
-    bytes: Vec<u8>,
-}
-
-impl SectionBuilder {
-    fn push_f32(&mut self, data: &[f32]) -> u64 {
-        self.align(64);
-        let at = self.bytes.len() as u64;
-        for v in data {
-            self.bytes.extend_from_slice(&v.to_le_bytes());
-        }
-        at
-    }
-
-    fn align(&mut self, to: usize) {
-        while !self.bytes.len().is_multiple_of(to) {
-            self.bytes.push(0);
-        }
-    }
-
-    /// Appends a descriptor in the byte layout the runtime reads (`format::Descriptor`).
-    fn push_desc<D: Descriptor>(&mut self, desc: &D) -> u64 {
-        self.align(64);
-        let at = self.bytes.len() as u64;
-        desc.encode(&mut self.bytes);
-        at
-    }
-}
-
 struct Lowering<'g> {
     graph: &'g Graph,
-    plan: &'g MemoryPlan,
-    weights: SectionBuilder,
-    consts: SectionBuilder,
-    numbering: ir::print::Numbering,
+    weights: Section,
+    consts: Section,
     /// Where each plain parameter already went: a batch norm's scale and shift read by several
     /// readers are stored once.
     placed: HashMap<ParamId, u64>,
@@ -213,50 +182,12 @@ impl Lowering<'_> {
         Ok(at)
     }
 
-    fn buffer(&self, node: NodeId) -> Result<BufferRef, BackendError> {
-        let b = self
-            .plan
-            .liveness
-            .buffer(node)
-            .ok_or_else(|| BackendError::Unsupported {
-                node: self.numbering.name(node),
-                op: self.graph.node(node).op.mnemonic(),
-                reason: "its value has no buffer".into(),
-            })?;
-        let buf = &self.plan.liveness.buffers[b.0 as usize];
-        Ok(BufferRef {
-            offset_per_image: self.plan.arena.offsets[b.0 as usize],
-            bytes_per_image: buf.bytes_per_image,
-        })
-    }
-
-    /// A step's label: its value's name in `--emit opt-ir` numbering, its op and its scope.
-    fn step_label(&self, id: NodeId) -> String {
-        let node = self.graph.node(id);
-        format!(
-            "{} {} {}",
-            self.numbering.name(id),
-            node.op.mnemonic(),
-            self.graph.scope(node.scope).name
-        )
-    }
-
-    /// Prologue flags and parameter offsets of a reader.
-    fn access(&mut self, access: &Access) -> Result<(u32, u32, u64, u64), BackendError> {
-        let combine = match access.combine {
-            Combine::Concat => abi::COMBINE_CONCAT,
-            Combine::Sum => abi::COMBINE_SUM,
-        };
-        let Some(p) = access.prologue else {
-            return Ok((combine, 0, 0, 0));
-        };
-        let mut flags = abi::FLAG_PROLOGUE;
-        if p.relu {
-            flags |= abi::FLAG_PROLOGUE_RELU;
+    /// Where a reader's prologue scale and shift went (placed on first use).
+    fn prologue(&mut self, access: Option<&Access>) -> Result<Option<(u64, u64)>, BackendError> {
+        match access.and_then(|a| a.prologue) {
+            Some(p) => Ok(Some((self.param(p.scale)?, self.param(p.shift)?))),
+            None => Ok(None),
         }
-        let scale = self.param(p.scale)?;
-        let shift = self.param(p.shift)?;
-        Ok((combine, flags, scale, shift))
     }
 }
 
@@ -286,199 +217,91 @@ pub fn compile_reusing(
 ) -> Result<CpuProgram, BackendError> {
     let mut l = Lowering {
         graph,
-        plan,
-        weights: SectionBuilder::default(),
-        consts: SectionBuilder::default(),
-        numbering: ir::print::Numbering::new(graph, &plan.liveness.schedule),
+        weights: Section::default(),
+        consts: Section::default(),
         placed: HashMap::new(),
     };
     let mut calls = Vec::new();
     let mut steps = Vec::new();
     let mut scratch = 0u64;
     let mut convs = Vec::new();
-    for &id in &plan.liveness.schedule {
-        let node = graph.node(id);
-        let operands = graph.operands(id);
-        let pieces: Vec<(BufferRef, u64)> = operands
-            .iter()
-            .map(|&o| Ok((l.buffer(o)?, u64::from(graph.node(o).ty.channels))))
-            .collect::<Result<_, BackendError>>()?;
-        let x = match operands.first() {
-            Some(&o) => ir::op::combine(
-                node.op.access().map_or(Combine::Concat, |a| a.combine),
-                "reader",
-                &operands
-                    .iter()
-                    .map(|&o2| graph.node(o2).ty)
-                    .collect::<Vec<_>>(),
-            )
-            .unwrap_or(graph.node(o).ty),
-            None => node.ty,
-        };
-        let n_pieces = u32::try_from(pieces.len()).map_err(|_| BackendError::TooLarge {
-            what: "pieces".into(),
-        })?;
-        let unsupported = |reason: &str| BackendError::Unsupported {
-            node: l.numbering.name(id),
-            op: node.op.mnemonic(),
-            reason: reason.into(),
-        };
-        let (kind, kernel, desc_offset, flops) = match &node.op {
-            Op::Input { .. } | Op::Output { .. } => continue,
+    for s in steps::analyze(graph, plan)? {
+        let prologue = l.prologue(s.op.access())?;
+        let (kind, kernel, desc_offset) = match s.op {
             Op::Conv2d(c) => {
-                let (combine, mut flags, scale_off, shift_off) = l.access(&c.access)?;
-                let mut desc = abi::ConvDesc {
-                    in_channels: x.channels,
-                    in_h: x.height,
-                    in_w: x.width,
-                    out_channels: c.out_channels,
-                    out_h: node.ty.height,
-                    out_w: node.ty.width,
-                    kernel_h: c.kernel[0],
-                    kernel_w: c.kernel[1],
-                    stride_h: c.stride[0],
-                    stride_w: c.stride[1],
-                    pad_h: c.pad[0],
-                    pad_w: c.pad[1],
-                    combine,
-                    flags: 0,
-                    n_pieces,
-                    reserved: 0,
-                    weight_off: 0,
-                    bias_off: 0,
-                    scale_off,
-                    shift_off,
+                let placed = Placed {
+                    prologue,
+                    ..Placed::default()
                 };
-                // Winograd F(4x4, 3x3) or F(2x2, 3x3) wherever a kernel takes the shape: 4x or
-                // 2.25x fewer multiplications; the weights are transformed here, once.
-                let cap = options.winograd_for(id);
-                let winograd = kernels::winograd_flag(&desc, cap.largest_tile());
+                let mut desc = descriptors::conv(&s, c, placed)?;
+                // Winograd F(4x4, 3x3) or F(2x2, 3x3) wherever a kernel takes the shape and
+                // the layer's cap allows: 4x or 2.25x fewer multiplications; the weights are
+                // transformed here, once.
+                let winograd =
+                    kernels::winograd_flag(&desc, options.winograd_for(s.node).largest_tile());
                 let fastest = kernels::winograd_flag(&desc, Winograd::F4x4.largest_tile());
-                desc.flags = winograd;
-                flags |= winograd;
+                desc.flags |= winograd;
                 let packed = kernels::pack_conv_weights(&desc, l.data(c.weight)?);
                 desc.weight_off = l.weights.push_f32(&packed);
                 if let Some(b) = c.bias {
-                    flags |= abi::FLAG_BIAS;
                     desc.bias_off = l.param(b)?;
                 }
-                if c.relu {
-                    flags |= abi::FLAG_RELU;
-                }
-                desc.flags = flags;
                 scratch = scratch.max(kernels::conv_scratch_bytes(&desc));
-                let at = l.consts.push_desc(&desc);
-                let macs = ir::cost::node_macs(graph, id);
                 convs.push(ConvChoice {
-                    node: id,
-                    label: l.step_label(id),
+                    node: s.node,
+                    label: s.label.clone(),
                     kernel: ConvKernel::from_flag(winograd),
                     fastest: ConvKernel::from_flag(fastest),
-                    macs,
+                    macs: ir::cost::node_macs(graph, s.node),
                 });
-                (
-                    StepKind::Conv,
-                    abi::KERNEL_CONV,
-                    at,
-                    ir::cost::node_flops(graph, id),
-                )
+                (StepKind::Conv, abi::KERNEL_CONV, l.consts.push_desc(&desc))
             }
             Op::Pool(p) => {
-                let (combine, mut flags, scale_off, shift_off) = l.access(&p.access)?;
-                if p.global {
-                    flags |= abi::FLAG_GLOBAL;
-                }
-                let kind = match p.kind {
-                    PoolKind::Avg => abi::POOL_AVG,
-                    PoolKind::Max => abi::POOL_MAX,
+                let placed = Placed {
+                    prologue,
+                    ..Placed::default()
                 };
-                let desc = abi::PoolDesc {
-                    channels: x.channels,
-                    in_h: x.height,
-                    in_w: x.width,
-                    out_h: node.ty.height,
-                    out_w: node.ty.width,
-                    kernel_h: p.kernel[0],
-                    kernel_w: p.kernel[1],
-                    stride_h: p.stride[0],
-                    stride_w: p.stride[1],
-                    pad_h: p.pad[0],
-                    pad_w: p.pad[1],
-                    kind,
-                    combine,
-                    flags,
-                    n_pieces,
-                    reserved: 0,
-                    scale_off,
-                    shift_off,
-                };
+                let desc = descriptors::pool(&s, p, placed)?;
                 scratch = scratch.max(kernels::pool_scratch_bytes(&desc));
-                let at = l.consts.push_desc(&desc);
-                (
-                    StepKind::Pool,
-                    abi::KERNEL_POOL,
-                    at,
-                    ir::cost::node_flops(graph, id),
-                )
+                (StepKind::Pool, abi::KERNEL_POOL, l.consts.push_desc(&desc))
             }
             Op::Linear(lin) => {
-                let (combine, mut flags, scale_off, shift_off) = l.access(&lin.access)?;
-                if lin.global_pool {
-                    flags |= abi::FLAG_GLOBAL;
-                }
-                let weight_off = l.param(lin.weight)?;
-                let bias_off = match lin.bias {
-                    Some(b) => {
-                        flags |= abi::FLAG_BIAS;
-                        l.param(b)?
-                    }
-                    None => 0,
+                let placed = Placed {
+                    weight: l.param(lin.weight)?,
+                    bias: lin.bias.map(|b| l.param(b)).transpose()?,
+                    prologue,
                 };
-                let desc = abi::LinearDesc {
-                    in_channels: x.channels,
-                    in_h: x.height,
-                    in_w: x.width,
-                    out_features: lin.out_features,
-                    combine,
-                    flags,
-                    n_pieces,
-                    reserved: 0,
-                    weight_off,
-                    bias_off,
-                    scale_off,
-                    shift_off,
-                };
+                let desc = descriptors::linear(&s, lin, placed)?;
                 scratch = scratch.max(kernels::linear_scratch_bytes(&desc));
-                let at = l.consts.push_desc(&desc);
                 (
                     StepKind::Linear,
                     abi::KERNEL_LINEAR,
-                    at,
-                    ir::cost::node_flops(graph, id),
+                    l.consts.push_desc(&desc),
                 )
             }
-            Op::BatchNorm(_) | Op::Relu | Op::Concat | Op::Add => {
-                return Err(unsupported(
-                    "the optimiser leaves no such node in a model it compiles; run the pass pipeline first",
-                ));
+            other => {
+                return Err(BackendError::Unsupported {
+                    node: s.label.clone(),
+                    op: other.mnemonic(),
+                    reason: "not a reader op".into(),
+                });
             }
         };
-        let output = l.buffer(id)?;
-        let buffer_index = |n: NodeId| l.plan.liveness.buffer(n).map_or(0, |b| b.0);
-        steps.push(Step {
-            kind,
-            label: l.step_label(id),
-            desc_offset,
-            output: buffer_index(id),
-            pieces: operands.iter().map(|&o| buffer_index(o)).collect(),
-            flops_per_image: flops,
-        });
+        let buffer = |b: &steps::BufferUse| BufferRef {
+            offset_per_image: b.offset_per_image,
+            bytes_per_image: b.bytes_per_image,
+        };
         calls.push(CallPlan {
             kernel,
             desc_offset,
-            output,
-            pieces,
+            output: buffer(&s.out),
+            pieces: s
+                .pieces
+                .iter()
+                .map(|p| (buffer(&p.buffer), u64::from(p.channels)))
+                .collect(),
         });
+        steps.push(descriptors::manifest_step(&s, kind, desc_offset));
     }
     let code = match cache {
         Some((cached_calls, code)) if *cached_calls == calls => code.clone(),

@@ -16,12 +16,12 @@ pub mod nvrtc;
 pub mod tile;
 
 use super::BackendError;
-use super::steps::{self, StepPlan};
+use super::descriptors::{self, Placed, Section};
+use super::steps;
 use crate::plan::memory::MemoryPlan;
-use ir::op::{Access, Combine, PoolKind};
+use ir::op::Access;
 use ir::{Graph, Op, ParamId};
-use runtime::abi;
-use runtime::format::{CudaLaunch, Descriptor, Step, StepKind};
+use runtime::format::{CudaLaunch, Step, StepKind};
 use std::collections::HashMap;
 
 /// The shim header that compiles the generated source as C++ (g++) and runs each launch on
@@ -51,7 +51,7 @@ pub struct CudaProgram {
 /// caller only wants the source.
 struct Weights<'g> {
     graph: &'g Graph,
-    bytes: Vec<u8>,
+    section: Section,
     placed: HashMap<ParamId, u64>,
     need_data: bool,
 }
@@ -68,17 +68,10 @@ impl Weights<'_> {
 
     /// Appends `len` floats (zeros when `data` is `None`); returns the byte offset.
     fn push(&mut self, data: Option<&[f32]>, len: usize) -> u64 {
-        while !self.bytes.len().is_multiple_of(64) {
-            self.bytes.push(0);
-        }
-        let at = self.bytes.len() as u64;
         match data {
-            Some(d) => d
-                .iter()
-                .for_each(|v| self.bytes.extend_from_slice(&v.to_le_bytes())),
-            None => self.bytes.resize(self.bytes.len() + 4 * len, 0),
+            Some(d) => self.section.push_f32(d),
+            None => self.section.push_zeros(len),
         }
-        at
     }
 
     /// A plain parameter, stored once however many readers it has.
@@ -119,15 +112,6 @@ impl Weights<'_> {
     }
 }
 
-fn push_desc<D: Descriptor>(consts: &mut Vec<u8>, desc: &D) -> u64 {
-    while !consts.len().is_multiple_of(64) {
-        consts.push(0);
-    }
-    let at = consts.len() as u64;
-    desc.encode(consts);
-    at
-}
-
 /// Generates the kernels of an optimised, planned graph. With `need_data` every parameter must
 /// be bound (model.bin); without it unbound parameters become zeros of their size, which is
 /// enough for the source (`--emit cuda`): the text depends on sizes and offsets only.
@@ -139,11 +123,11 @@ pub fn generate(
     let plans = steps::analyze(graph, plan)?;
     let mut w = Weights {
         graph,
-        bytes: Vec::new(),
+        section: Section::default(),
         placed: HashMap::new(),
         need_data,
     };
-    let mut consts = Vec::new();
+    let mut consts = Section::default();
     let mut source = kernels::header(&graph.name, plans.len());
     let mut out_steps = Vec::new();
     let mut launches = Vec::new();
@@ -167,32 +151,14 @@ pub fn generate(
                     weight: weight / 4,
                     bias: bias.map(|b| b / 4),
                 };
-                let desc = abi::ConvDesc {
-                    in_channels: s.input.channels,
-                    in_h: s.input.height,
-                    in_w: s.input.width,
-                    out_channels: c.out_channels,
-                    out_h: s.output.height,
-                    out_w: s.output.width,
-                    kernel_h: c.kernel[0],
-                    kernel_w: c.kernel[1],
-                    stride_h: c.stride[0],
-                    stride_w: c.stride[1],
-                    pad_h: c.pad[0],
-                    pad_w: c.pad[1],
-                    combine: combine(&c.access),
-                    flags: flags(&c.access)
-                        | if c.bias.is_some() { abi::FLAG_BIAS } else { 0 }
-                        | if c.relu { abi::FLAG_RELU } else { 0 },
-                    n_pieces: pieces(s)?,
-                    reserved: 0,
-                    weight_off: weight,
-                    bias_off: bias.unwrap_or(0),
-                    scale_off: input.prologue.map_or(0, |p| p.scale * 4),
-                    shift_off: input.prologue.map_or(0, |p| p.shift * 4),
+                let placed = Placed {
+                    weight,
+                    bias,
+                    prologue: input.prologue.map(|p| (p.scale * 4, p.shift * 4)),
                 };
+                let desc = descriptors::conv(s, c, placed)?;
                 let (text, launch) = conv.emit().map_err(unsupported)?;
-                (StepKind::Conv, push_desc(&mut consts, &desc), launch, text)
+                (StepKind::Conv, consts.push_desc(&desc), launch, text)
             }
             Op::Pool(p) => {
                 let pool = kernels::Pool {
@@ -200,31 +166,13 @@ pub fn generate(
                     step: s,
                     pool: p,
                 };
-                let desc = abi::PoolDesc {
-                    channels: s.input.channels,
-                    in_h: s.input.height,
-                    in_w: s.input.width,
-                    out_h: s.output.height,
-                    out_w: s.output.width,
-                    kernel_h: p.kernel[0],
-                    kernel_w: p.kernel[1],
-                    stride_h: p.stride[0],
-                    stride_w: p.stride[1],
-                    pad_h: p.pad[0],
-                    pad_w: p.pad[1],
-                    kind: match p.kind {
-                        PoolKind::Avg => abi::POOL_AVG,
-                        PoolKind::Max => abi::POOL_MAX,
-                    },
-                    combine: combine(&p.access),
-                    flags: flags(&p.access) | if p.global { abi::FLAG_GLOBAL } else { 0 },
-                    n_pieces: pieces(s)?,
-                    reserved: 0,
-                    scale_off: input.prologue.map_or(0, |p| p.scale * 4),
-                    shift_off: input.prologue.map_or(0, |p| p.shift * 4),
+                let placed = Placed {
+                    prologue: input.prologue.map(|p| (p.scale * 4, p.shift * 4)),
+                    ..Placed::default()
                 };
+                let desc = descriptors::pool(s, p, placed)?;
                 let (text, launch) = pool.emit().map_err(unsupported)?;
-                (StepKind::Pool, push_desc(&mut consts, &desc), launch, text)
+                (StepKind::Pool, consts.push_desc(&desc), launch, text)
             }
             Op::Linear(l) => {
                 let weight =
@@ -237,29 +185,14 @@ pub fn generate(
                     weight: weight / 4,
                     bias: bias.map(|b| b / 4),
                 };
-                let desc = abi::LinearDesc {
-                    in_channels: s.input.channels,
-                    in_h: s.input.height,
-                    in_w: s.input.width,
-                    out_features: l.out_features,
-                    combine: combine(&l.access),
-                    flags: flags(&l.access)
-                        | if l.bias.is_some() { abi::FLAG_BIAS } else { 0 }
-                        | if l.global_pool { abi::FLAG_GLOBAL } else { 0 },
-                    n_pieces: pieces(s)?,
-                    reserved: 0,
-                    weight_off: weight,
-                    bias_off: bias.unwrap_or(0),
-                    scale_off: input.prologue.map_or(0, |p| p.scale * 4),
-                    shift_off: input.prologue.map_or(0, |p| p.shift * 4),
+                let placed = Placed {
+                    weight,
+                    bias,
+                    prologue: input.prologue.map(|p| (p.scale * 4, p.shift * 4)),
                 };
+                let desc = descriptors::linear(s, l, placed)?;
                 let (text, launch) = linear.emit().map_err(unsupported)?;
-                (
-                    StepKind::Linear,
-                    push_desc(&mut consts, &desc),
-                    launch,
-                    text,
-                )
+                (StepKind::Linear, consts.push_desc(&desc), launch, text)
             }
             other => {
                 return Err(BackendError::Unsupported {
@@ -270,20 +203,13 @@ pub fn generate(
             }
         };
         source.push_str(&text);
-        out_steps.push(Step {
-            kind,
-            label: s.label.clone(),
-            desc_offset,
-            output: s.out.index,
-            pieces: s.pieces.iter().map(|p| p.buffer.index).collect(),
-            flops_per_image: s.flops_per_image,
-        });
+        out_steps.push(descriptors::manifest_step(s, kind, desc_offset));
         launches.push(launch);
     }
     Ok(CudaProgram {
         source,
-        weights: w.bytes,
-        consts,
+        weights: w.section.bytes,
+        consts: consts.bytes,
         steps: out_steps,
         launches,
     })
@@ -296,25 +222,4 @@ impl Weights<'_> {
             None => Ok(None),
         }
     }
-}
-
-fn combine(access: &Access) -> u32 {
-    match access.combine {
-        Combine::Concat => abi::COMBINE_CONCAT,
-        Combine::Sum => abi::COMBINE_SUM,
-    }
-}
-
-fn flags(access: &Access) -> u32 {
-    match access.prologue {
-        None => 0,
-        Some(p) if p.relu => abi::FLAG_PROLOGUE | abi::FLAG_PROLOGUE_RELU,
-        Some(_) => abi::FLAG_PROLOGUE,
-    }
-}
-
-fn pieces(s: &StepPlan<'_>) -> Result<u32, BackendError> {
-    u32::try_from(s.pieces.len()).map_err(|_| BackendError::TooLarge {
-        what: "pieces".into(),
-    })
 }
