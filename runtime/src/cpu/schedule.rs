@@ -134,11 +134,11 @@ impl Schedule {
             let desc = operands.consts.wrapping_add(call.desc);
             let weights = operands.weights;
             let (f, context) = (kernels.table[call.kernel], kernels.context);
-            // SAFETY: `table[kernel]` is a kernel of that kind (`kernel_table*`) and the
-            // descriptor at `desc` is of the same kind (validated at load); the pieces and the
-            // output are the step's buffers for this image in an arena sized for `batch`
-            // images (buffer ends validated against the arena at load); `context` matches the
-            // table (the caller's contract).
+            // `table[kernel]` is a kernel of that kind (`kernel_table*`) and the descriptor at
+            // `desc` is of the same kind (validated at load); the pieces and the output are the
+            // step's buffers for this image in an arena sized for `batch` images (buffer ends
+            // validated against the arena at load); `context` matches the table.
+            // SAFETY: as above, and the caller's contract for the rest.
             let status = unsafe {
                 match call.kernel {
                     abi::KERNEL_CONV => std::mem::transmute::<usize, abi::ConvKernel>(f)(
