@@ -13,6 +13,7 @@ pub mod frontend;
 pub mod kernel_select;
 pub mod lower;
 pub mod model_info;
+pub mod onnx;
 pub mod passes;
 pub mod peak;
 pub mod plan;

@@ -375,7 +375,8 @@ fn run(cli: Cli) -> Result<()> {
         (None, None) => WeightsSource::None,
     };
     if let Some(out) = &args.output {
-        if matches!(weights, WeightsSource::None) {
+        // An ONNX model brings its weights (its initializers, bound by `driver::load`).
+        if matches!(weights, WeightsSource::None) && !graph.params.all_bound() {
             anyhow::bail!(
                 "code generation needs weights: pass --weights W.safetensors or --random-weights SEED"
             );
