@@ -1,0 +1,456 @@
+//! The ONNX front end (`compiler/src/onnx`, docs/onnx.md) against the golden exports in
+//! `../shared/golden/NAME.onnx`:
+//!
+//! - each compiles for the CPU (default, accuracy-guarded kernels) with the weights from its
+//!   initializers and reproduces the golden output within 2e-4;
+//! - its plan equals the plan of `examples/models/NAME.snet`, and its optimised IR equals the
+//!   `.snet` one up to names: every parameter reference `@name` reads `@P` (PyTorch folds the
+//!   BC models' `bn2` into `conv1` on export, so those parameters are `onnx::Conv_948` where
+//!   the `.snet` path derives `...conv1.weight+bn2`); the graph name is the file stem in both;
+//! - hostile files (truncated, bit-flipped, spliced; a cycle, a missing initializer, a wrong
+//!   initializer size, absurd dimensions, unsupported ops and attributes) are errors that name
+//!   what is wrong, never a panic (a property test over 600 mutants of the smallest export).
+
+use anyhow::{Context, Result, bail};
+use proptest::prelude::*;
+use prost::Message;
+use sparsec::driver::{self, CompileOptions, Target, WeightsSource};
+use sparsec::kernel_select::KernelPolicy;
+use sparsec::onnx::{self, OnnxError, proto};
+use sparsec::plan::memory;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+const MODELS: [&str; 4] = [
+    "sparsenet-40-24",
+    "sparsenet-bc-100-24",
+    "densenet-bc-100-12",
+    "sparsenet-bc-1000-12",
+];
+const TOLERANCE: f64 = 2e-4;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn golden(file: &str) -> PathBuf {
+    repo().join("../shared/golden").join(file)
+}
+
+/// The optimised IR with every parameter reference (`@` to the end of its word) read as `@P`.
+fn without_param_names(text: &str) -> String {
+    text.split(' ')
+        .map(|w| match w.find('@') {
+            Some(at) => format!("{}@P", &w[..at]),
+            None => w.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The first line where two texts differ, for a short failure message.
+fn first_difference(a: &str, b: &str) -> Option<(usize, String, String)> {
+    let (mut la, mut lb) = (a.lines(), b.lines());
+    for i in 1.. {
+        match (la.next(), lb.next()) {
+            (None, None) => return None,
+            (x, y) if x != y => {
+                return Some((i, x.unwrap_or("").into(), y.unwrap_or("").into()));
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+fn plan_and_ir(graph: ir::Graph) -> Result<(String, String)> {
+    let opt = driver::optimize(graph, &WeightsSource::None, 1, true)?;
+    Ok((
+        memory::print(&opt.graph, &opt.plan),
+        without_param_names(&ir::print::print(&opt.graph)),
+    ))
+}
+
+#[test]
+fn golden_exports_give_the_snet_plan() -> Result<()> {
+    for name in MODELS {
+        let from_onnx = driver::load(&golden(&format!("{name}.onnx")))?;
+        let from_snet = driver::load(&repo().join(format!("examples/models/{name}.snet")))?;
+        assert!(from_onnx.params.all_bound(), "{name}: initializers bound");
+        let (onnx_plan, onnx_ir) = plan_and_ir(from_onnx)?;
+        let (snet_plan, snet_ir) = plan_and_ir(from_snet)?;
+        assert_eq!(
+            first_difference(&onnx_plan, &snet_plan),
+            None,
+            "{name}: --emit plan (line, onnx, snet)"
+        );
+        assert_eq!(
+            first_difference(&onnx_ir, &snet_ir),
+            None,
+            "{name}: --emit opt-ir up to parameter names (line, onnx, snet)"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn sparsenet_40_24_imports_to_the_snet_ir_exactly() -> Result<()> {
+    let name = "sparsenet-40-24";
+    let from_onnx = driver::load(&golden(&format!("{name}.onnx")))?;
+    let from_snet = driver::load(&repo().join(format!("examples/models/{name}.snet")))?;
+    assert_eq!(ir::print::print(&from_onnx), ir::print::print(&from_snet));
+    Ok(())
+}
+
+fn golden_io(name: &str) -> Result<(Vec<f32>, Vec<f32>)> {
+    let path = golden(&format!("{name}.io.safetensors"));
+    let bytes = std::fs::read(&path).with_context(|| path.display().to_string())?;
+    let io = sparsec::weights::load_tensors(&bytes)?;
+    let get = |n: &str| {
+        io.iter()
+            .find(|t| t.0 == n)
+            .map(|t| t.2.clone())
+            .context("io tensor")
+    };
+    Ok((get("input")?, get("output")?))
+}
+
+#[test]
+fn golden_exports_compile_and_match_the_golden_outputs() -> Result<()> {
+    for name in MODELS {
+        let graph = driver::load(&golden(&format!("{name}.onnx")))?;
+        let options = CompileOptions {
+            weights: WeightsSource::None,
+            target: Target::Cpu(KernelPolicy::default()),
+            max_batch: 2,
+            verify: true,
+        };
+        let compiled = driver::compile(graph, &options)?;
+        let model = runtime::Model::from_bytes(&compiled.bytes)?;
+        let (input, want) = golden_io(name)?;
+        let got = model.session().run(&input, 2)?.to_vec();
+        let error = ir::interp::relative_error(&got, &want);
+        eprintln!("{name}.onnx: relative error {error:.2e} against PyTorch float64");
+        if error.is_nan() || error >= TOLERANCE {
+            bail!("{name}.onnx: relative error {error:.3e} is not below {TOLERANCE:e}");
+        }
+    }
+    Ok(())
+}
+
+/// The smallest golden export, read once.
+fn small() -> &'static [u8] {
+    static BYTES: OnceLock<Vec<u8>> = OnceLock::new();
+    BYTES.get_or_init(|| std::fs::read(golden("sparsenet-40-24.onnx")).unwrap_or_default())
+}
+
+fn small_model() -> Result<proto::ModelProto> {
+    Ok(proto::ModelProto::decode(small())?)
+}
+
+fn graph_of(m: &mut proto::ModelProto) -> Result<&mut proto::GraphProto> {
+    m.graph.as_mut().context("graph")
+}
+
+fn import_err(m: &proto::ModelProto) -> Result<String> {
+    match onnx::import(&m.encode_to_vec(), "m") {
+        Ok(_) => bail!("the hostile model imported"),
+        Err(e) => Ok(e.to_string()),
+    }
+}
+
+#[test]
+fn the_unmodified_small_export_imports() -> Result<()> {
+    assert!(!small().is_empty(), "golden file present");
+    onnx::import(small(), "m")?;
+    Ok(())
+}
+
+#[test]
+fn truncated_files_are_errors() {
+    let bytes = small();
+    // Inside the graph (it spans almost the whole file): never a complete model.
+    for cut in [
+        1,
+        10,
+        100,
+        1000,
+        bytes.len() / 3,
+        bytes.len() / 2,
+        bytes.len() - 1000,
+    ] {
+        assert!(onnx::import(&bytes[..cut], "m").is_err(), "cut at {cut}");
+    }
+}
+
+#[test]
+fn a_cycle_is_an_error_naming_a_node() -> Result<()> {
+    let mut m = small_model()?;
+    let g = graph_of(&mut m)?;
+    // The stem convolution reads the output of the last concatenation.
+    let late = g
+        .node
+        .iter()
+        .rev()
+        .find(|n| n.op_type() == "Concat")
+        .map(|n| n.output[0].clone())
+        .context("a concat")?;
+    g.node[0].input[0] = late;
+    let e = import_err(&m)?;
+    assert_eq!(
+        e,
+        "the graph has a cycle through node `/features/conv0/Conv` (Conv)"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_missing_initializer_is_an_error_naming_the_node() -> Result<()> {
+    let mut m = small_model()?;
+    let g = graph_of(&mut m)?;
+    g.initializer
+        .retain(|t| t.name() != "features.dense-stage-1.block-3.bn1.running_var");
+    let e = import_err(&m)?;
+    assert_eq!(
+        e,
+        "node `/features/dense-stage-1/block-3/bn1/BatchNormalization` (BatchNormalization): \
+         reads `features.dense-stage-1.block-3.bn1.running_var`, which no node, initializer or \
+         graph input defines"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_wrong_initializer_size_is_an_error() -> Result<()> {
+    let mut m = small_model()?;
+    let g = graph_of(&mut m)?;
+    let t = g
+        .initializer
+        .iter_mut()
+        .find(|t| t.name() == "features.conv0.weight")
+        .context("conv0")?;
+    if let Some(raw) = t.raw_data.as_mut() {
+        raw.truncate(raw.len() - 4);
+    }
+    let e = import_err(&m)?;
+    assert_eq!(
+        e,
+        "node `/features/conv0/Conv` (Conv): initializer `features.conv0.weight`: dims \
+         [48, 3, 3, 3] need 1296 elements, but the tensor holds 5180 bytes of float32"
+    );
+    // Right size, wrong shape for the layer: the IR's shape check names the parameter.
+    let mut m = small_model()?;
+    let g = graph_of(&mut m)?;
+    let t = g
+        .initializer
+        .iter_mut()
+        .find(|t| t.name() == "features.conv0.weight")
+        .context("conv0")?;
+    t.dims = vec![144, 1, 3, 3];
+    let e = import_err(&m)?;
+    assert!(
+        e.contains("`features.conv0.weight` has shape [144, 1, 3, 3]"),
+        "{e}"
+    );
+    Ok(())
+}
+
+#[test]
+fn absurd_dimensions_are_errors_without_allocation() -> Result<()> {
+    let mut m = small_model()?;
+    let g = graph_of(&mut m)?;
+    let t = g
+        .initializer
+        .iter_mut()
+        .find(|t| t.name() == "features.conv0.weight")
+        .context("conv0")?;
+    t.dims = vec![1 << 40, 1 << 20, 3, 3];
+    let e = import_err(&m)?;
+    assert!(e.contains("overflow") || e.contains("need"), "{e}");
+
+    let mut m = small_model()?;
+    set_input_dim(
+        &mut m,
+        2,
+        proto::tensor_shape_proto::dimension::Value::DimValue(1 << 40),
+    )?;
+    assert_eq!(
+        import_err(&m)?,
+        "graph input `input`: height 1099511627776 out of range (1 to 1048576)"
+    );
+    Ok(())
+}
+
+fn set_input_dim(
+    m: &mut proto::ModelProto,
+    k: usize,
+    v: proto::tensor_shape_proto::dimension::Value,
+) -> Result<()> {
+    let g = graph_of(m)?;
+    let Some(proto::type_proto::Value::TensorType(t)) =
+        g.input[0].r#type.as_mut().and_then(|t| t.value.as_mut())
+    else {
+        bail!("input type");
+    };
+    t.shape.as_mut().context("shape")?.dim[k].value = Some(v);
+    Ok(())
+}
+
+/// Three unsupported models and what they get (docs/onnx.md quotes them).
+#[test]
+fn unsupported_models_get_errors_naming_node_op_and_reason() -> Result<()> {
+    // An op outside the supported set.
+    let mut m = small_model()?;
+    let g = graph_of(&mut m)?;
+    let relu = g
+        .node
+        .iter_mut()
+        .find(|n| n.op_type() == "Relu")
+        .context("relu")?;
+    relu.op_type = Some("LeakyRelu".into());
+    assert_eq!(
+        import_err(&m)?,
+        "node `/features/dense-stage-0/block-1/relu1/Relu` (LeakyRelu): op `LeakyRelu` is not \
+         supported (docs/onnx.md lists the supported ops)"
+    );
+    // A dynamic spatial size.
+    let mut m = small_model()?;
+    set_input_dim(
+        &mut m,
+        2,
+        proto::tensor_shape_proto::dimension::Value::DimParam("height".into()),
+    )?;
+    assert_eq!(
+        import_err(&m)?,
+        "graph input `input`: height is the dynamic dimension `height`; sparsec compiles a \
+         fixed C, H and W (export with a fixed input size)"
+    );
+    // An attribute it cannot honour.
+    let mut m = small_model()?;
+    let g = graph_of(&mut m)?;
+    let conv = g
+        .node
+        .iter_mut()
+        .find(|n| n.op_type() == "Conv")
+        .context("conv")?;
+    for a in &mut conv.attribute {
+        if a.name() == "dilations" {
+            a.ints = vec![2, 2];
+        }
+    }
+    assert_eq!(
+        import_err(&m)?,
+        "node `/features/conv0/Conv` (Conv): dilations [2, 2] are not supported (only 1)"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_truncated_file_through_the_driver_names_the_path() -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("sparsec-onnx-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("cut.onnx");
+    std::fs::write(&path, &small()[..small().len() / 2])?;
+    let e = match driver::load(&path) {
+        Ok(_) => bail!("imported"),
+        Err(e) => e.to_string(),
+    };
+    std::fs::remove_dir_all(&dir)?;
+    assert!(
+        e.starts_with("cannot import `") && e.contains("cut.onnx`: not a valid ONNX protobuf"),
+        "{e}"
+    );
+    Ok(())
+}
+
+/// A mutation of the file's bytes.
+#[derive(Clone, Debug)]
+enum Mutation {
+    Flip {
+        at: usize,
+        bit: u8,
+    },
+    Truncate {
+        at: usize,
+    },
+    /// Copies `len` bytes from `from` over `to` (a splice of the file with itself).
+    Splice {
+        from: usize,
+        to: usize,
+        len: usize,
+    },
+    /// A byte set to a value, a header byte (the first 4 KiB hold the graph's first nodes).
+    Set {
+        at: usize,
+        value: u8,
+    },
+}
+
+fn mutation() -> impl Strategy<Value = Mutation> {
+    // Positions as fractions of the file, so every region is reached.
+    let pos = 0.0f64..1.0;
+    prop_oneof![
+        (pos.clone(), 0u8..8).prop_map(|(p, bit)| Mutation::Flip {
+            at: (p * 1e9) as usize,
+            bit
+        }),
+        pos.clone().prop_map(|p| Mutation::Truncate {
+            at: (p * 1e9) as usize
+        }),
+        (pos.clone(), pos.clone(), 1usize..64).prop_map(|(a, b, len)| Mutation::Splice {
+            from: (a * 1e9) as usize,
+            to: (b * 1e9) as usize,
+            len
+        }),
+        (0usize..4096, any::<u8>()).prop_map(|(at, value)| Mutation::Set { at, value }),
+    ]
+}
+
+fn apply(bytes: &mut Vec<u8>, m: &Mutation) {
+    if bytes.is_empty() {
+        return;
+    }
+    let n = bytes.len();
+    let scale = |x: usize| x * n / 1_000_000_000;
+    match *m {
+        Mutation::Flip { at, bit } => {
+            let at = scale(at).min(n - 1);
+            bytes[at] ^= 1 << bit;
+        }
+        Mutation::Truncate { at } => bytes.truncate(scale(at)),
+        Mutation::Splice { from, to, len } => {
+            let (from, to) = (scale(from), scale(to));
+            let len = len.min(n - from).min(n - to);
+            let piece = bytes[from..from + len].to_vec();
+            bytes[to..to + len].copy_from_slice(&piece);
+        }
+        Mutation::Set { at, value } => {
+            let at = at.min(n - 1);
+            bytes[at] = value;
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 600, ..ProptestConfig::default() })]
+
+    /// Decoding and importing a mutant ends in a graph that verifies or in an error; never a
+    /// panic (proptest fails on one) and never an allocation beyond the file's size.
+    #[test]
+    fn mutants_import_or_fail_cleanly(ms in proptest::collection::vec(mutation(), 1..4)) {
+        let mut bytes = small().to_vec();
+        for m in &ms {
+            apply(&mut bytes, m);
+        }
+        match onnx::import(&bytes, "m") {
+            Ok(graph) => prop_assert!(ir::verify::verify(&graph).is_ok()),
+            Err(e) => {
+                let text = e.to_string();
+                prop_assert!(!text.is_empty());
+                if let OnnxError::Node { node, op_type, .. } = &e {
+                    prop_assert!(!node.is_empty() || !op_type.is_empty());
+                }
+            }
+        }
+    }
+}
