@@ -454,3 +454,109 @@ proptest! {
         }
     }
 }
+
+fn int_const(name: &str, dims: Vec<i64>, values: Vec<i64>) -> proto::NodeProto {
+    proto::NodeProto {
+        op_type: Some("Constant".into()),
+        output: vec![name.into()],
+        attribute: vec![proto::AttributeProto {
+            name: Some("value".into()),
+            r#type: Some(proto::attribute_proto::AttributeType::Tensor as i32),
+            t: Some(proto::TensorProto {
+                dims,
+                data_type: Some(proto::tensor_proto::DataType::Int64 as i32),
+                int64_data: values,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn node(
+    op: &str,
+    inputs: &[&str],
+    output: &str,
+    attrs: Vec<proto::AttributeProto>,
+) -> proto::NodeProto {
+    proto::NodeProto {
+        op_type: Some(op.into()),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![output.into()],
+        attribute: attrs,
+        ..Default::default()
+    }
+}
+
+fn int_attr(name: &str, v: i64) -> proto::AttributeProto {
+    proto::AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(proto::attribute_proto::AttributeType::Int as i32),
+        i: Some(v),
+        ..Default::default()
+    }
+}
+
+/// `x.view(x.size(0), -1)` as PyTorch exports it (Shape, Gather, Unsqueeze, Concat, Reshape)
+/// instead of `Flatten`, and `MatMul` + `Add` instead of `Gemm`: the same IR.
+#[test]
+fn shape_plumbing_and_matmul_add_fold_to_the_same_graph() -> Result<()> {
+    let want = ir::print::print(&onnx::import(small(), "m")?);
+    let mut m = small_model()?;
+    let g = graph_of(&mut m)?;
+    let at = g
+        .node
+        .iter()
+        .position(|n| n.op_type() == "Flatten")
+        .context("flatten")?;
+    let flatten = g.node.remove(at);
+    let (x, y) = (flatten.input[0].as_str(), flatten.output[0].as_str());
+    let plumbing = vec![
+        node("Shape", &[x], "s", vec![]),
+        int_const("zero", vec![], vec![0]),
+        node("Gather", &["s", "zero"], "b", vec![int_attr("axis", 0)]),
+        int_const("axes", vec![1], vec![0]),
+        node("Unsqueeze", &["b", "axes"], "b1", vec![]),
+        int_const("minus_one", vec![1], vec![-1]),
+        node(
+            "Concat",
+            &["b1", "minus_one"],
+            "target",
+            vec![int_attr("axis", 0)],
+        ),
+        node("Reshape", &[x, "target"], y, vec![]),
+    ];
+    g.node.splice(at..at, plumbing);
+    // Gemm(y, W, B, transB=1) → MatMul(y, Wᵀ) + B, with Wᵀ under W's name.
+    let gemm = g
+        .node
+        .iter()
+        .position(|n| n.op_type() == "Gemm")
+        .context("gemm")?;
+    let gemm = g.node.remove(gemm);
+    let (w, b) = (gemm.input[1].clone(), gemm.input[2].clone());
+    let t = g
+        .initializer
+        .iter_mut()
+        .find(|t| t.name() == w)
+        .context("W")?;
+    let (rows, cols) = (t.dims[0] as usize, t.dims[1] as usize);
+    let raw = t.raw_data.clone().context("raw")?;
+    let mut transposed = Vec::with_capacity(raw.len());
+    for c in 0..cols {
+        for r in 0..rows {
+            let k = 4 * (r * cols + c);
+            transposed.extend_from_slice(&raw[k..k + 4]);
+        }
+    }
+    t.raw_data = Some(transposed);
+    t.dims = vec![cols as i64, rows as i64];
+    g.node
+        .push(node("MatMul", &[&gemm.input[0], &w], "mm", vec![]));
+    g.node
+        .push(node("Add", &["mm", &b], &gemm.output[0], vec![]));
+    let got = ir::print::print(&onnx::import(&m.encode_to_vec(), "m")?);
+    assert_eq!(first_difference(&got, &want), None);
+    Ok(())
+}
