@@ -7,6 +7,7 @@
 //!   `.snet` one up to names: every parameter reference `@name` reads `@P` (PyTorch folds the
 //!   BC models' `bn2` into `conv1` on export, so those parameters are `onnx::Conv_948` where
 //!   the `.snet` path derives `...conv1.weight+bn2`); the graph name is the file stem in both;
+//! - its generated CUDA source equals the `.snet` model's;
 //! - hostile files (truncated, bit-flipped, spliced; a cycle, a missing initializer, a wrong
 //!   initializer size, absurd dimensions, unsupported ops and attributes) are errors that name
 //!   what is wrong, never a panic (a property test over 600 mutants of the smallest export).
@@ -89,6 +90,25 @@ fn golden_exports_give_the_snet_plan() -> Result<()> {
             None,
             "{name}: --emit opt-ir up to parameter names (line, onnx, snet)"
         );
+    }
+    Ok(())
+}
+
+/// The CUDA kernels generated for an import are those of the `.snet` model, so the CUDA shim
+/// suite's golden checks (`tests/tests/cuda_shim.rs`) cover them; only the weights differ, by
+/// where `bn2` was folded (by PyTorch on export, or by the passes).
+#[test]
+fn golden_exports_give_the_snet_cuda_source() -> Result<()> {
+    for name in MODELS {
+        let cuda = |graph| -> Result<String> {
+            let opt = driver::optimize(graph, &WeightsSource::None, 1, true)?;
+            Ok(sparsec::backend::cuda::generate(&opt.graph, &opt.plan, false)?.source)
+        };
+        let from_onnx = cuda(driver::load(&golden(&format!("{name}.onnx")))?)?;
+        let from_snet = cuda(driver::load(
+            &repo().join(format!("examples/models/{name}.snet")),
+        )?)?;
+        assert_eq!(first_difference(&from_onnx, &from_snet), None, "{name}");
     }
     Ok(())
 }
@@ -558,5 +578,34 @@ fn shape_plumbing_and_matmul_add_fold_to_the_same_graph() -> Result<()> {
         .push(node("Add", &["mm", &b], &gemm.output[0], vec![]));
     let got = ir::print::print(&onnx::import(&m.encode_to_vec(), "m")?);
     assert_eq!(first_difference(&got, &want), None);
+    Ok(())
+}
+
+/// An initializer read by several nodes becomes one parameter per use (`name#2`, ...), all
+/// sharing one copy of the data: a file that reuses a tensor many times cannot make the import
+/// allocate many times its size.
+#[test]
+fn a_reused_initializer_shares_its_data() -> Result<()> {
+    let mut m = small_model()?;
+    let g = graph_of(&mut m)?;
+    let w1 = "features.dense-stage-0.block-1.conv1.weight";
+    let conv3 = g
+        .node
+        .iter_mut()
+        .find(|n| n.name() == "/features/dense-stage-0/block-3/conv1/Conv")
+        .context("block-3 conv")?;
+    conv3.input[1] = w1.into();
+    let graph = onnx::import(&m.encode_to_vec(), "m")?;
+    let first = graph.params.by_name(w1).context("first use")?;
+    let second = graph
+        .params
+        .by_name(&format!("{w1}#2"))
+        .context("second use")?;
+    let (a, b) = (graph.params.get(first), graph.params.get(second));
+    assert_eq!(a.shape, b.shape);
+    match (&a.data, &b.data) {
+        (Some(x), Some(y)) => assert!(std::sync::Arc::ptr_eq(x, y), "one shared copy"),
+        _ => bail!("data not bound"),
+    }
     Ok(())
 }

@@ -23,6 +23,7 @@ use ir::{
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::rc::Rc;
+use std::sync::Arc;
 
 /// What an ONNX tensor name stands for during import.
 #[derive(Clone, Debug)]
@@ -37,7 +38,8 @@ enum Value {
 type R<T> = Result<T, String>;
 
 /// Imports a decoded model.
-pub fn import(model: &ModelProto, default_name: &str) -> Result<Graph, OnnxError> {
+/// Imports a decoded model; `file_len` (the encoded size) bounds the weight data it may derive.
+pub fn import(model: &ModelProto, default_name: &str, file_len: usize) -> Result<Graph, OnnxError> {
     let g = model.graph.as_ref().ok_or(OnnxError::NoGraph)?;
     let mut inits: HashMap<&str, &TensorProto> = HashMap::new();
     for t in &g.initializer {
@@ -62,6 +64,9 @@ pub fn import(model: &ModelProto, default_name: &str) -> Result<Graph, OnnxError
         uses: HashMap::new(),
         matmuls: HashSet::new(),
         batch: None,
+        shared: HashMap::new(),
+        suffixes: HashMap::new(),
+        budget: file_len / 4 + (1 << 20),
     };
     im.declare_input(g)?;
     let output = single_output(g)?;
@@ -315,6 +320,13 @@ struct Importer<'g> {
     matmuls: HashSet<NodeId>,
     /// The declared batch when the input fixes it (then `Reshape` may name it literally).
     batch: Option<i64>,
+    /// Each constant's data (by the address of its `Rc`, alive in `values` for the whole
+    /// import), shared by every parameter made from it.
+    shared: HashMap<usize, Arc<[f32]>>,
+    /// The last `#k` suffix given to a reused initializer name.
+    suffixes: HashMap<String, u32>,
+    /// Elements of derived weight data still allowed (starts at the file's float capacity).
+    budget: usize,
 }
 
 impl<'g> Importer<'g> {
@@ -424,34 +436,44 @@ impl<'g> Importer<'g> {
             .map_err(|e| e.to_string())
     }
 
-    /// A float32 constant as a parameter named after the tensor (made unique if the name is
-    /// taken), data bound. Non-finite values are rejected, as for safetensors weights.
+    /// A parameter named after the tensor (`name#2`, ... when an initializer is used again),
+    /// its data bound. Parameters made from the same initializer share its data.
     fn param(
         &mut self,
         name: &str,
         shape: Vec<usize>,
         kind: ParamKind,
-        data: Vec<f32>,
+        data: Arc<[f32]>,
     ) -> R<ParamId> {
-        if let Some(i) = data.iter().position(|v| !v.is_finite()) {
-            return Err(format!(
-                "`{name}` holds a non-finite value ({}) at flat index {i}",
-                data[i]
-            ));
-        }
         let mut unique = name.to_string();
-        let mut k = 1;
         let id = loop {
             match self.graph.params.add(unique.clone(), shape.clone(), kind) {
                 Ok(id) => break id,
                 Err(_) => {
-                    k += 1;
+                    let k = self.suffixes.entry(name.to_string()).or_insert(1);
+                    *k += 1;
                     unique = format!("{name}#{k}");
                 }
             }
         };
-        self.graph.params.get_mut(id).data = Some(data.into());
+        self.graph.params.get_mut(id).data = Some(data);
         Ok(id)
+    }
+
+    /// Data computed from an initializer (transposed, scaled, broadcast): finite, and within
+    /// the budget of fresh elements, so a file that reuses one tensor in many nodes cannot
+    /// make the import allocate far more than it holds.
+    fn fresh(&mut self, name: &str, data: Vec<f32>) -> R<Arc<[f32]>> {
+        finite(name, &data)?;
+        Ok(data.into())
+    }
+
+    fn reserve(&mut self, elements: usize) -> R<()> {
+        self.budget = self.budget.checked_sub(elements).ok_or_else(|| {
+            "the weights this model derives (transposed, broadcast) exceed what the file holds"
+                .to_string()
+        })?;
+        Ok(())
     }
 
     /// Sets the node's first output; any other output it has must be unused.
@@ -613,7 +635,7 @@ impl<'g> Importer<'g> {
         i: usize,
         what: &str,
         rank: usize,
-    ) -> R<(Vec<usize>, Vec<f32>)> {
+    ) -> R<(Vec<usize>, Arc<[f32]>)> {
         let v = self.input(n, i)?;
         let c = self.konst(v, what)?;
         let Data::F32(d) = &c.data else {
@@ -625,7 +647,15 @@ impl<'g> Importer<'g> {
                 c.dims
             ));
         }
-        Ok((c.dims.clone(), d.clone()))
+        // Keyed by the constant itself: every name for it (`Identity` aliases) shares one copy.
+        let key = Rc::as_ptr(&c) as usize;
+        if let Some(shared) = self.shared.get(&key) {
+            return Ok((c.dims.clone(), shared.clone()));
+        }
+        finite(&Self::tensor_name(n, i), d)?;
+        let shared: Arc<[f32]> = d.as_slice().into();
+        self.shared.insert(key, shared.clone());
+        Ok((c.dims.clone(), shared))
     }
 
     fn tensor_name(n: &NodeProto, i: usize) -> String {
@@ -907,7 +937,9 @@ impl<'g> Importer<'g> {
         };
         let mut l = l.clone();
         let out = l.out_features as usize;
+        self.reserve(out)?;
         let b = bias_vector(c, out)?;
+        let b = self.fresh(name, b)?;
         l.bias = Some(self.param(name, vec![out], ParamKind::Bias, b)?);
         self.graph.node_mut(node).op = Op::Linear(l);
         self.graph.reinfer(node).map_err(|e| e.to_string())?;
@@ -1026,13 +1058,24 @@ impl<'g> Importer<'g> {
         let (alpha, beta) = (a.float("alpha", 1.0)?, a.float("beta", 1.0)?);
         let (x, _) = self.flat_input(n)?;
         let (bd, b) = self.floats(n, 1, "B", 2)?;
-        let (w, out) = if a.int("transB", 0)? != 0 {
-            (b, bd[0])
+        let trans_b = a.int("transB", 0)? != 0;
+        let (out, input_features) = if trans_b {
+            (bd[0], bd[1])
         } else {
-            (transpose(&b, bd[0], bd[1]), bd[1])
+            (bd[1], bd[0])
         };
-        let input_features = w.len().checked_div(out).unwrap_or(0);
-        let w: Vec<f32> = w.into_iter().map(|v| v * alpha).collect();
+        let w = if trans_b && alpha == 1.0 {
+            b
+        } else {
+            self.reserve(b.len())?;
+            let t = if trans_b {
+                b.to_vec()
+            } else {
+                transpose(&b, bd[0], bd[1])
+            };
+            let name = Self::tensor_name(n, 1);
+            self.fresh(&name, t.into_iter().map(|v| v * alpha).collect())?
+        };
         let weight = self.param(
             &Self::tensor_name(n, 1),
             vec![out, input_features],
@@ -1043,11 +1086,14 @@ impl<'g> Importer<'g> {
             None => None,
             Some(v) => {
                 let c = self.konst(v, "C")?;
+                self.reserve(out)?;
                 let b: Vec<f32> = bias_vector(&c, out)?
                     .into_iter()
                     .map(|v| v * beta)
                     .collect();
-                Some(self.param(&Self::tensor_name(n, 2), vec![out], ParamKind::Bias, b)?)
+                let name = Self::tensor_name(n, 2);
+                let b = self.fresh(&name, b)?;
+                Some(self.param(&name, vec![out], ParamKind::Bias, b)?)
             }
         };
         self.linear(x, out, weight, bias)
@@ -1057,7 +1103,9 @@ impl<'g> Importer<'g> {
         a.only(&[])?;
         let (x, _) = self.flat_input(n)?;
         let (bd, b) = self.floats(n, 1, "B", 2)?;
+        self.reserve(b.len())?;
         let w = transpose(&b, bd[0], bd[1]);
+        let w = self.fresh(&Self::tensor_name(n, 1), w)?;
         let weight = self.param(
             &Self::tensor_name(n, 1),
             vec![bd[1], bd[0]],
@@ -1236,6 +1284,17 @@ fn pads(a: &Attrs, kernel: [u32; 2], stride: [u32; 2]) -> R<[u32; 2]> {
         other => Err(format!(
             "auto_pad `{other}` is not supported here (NOTSET, VALID, or SAME_* with stride 1 and an odd kernel)"
         )),
+    }
+}
+
+/// Non-finite weights are rejected, as for safetensors checkpoints.
+fn finite(name: &str, data: &[f32]) -> R<()> {
+    match data.iter().position(|v| !v.is_finite()) {
+        Some(i) => Err(format!(
+            "`{name}` holds a non-finite value ({}) at flat index {i}",
+            data[i]
+        )),
+        None => Ok(()),
     }
 }
 

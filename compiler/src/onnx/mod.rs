@@ -56,5 +56,5 @@ pub enum OnnxError {
 /// `.snet` path does for a model without a `model "..."` line).
 pub fn import(bytes: &[u8], default_name: &str) -> Result<Graph, OnnxError> {
     let model = proto::ModelProto::decode(bytes)?;
-    import::import(&model, default_name)
+    import::import(&model, default_name, bytes.len())
 }
