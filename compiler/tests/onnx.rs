@@ -518,11 +518,8 @@ fn int_attr(name: &str, v: i64) -> proto::AttributeProto {
     }
 }
 
-/// `x.view(x.size(0), -1)` as PyTorch exports it (Shape, Gather, Unsqueeze, Concat, Reshape)
-/// instead of `Flatten`, and `MatMul` + `Add` instead of `Gemm`: the same IR.
-#[test]
-fn shape_plumbing_and_matmul_add_fold_to_the_same_graph() -> Result<()> {
-    let want = ir::print::print(&onnx::import(small(), "m")?);
+/// The small export with its `Flatten` written as `x.view(x.size(0), *tail)`.
+fn with_view(tail: Vec<i64>) -> Result<proto::ModelProto> {
     let mut m = small_model()?;
     let g = graph_of(&mut m)?;
     let at = g
@@ -538,16 +535,43 @@ fn shape_plumbing_and_matmul_add_fold_to_the_same_graph() -> Result<()> {
         node("Gather", &["s", "zero"], "b", vec![int_attr("axis", 0)]),
         int_const("axes", vec![1], vec![0]),
         node("Unsqueeze", &["b", "axes"], "b1", vec![]),
-        int_const("minus_one", vec![1], vec![-1]),
+        int_const("tail", vec![tail.len() as i64], tail),
         node(
             "Concat",
-            &["b1", "minus_one"],
+            &["b1", "tail"],
             "target",
             vec![int_attr("axis", 0)],
         ),
         node("Reshape", &[x, "target"], y, vec![]),
     ];
     g.node.splice(at..at, plumbing);
+    Ok(m)
+}
+
+#[test]
+fn hostile_reshape_targets_are_errors() -> Result<()> {
+    for tail in [
+        vec![i64::MAX, 4, -1],
+        vec![i64::MAX, i64::MAX],
+        vec![-1, -1],
+        vec![7],
+    ] {
+        let e = import_err(&with_view(tail.clone())?)?;
+        assert!(
+            e.starts_with("node `#") && e.contains("(Reshape): reshaping [N,96,1,1] to"),
+            "{tail:?}: {e}"
+        );
+    }
+    Ok(())
+}
+
+/// `x.view(x.size(0), -1)` as PyTorch exports it (Shape, Gather, Unsqueeze, Concat, Reshape)
+/// instead of `Flatten`, and `MatMul` + `Add` instead of `Gemm`: the same IR.
+#[test]
+fn shape_plumbing_and_matmul_add_fold_to_the_same_graph() -> Result<()> {
+    let want = ir::print::print(&onnx::import(small(), "m")?);
+    let mut m = with_view(vec![-1])?;
+    let g = graph_of(&mut m)?;
     // Gemm(y, W, B, transB=1) → MatMul(y, Wᵀ) + B, with Wᵀ under W's name.
     let gemm = g
         .node

@@ -1009,7 +1009,12 @@ impl<'g> Importer<'g> {
                 if vals.len() != rest.len() {
                     return Err(unsupported());
                 }
-                let known: i64 = vals.iter().filter(|&&v| v != -1).product();
+                // Checked: the values come from the file.
+                let known = vals
+                    .iter()
+                    .filter(|&&v| v != -1)
+                    .try_fold(1i64, |acc, &v| acc.checked_mul(v))
+                    .ok_or_else(unsupported)?;
                 let infer = vals.iter().filter(|&&v| v == -1).count();
                 let dims: Vec<i64> = match infer {
                     0 => vals.clone(),
