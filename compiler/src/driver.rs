@@ -40,6 +40,12 @@ pub enum DriverError {
         count: usize,
         diagnostics: Vec<Diagnostic>,
     },
+    /// An ONNX model that cannot be imported (docs/onnx.md).
+    #[error("cannot import `{path}`: {source}")]
+    Onnx {
+        path: PathBuf,
+        source: crate::onnx::OnnxError,
+    },
     #[error("weights from `{path}`: {source}")]
     Weights { path: PathBuf, source: WeightsError },
     #[error(transparent)]
@@ -209,8 +215,23 @@ pub fn compile_cuda_for(
     Ok((c.opt, c.bytes))
 }
 
-/// A model parsed and lowered from a file.
+/// A model parsed and lowered from a file: `.onnx` through the ONNX importer (weights bound
+/// from its initializers), anything else as `.snet` source.
 pub fn load(path: &Path) -> Result<Graph, DriverError> {
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
+    {
+        let bytes = std::fs::read(path).map_err(|source| DriverError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("model");
+        return crate::onnx::import(&bytes, stem).map_err(|source| DriverError::Onnx {
+            path: path.to_path_buf(),
+            source,
+        });
+    }
     let source = std::fs::read_to_string(path).map_err(|source| DriverError::Io {
         path: path.to_path_buf(),
         source,

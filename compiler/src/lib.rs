@@ -16,6 +16,7 @@ pub mod kernel_select;
 pub mod lower;
 pub mod model_info;
 pub mod numfmt;
+pub mod onnx;
 pub mod passes;
 pub mod peak;
 pub mod plan;

@@ -119,6 +119,9 @@ enum Emit {
     MemorySvg,
     /// The generated CUDA C kernels (plan made at batch 1; weights not needed).
     Cuda,
+    /// The graph as a standard ONNX model (opset 17) written to `-o` (weights from --weights
+    /// or --random-weights; docs/onnx.md).
+    Onnx,
 }
 
 #[derive(Subcommand)]
@@ -374,8 +377,26 @@ fn run(cli: Cli) -> Result<()> {
         (None, Some(seed)) => WeightsSource::Random(seed),
         (None, None) => WeightsSource::None,
     };
+    if args.emit == Some(Emit::Onnx) {
+        let out = args
+            .output
+            .as_ref()
+            .context("--emit onnx writes a file: pass -o MODEL.onnx")?;
+        let mut graph = graph;
+        driver::bind(&mut graph, &weights)?;
+        let bytes = sparsec::onnx::export(&graph)?;
+        std::fs::write(out, &bytes).with_context(|| format!("cannot write `{}`", out.display()))?;
+        eprintln!(
+            "wrote {} ({} bytes): ONNX opset {}",
+            out.display(),
+            stats::group(bytes.len() as u64),
+            sparsec::onnx::OPSET
+        );
+        return Ok(());
+    }
     if let Some(out) = &args.output {
-        if matches!(weights, WeightsSource::None) {
+        // An ONNX model brings its weights (its initializers, bound by `driver::load`).
+        if matches!(weights, WeightsSource::None) && !graph.params.all_bound() {
             anyhow::bail!(
                 "code generation needs weights: pass --weights W.safetensors or --random-weights SEED"
             );
@@ -454,7 +475,7 @@ fn run(cli: Cli) -> Result<()> {
                 &opt.plan,
             ))?;
         }
-        Some(Emit::Ir | Emit::Cuda) | None => {
+        Some(Emit::Ir | Emit::Cuda | Emit::Onnx) | None => {
             eprintln!(
                 "checked {}: {} nodes after optimisation, arena {} bytes at batch {}",
                 model.display(),
