@@ -20,6 +20,6 @@ mod dispatch;
 mod model;
 pub mod profile;
 
-pub use dispatch::{Model, Session};
+pub use dispatch::{Model, OwnedSession, Session};
 pub use error::{LoadError, RunError};
 pub use model::default_threads;
