@@ -2,7 +2,7 @@
 against `Session::run` looped in Rust on the same session (`Session._rust_run_seconds`, same
 build, same threads). Rounds alternate between the two; the medians are compared.
 
-    python scripts/python-overhead.py [MODEL.snet] [--threads N] [--iterations K] [--rounds R]
+    python scripts/python-overhead.py [MODEL.snet | --tiny] [--threads N] [--iterations K] [--rounds R]
 
 Needs the package installed (scripts/python-tests.sh makes target/py-venv with a release build).
 """
@@ -21,11 +21,16 @@ ROOT = Path(__file__).resolve().parents[1]
 parser = argparse.ArgumentParser()
 parser.add_argument("model", nargs="?", default=str(ROOT / "examples/models/sparsenet-40-24.snet"))
 parser.add_argument("--threads", type=int, default=None)
+parser.add_argument("--tiny", action="store_true",
+                    help="a one-convolution 8x8 model instead: the binding's fixed cost per call in microseconds")
 parser.add_argument("--iterations", type=int, default=200)
 parser.add_argument("--rounds", type=int, default=7)
 args = parser.parse_args()
 
-model = sparsec.Model.load(sparsec.compile(args.model, random_weights=0, max_batch=1))
+TINY = ('model "tiny"\ninput [3, 8, 8]\nstem { conv0 = conv(4, kernel = 3, pad = 1) }\n'
+        "head { norm = batch_norm()\n relu()\n global_avg_pool()\n fc = linear(5) }\n")
+source = TINY if args.tiny else args.model
+model = sparsec.Model.load(sparsec.compile(source, random_weights=0, max_batch=1))
 session = model.session(threads=args.threads)
 x = np.random.default_rng(0).standard_normal((1, *model.input_shape), dtype=np.float32)
 for _ in range(20):
@@ -41,6 +46,6 @@ for _ in range(args.rounds):
 
 r, p = statistics.median(rust), statistics.median(python)
 print(f"model {model.name}, batch 1, {session.threads} thread(s), {args.rounds} rounds of {args.iterations} calls")
-print(f"Rust Session::run   median {r * 1e6:9.1f} us/call  (rounds: {', '.join(f'{v * 1e6:.0f}' for v in rust)})")
-print(f"Python session.run  median {p * 1e6:9.1f} us/call  (rounds: {', '.join(f'{v * 1e6:.0f}' for v in python)})")
+print(f"Rust Session::run   median {r * 1e6:9.1f} us/call  (rounds: {', '.join(f'{v * 1e6:.1f}' for v in rust)})")
+print(f"Python session.run  median {p * 1e6:9.1f} us/call  (rounds: {', '.join(f'{v * 1e6:.1f}' for v in python)})")
 print(f"overhead {(p - r) * 1e6:+.1f} us/call = {(p / r - 1) * 100:+.2f}%")
