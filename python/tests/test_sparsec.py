@@ -227,3 +227,33 @@ def test_no_warning_when_the_budget_is_met(blob):
     with warnings.catch_warnings():
         warnings.simplefilter("error", sparsec.AccuracyWarning)
         assert sparsec.Model.load(blob).num_classes == 100
+
+
+def test_one_session_shared_by_threads_takes_turns(model, golden):
+    s = model.session()
+    expect = s.run(golden["input"])
+    outs, errors = [], []
+
+    def work():
+        try:
+            for _ in range(5):
+                outs.append(s.run(golden["input"]))
+        except Exception as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert len(outs) == 15 and all(np.array_equal(o, expect) for o in outs)
+
+
+def test_kernel_policy_options(golden):
+    with pytest.raises(ValueError, match='tolerance= and calibration= apply to winograd="auto" only'):
+        sparsec.compile(SNET, random_weights=0, winograd="4x4", tolerance=1e-4)
+    rows = np.random.default_rng(1).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    data = sparsec.compile(SNET, random_weights=2, tolerance=1e-3, calibration=rows, max_batch=1)
+    assert data.accuracy is not None, "a guarded CPU compile reports what it measured"
+    assert "on 1 calibration row (within budget 1.00e-3 = --tolerance 1.0e-3;" in data.accuracy
