@@ -19,6 +19,9 @@ pub enum WeightsSource {
     /// A safetensors file with the model's parameter names (the official PyTorch names by
     /// default).
     Safetensors(PathBuf),
+    /// Tensors already in memory, `(name, shape, row-major data)` under the same names (the
+    /// Python binding's dict of arrays or PyTorch `state_dict`); checked like safetensors.
+    Tensors(Vec<weights::NamedTensor>),
     /// Deterministic random "trained-looking" weights (benchmarks).
     Random(u64),
     /// No data: the structure only (IR, plan, statistics); derived parameters stay unbound.
@@ -256,6 +259,12 @@ pub fn bind(graph: &mut Graph, source: &WeightsSource) -> Result<(), DriverError
         WeightsSource::Random(seed) => {
             weights::bind_random(graph, *seed);
             Ok(())
+        }
+        WeightsSource::Tensors(tensors) => {
+            weights::bind_tensors(graph, tensors).map_err(|source| DriverError::Weights {
+                path: PathBuf::from("<tensors in memory>"),
+                source,
+            })
         }
         WeightsSource::Safetensors(path) => {
             let bytes = std::fs::read(path).map_err(|source| DriverError::Io {

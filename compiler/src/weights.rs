@@ -1,6 +1,7 @@
 //! Weights: binding tensor data to a graph's parameter table.
 //!
-//! Owns reading safetensors checkpoints ([`bind_safetensors`], [`load_tensors`]) and the
+//! Owns reading safetensors checkpoints ([`bind_safetensors`], [`load_tensors`]), binding
+//! tensors already in memory ([`bind_tensors`], for the Python binding) and the
 //! deterministic "trained-looking" random weights used when no checkpoint is at hand
 //! ([`bind_random`]). Binding is by name: every parameter the model declares (all but
 //! [`ParamKind::Derived`] ones, which passes compute) must be in the file with the exact shape
@@ -68,6 +69,12 @@ pub enum WeightsError {
         expected: Vec<usize>,
         found: Vec<usize>,
     },
+    #[error("tensor `{name}` has shape {shape:?} but holds {len} values")]
+    Length {
+        name: String,
+        shape: Vec<usize>,
+        len: usize,
+    },
     #[error("tensor `{name}` has dtype {found}, but only F32 is supported")]
     Dtype { name: String, found: String },
     #[error("tensor `{name}` holds a non-finite value ({value}) at flat index {index}")]
@@ -93,6 +100,60 @@ fn unused_note(unexpected: &TensorList) -> String {
 /// before binding anything: on error the graph is unchanged.
 pub fn bind_safetensors(graph: &mut Graph, bytes: &[u8]) -> Result<(), WeightsError> {
     let file = SafeTensors::deserialize(bytes)?;
+    bind_checked(
+        graph,
+        |name| {
+            let view = file.tensor(name).ok()?;
+            let data = if view.dtype() == Dtype::F32 {
+                Ok(f32s(view.data()))
+            } else {
+                Err(view.dtype().to_string())
+            };
+            Some((view.shape().to_vec(), data))
+        },
+        file.iter()
+            .map(|(name, view)| (name.to_string(), view.shape().to_vec())),
+    )
+}
+
+/// Binds every non-derived parameter of `graph` from tensors already in memory (`(name, shape,
+/// row-major data)`, e.g. a PyTorch `state_dict` or a dict of numpy arrays handed over by the
+/// Python binding), with the same checks as [`bind_safetensors`]: every parameter present
+/// with its exact shape, finite, nothing unexpected (but `num_batches_tracked`); on error the
+/// graph is unchanged. A tensor whose data length does not match its shape is a shape error.
+pub fn bind_tensors(graph: &mut Graph, tensors: &[NamedTensor]) -> Result<(), WeightsError> {
+    let by_name: std::collections::HashMap<&str, &NamedTensor> =
+        tensors.iter().map(|t| (t.0.as_str(), t)).collect();
+    for (name, shape, data) in tensors {
+        let n: usize = shape.iter().product();
+        if n != data.len() {
+            return Err(WeightsError::Length {
+                name: name.clone(),
+                shape: shape.clone(),
+                len: data.len(),
+            });
+        }
+    }
+    bind_checked(
+        graph,
+        |name| {
+            by_name
+                .get(name)
+                .map(|(_, shape, data)| (shape.clone(), Ok(data.clone())))
+        },
+        tensors
+            .iter()
+            .map(|(name, shape, _)| (name.clone(), shape.clone())),
+    )
+}
+
+/// The checks shared by every source: `get(name)` gives a tensor's shape and its F32 data (or
+/// the name of its other dtype); `all` lists every tensor of the source.
+fn bind_checked(
+    graph: &mut Graph,
+    get: impl Fn(&str) -> Option<(Vec<usize>, Result<Vec<f32>, String>)>,
+    all: impl Iterator<Item = (String, Vec<usize>)>,
+) -> Result<(), WeightsError> {
     let mut missing = Vec::new();
     let mut bound = Vec::new();
     let mut wanted = HashSet::new();
@@ -101,24 +162,21 @@ pub fn bind_safetensors(graph: &mut Graph, bytes: &[u8]) -> Result<(), WeightsEr
             continue;
         }
         wanted.insert(p.name.as_str());
-        let Ok(view) = file.tensor(&p.name) else {
+        let Some((shape, data)) = get(&p.name) else {
             missing.push((p.name.clone(), p.shape.clone()));
             continue;
         };
-        if view.dtype() != Dtype::F32 {
-            return Err(WeightsError::Dtype {
-                name: p.name.clone(),
-                found: view.dtype().to_string(),
-            });
-        }
-        if view.shape() != p.shape.as_slice() {
+        let data = data.map_err(|found| WeightsError::Dtype {
+            name: p.name.clone(),
+            found,
+        })?;
+        if shape != p.shape {
             return Err(WeightsError::Shape {
                 name: p.name.clone(),
                 expected: p.shape.clone(),
-                found: view.shape().to_vec(),
+                found: shape,
             });
         }
-        let data = f32s(view.data());
         if let Some((index, &value)) = data.iter().enumerate().find(|(_, v)| !v.is_finite()) {
             return Err(WeightsError::NotFinite {
                 name: p.name.clone(),
@@ -128,10 +186,10 @@ pub fn bind_safetensors(graph: &mut Graph, bytes: &[u8]) -> Result<(), WeightsEr
         }
         bound.push((id, data));
     }
-    let mut unexpected: Vec<(String, Vec<usize>)> = file
-        .iter()
-        .filter(|(name, _)| !wanted.contains(name) && !name.ends_with("num_batches_tracked"))
-        .map(|(name, view)| (name.to_string(), view.shape().to_vec()))
+    let mut unexpected: Vec<(String, Vec<usize>)> = all
+        .filter(|(name, _)| {
+            !wanted.contains(name.as_str()) && !name.ends_with("num_batches_tracked")
+        })
         .collect();
     unexpected.sort();
     if !missing.is_empty() {
@@ -462,6 +520,81 @@ mod tests {
         let conv = w(&a, "features.conv0.weight")?;
         let var = conv.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>() / conv.len() as f64;
         assert!((0.1..0.5).contains(&var.sqrt()), "{}", var.sqrt());
+        Ok(())
+    }
+
+    /// `tensors()` as in-memory tensors with the same contents as `file`.
+    fn in_memory(tensors: &[(String, Vec<usize>)]) -> Vec<NamedTensor> {
+        tensors
+            .iter()
+            .map(|(name, shape)| {
+                let n: usize = shape.iter().product();
+                let data = (0..n).map(|i| i as f32 * 0.25).collect();
+                (name.clone(), shape.clone(), data)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn binds_tensors_in_memory_like_a_file() -> TestResult {
+        let mut from_file = graph()?;
+        bind_safetensors(&mut from_file, &file(&tensors())?)?;
+        let mut from_memory = graph()?;
+        let mut all = in_memory(&tensors());
+        all.push(("norm.num_batches_tracked".into(), vec![], vec![0.0]));
+        bind_tensors(&mut from_memory, &all)?;
+        assert!(from_memory.params.all_bound());
+        for (id, p) in from_file.params.iter() {
+            assert_eq!(
+                from_memory.params.data(id),
+                from_file.params.data(id),
+                "{}",
+                p.name
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn in_memory_tensors_get_the_same_checks() -> TestResult {
+        let mut g = graph()?;
+        let mut some = in_memory(&tensors());
+        some.retain(|(n, _, _)| n != "fc.bias");
+        let err = bind_tensors(&mut g, &some).err();
+        assert!(
+            matches!(&err, Some(WeightsError::Missing { .. })),
+            "{err:?}"
+        );
+        let mut extra = in_memory(&tensors());
+        extra.push(("fc2.weight".into(), vec![1], vec![0.0]));
+        let err = bind_tensors(&mut g, &extra).err();
+        assert!(
+            matches!(&err, Some(WeightsError::Unexpected { .. })),
+            "{err:?}"
+        );
+        let mut shaped = in_memory(&tensors());
+        shaped[0].1 = vec![2, 3, 9];
+        let message = bind_tensors(&mut g, &shaped).err().map(|e| e.to_string());
+        assert_eq!(
+            message.as_deref(),
+            Some(
+                "tensor `features.conv0.weight` has shape [2, 3, 9], but the model expects [2, 3, 3, 3]"
+            )
+        );
+        let mut short = in_memory(&tensors());
+        short[6].2.pop();
+        let message = bind_tensors(&mut g, &short).err().map(|e| e.to_string());
+        assert_eq!(
+            message.as_deref(),
+            Some("tensor `fc.bias` has shape [5] but holds 4 values")
+        );
+        let mut nan = in_memory(&tensors());
+        nan[6].2[2] = f32::INFINITY;
+        assert!(matches!(
+            bind_tensors(&mut g, &nan),
+            Err(WeightsError::NotFinite { index: 2, .. })
+        ));
+        assert!(g.params.iter().all(|(_, p)| p.data.is_none()));
         Ok(())
     }
 }

@@ -3,6 +3,9 @@
 //! executor (`cuda/`); every method forwards. A CUDA model loaded by a runtime built without
 //! the `cuda` feature is [`LoadError::BackendNotBuilt`].
 //!
+//! [`OwnedSession`] is the same session holding a share of its model (`Arc<Model>`) instead of
+//! a borrow, for callers that cannot keep a borrow alive (the Python and C bindings).
+//!
 //! Must not contain executor logic: only the choice of executor.
 
 use crate::cuda::{CudaModel, CudaSession};
@@ -11,6 +14,7 @@ use crate::format::{self, Backend, Manifest, ModelFile, TensorSpec};
 use crate::model::{self, LoadOptions};
 use crate::profile::LayerKind;
 use std::path::Path;
+use std::sync::Arc;
 
 /// A loaded model (CPU or CUDA): validated, ready to run. `Send + Sync`.
 #[derive(Debug)]
@@ -179,5 +183,54 @@ impl Session<'_> {
             SessionInner::Cpu(s) => s.run(input, batch),
             SessionInner::Cuda(s) => s.run(input, batch),
         }
+    }
+}
+
+self_cell::self_cell!(
+    /// A [`Session`] stored beside the model it borrows.
+    struct OwnedSessionCell {
+        owner: Arc<Model>,
+        #[covariant]
+        dependent: Session,
+    }
+);
+
+/// A [`Session`] that owns a share of its model, so it has no lifetime: what a binding keeps
+/// in a handle. Behaves exactly like the borrowed session (threads and memory come with the
+/// first `run`; `run` allocates nothing afterwards).
+pub struct OwnedSession(OwnedSessionCell);
+
+impl OwnedSession {
+    /// A session of `model` on `threads` CPU threads, or [`crate::default_threads`] when
+    /// `None`.
+    pub fn new(model: Arc<Model>, threads: Option<usize>) -> OwnedSession {
+        OwnedSession(OwnedSessionCell::new(model, |m| match threads {
+            Some(n) => m.session_with_threads(n),
+            None => m.session(),
+        }))
+    }
+
+    /// The model this session runs.
+    pub fn model(&self) -> &Arc<Model> {
+        self.0.borrow_owner()
+    }
+
+    /// See [`Session::threads`].
+    pub fn threads(&self) -> usize {
+        self.0.borrow_dependent().threads()
+    }
+
+    /// See [`Session::run`].
+    pub fn run(&mut self, input: &[f32], batch: usize) -> Result<&[f32], RunError> {
+        self.0.with_dependent_mut(|_, s| s.run(input, batch))
+    }
+}
+
+impl std::fmt::Debug for OwnedSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OwnedSession")
+            .field("model", self.model())
+            .field("threads", &self.threads())
+            .finish()
     }
 }

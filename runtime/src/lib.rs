@@ -27,6 +27,6 @@ mod dispatch;
 mod model;
 pub mod profile;
 
-pub use dispatch::{Model, Session};
+pub use dispatch::{Model, OwnedSession, Session};
 pub use error::{LoadError, RunError};
 pub use model::{LoadOptions, default_threads};
