@@ -291,6 +291,7 @@ fn run(cli: Cli) -> Result<()> {
         let threads = threads.unwrap_or_else(runtime::default_threads);
         let load = runtime::LoadOptions {
             allow_unsigned_code,
+            ..Default::default()
         };
         if profile {
             let report = sparsec::profile_report::profile_model(
@@ -348,6 +349,7 @@ fn run(cli: Cli) -> Result<()> {
             iters,
             load: runtime::LoadOptions {
                 allow_unsigned_code,
+                ..Default::default()
             },
         };
         let report = sparsec::bench::bench(&model, options)?;
