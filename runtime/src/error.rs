@@ -191,7 +191,7 @@ pub enum LoadError {
 
     /// The caller requires a signature by a trusted key ([`crate::LoadOptions`]'s
     /// `require_signature`), and the file has none that verifies with a trusted key.
-    #[error("model.bin must be signed by a trusted key, but it {signature}")]
+    #[error("model.bin must be signed by a trusted key, and it is not: {signature}")]
     NotTrusted {
         signature: crate::signature::SignatureState,
     },

@@ -75,7 +75,7 @@ impl fmt::Display for SignatureState {
             }
             SignatureState::Invalid { fingerprint } => write!(
                 f,
-                "carries a signature by key {fingerprint} that does not verify (changed after signing)"
+                "signature by key {fingerprint} does not verify (changed after signing)"
             ),
         }
     }
