@@ -472,10 +472,11 @@ impl Session<'_> {
         let forward = match &model.native {
             Some((code, entry)) => {
                 let forward_ptr = code.at(*entry);
-                // SAFETY: the caller trusts this file's code (a trusted signature or
-                // `LoadOptions::allow_unsigned_code`, see `dispatch`); it was
-                // produced by sparsec for this ABI (checksum-verified, target-checked) and maps
-                // read+execute for the model's lifetime; `entry` lies inside it.
+                // The caller trusts this file's code: a trusted signature or
+                // `LoadOptions::allow_unsigned_code` (see `dispatch`).
+                // SAFETY: trusted code produced by sparsec for this ABI (checksum-verified,
+                // target-checked), mapped read+execute for the model's lifetime; `entry` lies
+                // inside it.
                 Some(unsafe { std::mem::transmute::<*const u8, abi::Forward>(forward_ptr) })
             }
             None => None,
