@@ -25,6 +25,12 @@ pub enum ArtifactError {
     Format(#[from] LoadError),
 }
 
+/// Signs model.bin bytes with `key` (`runtime::signature::sign`: an ed25519 signature over
+/// the whole file, in a trailer); a runtime that trusts the key runs the file's native code.
+pub fn sign(bytes: &[u8], key: &runtime::signature::SigningKey) -> Result<Vec<u8>, ArtifactError> {
+    Ok(runtime::signature::sign(bytes, key)?)
+}
+
 /// Packages a CPU program into model.bin bytes.
 pub fn write_cpu(
     graph: &Graph,

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::time::Instant;
 
 /// What to measure.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct BenchOptions {
     pub batch: usize,
     pub threads: usize,

@@ -13,6 +13,7 @@ pub mod diagnostics;
 pub mod driver;
 pub mod frontend;
 pub mod kernel_select;
+pub mod keys;
 pub mod lower;
 pub mod model_info;
 pub mod numfmt;

@@ -89,6 +89,15 @@ struct CompileArgs {
     /// Largest batch the compiled model accepts (the arena grows with the batch).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     max_batch: u32,
+    /// Sign `-o`'s model.bin with this secret key (`sparsec keygen`). By default it is signed
+    /// with the per-user key (created on first use in `$SPARSEC_KEY_DIR`, else
+    /// `$XDG_CONFIG_HOME/sparsec`, else `~/.config/sparsec`), which `sparsec run` trusts.
+    #[arg(long, value_name = "KEY")]
+    sign: Option<PathBuf>,
+    /// Write `-o`'s model.bin unsigned (it then runs data-only, or with
+    /// `--allow-unsigned-code`).
+    #[arg(long, conflicts_with = "sign")]
+    no_sign: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -158,9 +167,18 @@ enum Command {
         /// Threads of the session (default: `SPARSEC_THREADS`, else every core).
         #[arg(long, value_parser = at_least_one)]
         threads: Option<usize>,
+        /// Run the native code of a file signed by this public key (`sparsec keygen`'s
+        /// `.pub`), besides the per-user key `sparsec` signs with by default. Repeatable.
+        #[arg(long, value_name = "KEY.pub")]
+        trust: Vec<PathBuf>,
+        /// Refuse a file that is not signed by a trusted key (rather than running it
+        /// data-only, or refusing only a CUDA model).
+        #[arg(long)]
+        require_signature: bool,
         /// Run the native code in the file (CPU machine code, CUDA kernels) although it is not
-        /// signed: only for files whose origin you trust. Without it a CPU model runs its
-        /// validated schedule through the runtime's own kernels, and a CUDA model is refused.
+        /// signed by a trusted key: only for files whose origin you trust. Without it (or a
+        /// trusted signature) a CPU model runs its validated schedule through the runtime's
+        /// own kernels, and a CUDA model is refused.
         #[arg(long)]
         allow_unsigned_code: bool,
     },
@@ -207,11 +225,27 @@ enum Command {
         /// Machine-readable output (keys in the README, "Using it").
         #[arg(long)]
         json: bool,
+        /// Run the native code of a file signed by this public key (`sparsec keygen`'s
+        /// `.pub`), besides the per-user key `sparsec` signs with by default. Repeatable.
+        #[arg(long, value_name = "KEY.pub")]
+        trust: Vec<PathBuf>,
+        /// Refuse a file that is not signed by a trusted key (rather than running it
+        /// data-only, or refusing only a CUDA model).
+        #[arg(long)]
+        require_signature: bool,
         /// Run the native code in the file (CPU machine code, CUDA kernels) although it is not
-        /// signed: only for files whose origin you trust. Without it a CPU model runs its
-        /// validated schedule through the runtime's own kernels, and a CUDA model is refused.
+        /// signed by a trusted key: only for files whose origin you trust. Without it (or a
+        /// trusted signature) a CPU model runs its validated schedule through the runtime's
+        /// own kernels, and a CUDA model is refused.
         #[arg(long)]
         allow_unsigned_code: bool,
+    },
+    /// Write a new ed25519 signing keypair: the secret key (mode 0600) and `KEY.pub`, the
+    /// public key to give to whoever runs your model.bin files (`--trust KEY.pub`).
+    Keygen {
+        /// Where to write the secret key (default: the per-user key `sparsec` signs with).
+        #[arg(long, value_name = "KEY")]
+        out: Option<PathBuf>,
     },
     /// Print a shell completion script (bash, zsh, fish, elvish or powershell) to standard
     /// output.
@@ -219,6 +253,45 @@ enum Command {
         /// The shell to complete for.
         shell: clap_complete::Shell,
     },
+}
+
+/// The key `-o` signs with: `--sign KEY`, none with `--no-sign`, else the per-user key
+/// (created, with a note on standard error, on first use).
+fn signing_key(args: &CompileArgs) -> Result<Option<runtime::signature::SigningKey>> {
+    if args.no_sign {
+        return Ok(None);
+    }
+    if let Some(path) = &args.sign {
+        return Ok(Some(runtime::signature::read_secret_key(path)?));
+    }
+    let (key, created, path) = sparsec::keys::user_signing_key()?;
+    if created {
+        eprintln!(
+            "created your signing key {} (public: {}, {}); `sparsec run` trusts it",
+            path.display(),
+            sparsec::keys::public_path(&path).display(),
+            runtime::signature::fingerprint(key.verifying_key().as_bytes())
+        );
+    }
+    Ok(Some(key))
+}
+
+/// What `run` and `bench` trust: the per-user public key (if there is one), every `--trust`
+/// file, and `--allow-unsigned-code`.
+fn load_options(
+    trust: &[PathBuf],
+    require_signature: bool,
+    allow_unsigned_code: bool,
+) -> Result<runtime::LoadOptions> {
+    let mut trusted_keys: Vec<_> = runtime::signature::user_public_key()?.into_iter().collect();
+    for path in trust {
+        trusted_keys.push(runtime::signature::read_public_key(path)?);
+    }
+    Ok(runtime::LoadOptions {
+        allow_unsigned_code,
+        trusted_keys,
+        require_signature,
+    })
 }
 
 /// A count that must be at least 1 (`--threads`, `--iters`, `--batch`, `--top`).
@@ -288,13 +361,13 @@ fn run(cli: Cli) -> Result<()> {
         batch,
         iters,
         threads,
+        trust,
+        require_signature,
         allow_unsigned_code,
     }) = cli.command
     {
         let threads = threads.unwrap_or_else(runtime::default_threads);
-        let load = runtime::LoadOptions {
-            allow_unsigned_code,
-        };
+        let load = load_options(&trust, require_signature, allow_unsigned_code)?;
         if profile {
             let report = sparsec::profile_report::profile_model(
                 &model,
@@ -326,7 +399,8 @@ fn run(cli: Cli) -> Result<()> {
         return Ok(());
     }
     if let Some(Command::Info { model, json }) = cli.command {
-        let info = sparsec::model_info::read(&model)?;
+        let trusted: Vec<_> = runtime::signature::user_public_key()?.into_iter().collect();
+        let info = sparsec::model_info::read_with(&model, &trusted)?;
         if json {
             out(&format!("{}\n", serde_json::to_string_pretty(&info)?))?;
         } else {
@@ -341,17 +415,18 @@ fn run(cli: Cli) -> Result<()> {
         iters,
         warmup,
         json,
+        trust,
+        require_signature,
         allow_unsigned_code,
     }) = cli.command
     {
+        let load = load_options(&trust, require_signature, allow_unsigned_code)?;
         let options = sparsec::bench::BenchOptions {
             batch,
             threads: threads.unwrap_or_else(runtime::default_threads),
             warmup,
             iters,
-            load: runtime::LoadOptions {
-                allow_unsigned_code,
-            },
+            load,
         };
         let report = sparsec::bench::bench(&model, options)?;
         if json {
@@ -359,6 +434,22 @@ fn run(cli: Cli) -> Result<()> {
         } else {
             out(&sparsec::bench::render(&report))?;
         }
+        return Ok(());
+    }
+    if let Some(Command::Keygen { out: path }) = cli.command {
+        let path = match path {
+            Some(p) => p,
+            None => sparsec::keys::user_secret_path()?,
+        };
+        let key = sparsec::keys::generate()?;
+        sparsec::keys::write_keypair(&path, &key)?;
+        let public = sparsec::keys::public_path(&path);
+        eprintln!(
+            "wrote {} (secret, keep it private) and {} (public key {})",
+            path.display(),
+            public.display(),
+            runtime::signature::fingerprint(key.verifying_key().as_bytes())
+        );
         return Ok(());
     }
     if let Some(Command::Completions { shell }) = cli.command {
@@ -414,11 +505,23 @@ fn run(cli: Cli) -> Result<()> {
             max_batch: args.max_batch,
             verify: cfg!(debug_assertions),
         };
+        // The key first: a missing or malformed one fails before the compile's work.
+        let signing_key = signing_key(&args)?;
         let Compiled {
             opt,
             bytes,
             selection,
         } = driver::compile(graph, &options)?;
+        let (bytes, signed_by) = match &signing_key {
+            Some(key) => (
+                sparsec::artifact::sign(&bytes, key)?,
+                format!(
+                    ", signed by {}",
+                    runtime::signature::fingerprint(key.verifying_key().as_bytes())
+                ),
+            ),
+            None => (bytes, ", unsigned".to_string()),
+        };
         print_timings(args.timings, &opt.timings);
         if let Some(selection) = &selection {
             eprintln!("{selection}");
@@ -430,7 +533,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         std::fs::write(out, &bytes).with_context(|| format!("cannot write `{}`", out.display()))?;
         eprintln!(
-            "wrote {} ({} bytes): {} steps, arena {} bytes per image, max batch {}",
+            "wrote {} ({} bytes): {} steps, arena {} bytes per image, max batch {}{signed_by}",
             out.display(),
             stats::group(bytes.len() as u64),
             opt.graph.node_count(),

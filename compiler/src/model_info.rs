@@ -1,13 +1,15 @@
 //! `sparsec info model.bin`: what a compiled model needs and holds, read from the validated
 //! file alone (`runtime::format::ModelFile`), so it works for a model this machine cannot run
 //! (another CPU, a CUDA model): target and CPU features, input and output, maximum batch,
-//! arena, scratch and weight bytes, steps, and the kernel each step runs per layer kind.
+//! arena, scratch and weight bytes, steps, the kernel each step runs per layer kind, and the
+//! signature (unsigned, or signed by which key, and whether that key is trusted here).
 //! JSON keys are documented on [`ModelInfo`] and in the README.
 //!
 //! Must not load or run the model: nothing here maps code or touches a device.
 
 use runtime::abi;
 use runtime::format::{self, Backend, ModelFile, StepDesc};
+use runtime::signature::SignatureState;
 use serde::Serialize;
 use std::fmt::Write as _;
 use std::path::Path;
@@ -50,6 +52,20 @@ pub struct ModelInfo {
     pub kernels: Vec<KernelCount>,
     /// CUDA models: the NVRTC version and the architectures of the blobs (`ptx` for PTX).
     pub cuda_archs: Vec<String>,
+    /// The signature as `sparsec run` would judge it with the same trusted keys.
+    pub signature: SignatureInfo,
+}
+
+/// A model.bin's signature, for `sparsec info`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SignatureInfo {
+    /// `unsigned`, `trusted` (valid, by a trusted key: its native code runs), `untrusted`
+    /// (valid, by another key: runs data-only) or `invalid` (does not verify: data-only).
+    pub state: String,
+    /// The signing key's fingerprint (`ed25519:` and 32 hex digits), `null` when unsigned.
+    pub fingerprint: Option<String>,
+    /// The state in words.
+    pub text: String,
 }
 
 /// How many steps of one layer kind run one kernel.
@@ -112,9 +128,19 @@ pub fn kernel_name(desc: &StepDesc) -> String {
     }
 }
 
-/// Reads and validates `path` (structure and checksum, not the machine) and describes it.
+/// Reads and validates `path` (structure and checksum, not the machine) and describes it,
+/// with no key trusted.
 pub fn read(path: &Path) -> Result<ModelInfo, InfoError> {
+    read_with(path, &[])
+}
+
+/// Like [`read`], judging the signature against `trusted` keys.
+pub fn read_with(
+    path: &Path,
+    trusted: &[runtime::signature::VerifyingKey],
+) -> Result<ModelInfo, InfoError> {
     let bytes = format::read(path)?;
+    let signature = runtime::signature::check(&bytes, trusted)?;
     let file = ModelFile::parse(&bytes)?;
     let kinds = runtime::Model::layer_kinds(&file).ok_or_else(|| InfoError::NoInput {
         path: path.display().to_string(),
@@ -186,6 +212,17 @@ pub fn read(path: &Path) -> Result<ModelInfo, InfoError> {
         flops_per_image: m.steps.iter().map(|s| s.flops_per_image).sum(),
         kernels,
         cuda_archs,
+        signature: SignatureInfo {
+            state: match &signature {
+                SignatureState::Unsigned => "unsigned",
+                SignatureState::Trusted { .. } => "trusted",
+                SignatureState::Untrusted { .. } => "untrusted",
+                SignatureState::Invalid { .. } => "invalid",
+            }
+            .into(),
+            fingerprint: signature.fingerprint().map(str::to_string),
+            text: signature.to_string(),
+        },
     })
 }
 
@@ -217,6 +254,14 @@ pub fn render(i: &ModelInfo) -> String {
     if !i.cuda_archs.is_empty() {
         let _ = writeln!(out, "cuda:     code for {}", i.cuda_archs.join(", "));
     }
+    let runs = if i.signature.state == "trusted" {
+        "its native code runs"
+    } else if i.backend == "cuda" {
+        "refused unless trusted (--trust KEY.pub) or --allow-unsigned-code"
+    } else {
+        "runs data-only unless trusted (--trust KEY.pub) or --allow-unsigned-code"
+    };
+    let _ = writeln!(out, "signature: {} ({runs})", i.signature.text);
     let [c, h, w] = i.input_shape;
     let _ = writeln!(
         out,

@@ -124,11 +124,12 @@ fn read_npy(bytes: &[u8]) -> Result<Array, String> {
         .get(start..start + header_len)
         .and_then(|h| std::str::from_utf8(h).ok())
         .ok_or("truncated or non-UTF-8 .npy header")?;
-    let descr = header
-        .split("'descr':")
-        .nth(1)
-        .and_then(|s| s.split('\'').nth(1))
-        .ok_or("no 'descr' (dtype) in the .npy header")?;
+    let dict = parse_header_dict(header)?;
+    let descr = match dict.get("descr") {
+        Some(PyValue::Str(d)) => d.as_str(),
+        Some(_) => return Err("the .npy header's 'descr' is not a string".into()),
+        None => return Err("no 'descr' (dtype) in the .npy header".into()),
+    };
     if descr != "<f4" {
         let dtype = match descr.trim_start_matches(['<', '>', '=', '|']) {
             "f8" => "float64".to_string(),
@@ -140,33 +141,31 @@ fn read_npy(bytes: &[u8]) -> Result<Array, String> {
             "the array is {dtype}; sparsec reads little-endian float32 only: convert it with `x.astype(np.float32)`"
         ));
     }
-    if header.contains("'fortran_order': True") {
-        return Err("Fortran-order arrays are not supported".into());
+    match dict.get("fortran_order") {
+        Some(PyValue::Bool(false)) => {}
+        Some(PyValue::Bool(true)) => {
+            return Err(
+                "Fortran-order arrays are not supported: save it with `np.save(path, np.ascontiguousarray(x))`"
+                    .into(),
+            );
+        }
+        Some(_) => return Err("the .npy header's 'fortran_order' is not True or False".into()),
+        None => return Err("no 'fortran_order' in the .npy header".into()),
     }
-    let shape_text = header
-        .split("'shape':")
-        .nth(1)
-        .and_then(|s| s.split('(').nth(1))
-        .and_then(|s| s.split(')').next())
-        .ok_or("no shape in the .npy header")?;
-    let shape: Vec<usize> = shape_text
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.parse::<usize>()
-                .map_err(|e| format!("bad shape `{shape_text}`: {e}"))
-        })
-        .collect::<Result<_, _>>()?;
+    let shape = match dict.get("shape") {
+        Some(PyValue::Tuple(dims)) => dims.clone(),
+        Some(_) => return Err("the .npy header's 'shape' is not a tuple of integers".into()),
+        None => return Err("no shape in the .npy header".into()),
+    };
     let count = shape
         .iter()
         .try_fold(1usize, |a, &d| a.checked_mul(d))
         .ok_or("shape overflows")?;
-    let body = &bytes[start + header_len..];
-    if body.len() != count * 4 {
+    let body = bytes.get(start + header_len..).unwrap_or_default();
+    let need = count.checked_mul(4).ok_or("shape overflows")?;
+    if body.len() != need {
         return Err(format!(
-            "shape {shape:?} needs {} bytes of data, found {}",
-            count * 4,
+            "shape {shape:?} needs {need} bytes of data, found {}",
             body.len()
         ));
     }
@@ -175,6 +174,148 @@ fn read_npy(bytes: &[u8]) -> Result<Array, String> {
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect();
     Ok(Array { shape, data })
+}
+
+/// A value of a `.npy` header dict: a string, `True`/`False`, or a tuple of integers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum PyValue {
+    Str(String),
+    Bool(bool),
+    Tuple(Vec<usize>),
+}
+
+/// Parses the header's Python dict literal (`{'descr': '<f4', 'fortran_order': False,
+/// 'shape': (2, 3), }`) token by token, whatever the spacing or quotes: exactly the keys
+/// `descr`, `fortran_order` and `shape`, each once (as numpy requires).
+fn parse_header_dict(header: &str) -> Result<std::collections::BTreeMap<String, PyValue>, String> {
+    let bad = |what: &str| format!("malformed .npy header ({what}): `{}`", header.trim_end());
+    let mut p = Cursor {
+        s: header.as_bytes(),
+        at: 0,
+    };
+    let mut dict = std::collections::BTreeMap::new();
+    p.skip_ws();
+    if !p.eat(b'{') {
+        return Err(bad("it does not start with `{`"));
+    }
+    loop {
+        p.skip_ws();
+        if p.eat(b'}') {
+            break;
+        }
+        let key = p
+            .string()
+            .ok_or_else(|| bad("a key is not a quoted string"))?;
+        p.skip_ws();
+        if !p.eat(b':') {
+            return Err(bad("no `:` after a key"));
+        }
+        p.skip_ws();
+        let value = p
+            .value()
+            .ok_or_else(|| bad("a value is not a string, bool or tuple"))?;
+        if !["descr", "fortran_order", "shape"].contains(&key.as_str()) {
+            return Err(bad(&format!("unknown key '{}'", key.escape_debug())));
+        }
+        if dict.insert(key.clone(), value).is_some() {
+            return Err(bad(&format!("key '{key}' twice")));
+        }
+        p.skip_ws();
+        if !p.eat(b',') {
+            p.skip_ws();
+            if p.eat(b'}') {
+                break;
+            }
+            return Err(bad("no `,` or `}` after a value"));
+        }
+    }
+    p.skip_ws();
+    if p.at != p.s.len() {
+        return Err(bad("text after the dict"));
+    }
+    Ok(dict)
+}
+
+/// A byte cursor over the header text (ASCII syntax; strings may hold any UTF-8).
+struct Cursor<'a> {
+    s: &'a [u8],
+    at: usize,
+}
+
+impl Cursor<'_> {
+    fn peek(&self) -> Option<u8> {
+        self.s.get(self.at).copied()
+    }
+
+    fn eat(&mut self, c: u8) -> bool {
+        let hit = self.peek() == Some(c);
+        self.at += usize::from(hit);
+        hit
+    }
+
+    fn skip_ws(&mut self) {
+        while self.peek().is_some_and(|c| c.is_ascii_whitespace()) {
+            self.at += 1;
+        }
+    }
+
+    fn word(&mut self, w: &str) -> bool {
+        let hit = self.s.get(self.at..self.at + w.len()) == Some(w.as_bytes());
+        if hit {
+            self.at += w.len();
+        }
+        hit
+    }
+
+    /// `'...'` or `"..."`, without escapes (numpy writes none in these keys and values).
+    fn string(&mut self) -> Option<String> {
+        let quote = self.peek().filter(|&q| q == b'\'' || q == b'"')?;
+        let start = self.at + 1;
+        let len = self.s.get(start..)?.iter().position(|&c| c == quote)?;
+        self.at = start + len + 1;
+        String::from_utf8(self.s.get(start..start + len)?.to_vec()).ok()
+    }
+
+    fn int(&mut self) -> Option<usize> {
+        let start = self.at;
+        while self.peek().is_some_and(|c| c.is_ascii_digit()) {
+            self.at += 1;
+        }
+        let n = std::str::from_utf8(self.s.get(start..self.at)?)
+            .ok()?
+            .parse()
+            .ok()?;
+        self.eat(b'L'); // Python 2's long suffix, in files from old numpy
+        Some(n)
+    }
+
+    fn value(&mut self) -> Option<PyValue> {
+        if self.word("True") {
+            return Some(PyValue::Bool(true));
+        }
+        if self.word("False") {
+            return Some(PyValue::Bool(false));
+        }
+        if let Some(s) = self.string() {
+            return Some(PyValue::Str(s));
+        }
+        if !self.eat(b'(') {
+            return None;
+        }
+        let mut dims = Vec::new();
+        loop {
+            self.skip_ws();
+            if self.eat(b')') {
+                return Some(PyValue::Tuple(dims));
+            }
+            dims.push(self.int()?);
+            self.skip_ws();
+            if !self.eat(b',') {
+                self.skip_ws();
+                return self.eat(b')').then_some(PyValue::Tuple(dims));
+            }
+        }
+    }
 }
 
 fn write_npy(array: &Array) -> Vec<u8> {
@@ -236,6 +377,82 @@ mod tests {
             "{e}"
         );
         assert!(read_npy(b"hello").is_err());
+    }
+
+    /// A `.npy` file with `header` (a dict literal) and `data`.
+    fn npy_with(header: &str, data: &[f32]) -> Vec<u8> {
+        let mut out = b"\x93NUMPY\x01\x00".to_vec();
+        out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+        out.extend_from_slice(header.as_bytes());
+        out.extend(data.iter().flat_map(|v| v.to_le_bytes()));
+        out
+    }
+
+    #[test]
+    fn npy_header_is_parsed_whatever_its_spacing() {
+        let data = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+        // Fortran order, written without spaces or with double quotes: refused, never read
+        // as C order.
+        for h in [
+            "{'descr':'<f4','fortran_order':True,'shape':(2,3)}",
+            "{\"descr\": \"<f4\", \"fortran_order\": True, \"shape\": (2, 3), }\n",
+            "{ 'shape' : (2,3) , 'fortran_order' :  True,'descr':'<f4' }",
+        ] {
+            let e = read_npy(&npy_with(h, &data)).expect_err(h);
+            assert!(e.contains("Fortran-order"), "{h}: {e}");
+        }
+        // C order in the same spellings reads; Python 2's `3L` too.
+        for h in [
+            "{'descr':'<f4','fortran_order':False,'shape':(2,3)}",
+            "{\"shape\": (2L, 3L), \"descr\": \"<f4\", \"fortran_order\": False}\n",
+        ] {
+            let a = read_npy(&npy_with(h, &data)).expect(h);
+            assert_eq!((a.shape, a.data), (vec![2, 3], data.to_vec()));
+        }
+        let scalar = read_npy(&npy_with(
+            "{'descr':'<f4','fortran_order':False,'shape':()}",
+            &[7.0],
+        ))
+        .expect("a scalar");
+        assert_eq!((scalar.shape, scalar.data), (vec![], vec![7.0]));
+        // Malformed or incomplete dicts are errors naming what is wrong.
+        for (h, want) in [
+            ("{'descr':'<f4','shape':(6,)}", "no 'fortran_order'"),
+            (
+                "{'descr':'<f4','fortran_order':0,'shape':(6,)}",
+                "not a string, bool",
+            ),
+            (
+                "{'descr':'<f4','fortran_order':False,'shape':(6,),'x':1}",
+                "not a string, bool",
+            ),
+            (
+                "{'descr':'<f4','fortran_order':False,'shape':(6,),'x':'y'}",
+                "unknown key 'x'",
+            ),
+            (
+                "{'descr':'<f4','descr':'<f4','fortran_order':False,'shape':(6,)}",
+                "twice",
+            ),
+            (
+                "{'descr':'<f4','fortran_order':False,'shape':(6,)",
+                "no `,` or `}`",
+            ),
+            (
+                "{'descr':'<f4','fortran_order':False,'shape':(-6,)}",
+                "not a string, bool",
+            ),
+            (
+                "{'descr':'<f4','fortran_order':False,'shape':(99999999999999999999,)}",
+                "not a string",
+            ),
+        ] {
+            let e = read_npy(&npy_with(h, &data)).expect_err(h);
+            assert!(e.contains(want), "{h}: {e}");
+        }
+        let huge = "{'descr':'<f4','fortran_order':False,'shape':(4611686018427387904,)}";
+        let e = read_npy(&npy_with(huge, &data)).expect_err("overflow");
+        assert!(e.contains("overflows"), "{e}");
     }
 
     #[test]

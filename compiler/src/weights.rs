@@ -83,6 +83,16 @@ pub enum WeightsError {
         index: usize,
         value: f32,
     },
+    /// A batch norm's variance below zero: `1 / sqrt(var + eps)` would be NaN in every logit.
+    #[error(
+        "tensor `{name}` is a batch-norm running variance, but holds {value} (negative) at flat \
+         index {index}: a variance is at least 0"
+    )]
+    NegativeVariance {
+        name: String,
+        index: usize,
+        value: f32,
+    },
 }
 
 fn unused_note(unexpected: &TensorList) -> String {
@@ -179,6 +189,15 @@ fn bind_checked(
         }
         if let Some((index, &value)) = data.iter().enumerate().find(|(_, v)| !v.is_finite()) {
             return Err(WeightsError::NotFinite {
+                name: p.name.clone(),
+                index,
+                value,
+            });
+        }
+        if p.kind == ParamKind::BnRunningVar
+            && let Some((index, &value)) = data.iter().enumerate().find(|(_, v)| **v < 0.0)
+        {
+            return Err(WeightsError::NegativeVariance {
                 name: p.name.clone(),
                 index,
                 value,
@@ -472,6 +491,49 @@ mod tests {
             bind_safetensors(&mut g, b"junk"),
             Err(WeightsError::Parse(_))
         ));
+        Ok(())
+    }
+
+    /// The file of [`tensors`] with `name` replaced by `values`.
+    fn file_with(name: &str, values: &[f32]) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
+        let base = file(&tensors())?;
+        let st = SafeTensors::deserialize(&base)?;
+        let data: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let mut views = Vec::new();
+        for (n, view) in st.iter() {
+            let v = if n == name {
+                TensorView::new(Dtype::F32, vec![values.len()], &data)?
+            } else {
+                TensorView::new(view.dtype(), view.shape().to_vec(), view.data())?
+            };
+            views.push((n.to_string(), v));
+        }
+        Ok(safetensors::serialize(views, None)?)
+    }
+
+    #[test]
+    fn rejects_a_negative_or_non_finite_running_variance_naming_it() -> TestResult {
+        let mut g = graph()?;
+        let e = bind_safetensors(&mut g, &file_with("norm.running_var", &[1.0, -0.5])?);
+        match e {
+            Err(e @ WeightsError::NegativeVariance { .. }) => assert_eq!(
+                e.to_string(),
+                "tensor `norm.running_var` is a batch-norm running variance, but holds -0.5 \
+                 (negative) at flat index 1: a variance is at least 0"
+            ),
+            other => panic!("expected NegativeVariance, got {other:?}"),
+        }
+        for bad in [f32::INFINITY, f32::NAN] {
+            for name in ["norm.running_var", "norm.running_mean"] {
+                assert!(matches!(
+                    bind_safetensors(&mut g, &file_with(name, &[bad, 1.0])?),
+                    Err(WeightsError::NotFinite { name: n, index: 0, .. }) if n == name
+                ));
+            }
+        }
+        // Zero is a valid variance (eps keeps the square root positive); nothing was bound
+        // by the failures above.
+        bind_safetensors(&mut g, &file_with("norm.running_var", &[0.0, 2.0])?)?;
         Ok(())
     }
 

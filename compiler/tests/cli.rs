@@ -26,11 +26,17 @@ fn tmp() -> PathBuf {
     dir
 }
 
+/// Runs the binary with the per-user signing key in the scratch folder (never the real home).
 fn sparsec(args: &[&str]) -> Output {
+    sparsec_with_keys(args, &tmp().join("keys"))
+}
+
+fn sparsec_with_keys(args: &[&str], key_dir: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_sparsec"))
         .args(args)
         .current_dir(root())
         .env_remove("SPARSEC_THREADS")
+        .env("SPARSEC_KEY_DIR", key_dir)
         .output()
         .expect("sparsec runs")
 }
@@ -509,4 +515,145 @@ fn shell_completions() {
     }
     let err = fails(&["completions", "tcsh"], 2);
     assert!(err.contains("tcsh"), "{err}");
+}
+
+/// Signed and unsigned round trips: the per-user key made on first use (mode 0600) signs by
+/// default and `run` trusts it; `--no-sign`, `--sign KEY` with another key, `--trust KEY.pub`,
+/// `--require-signature`, `keygen` never overwriting, and a changed byte after signing. The
+/// logits are the same text whether the native code or the data-only schedule ran.
+#[test]
+fn signed_and_unsigned_round_trips() {
+    let dir = tmp().join("signing");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch");
+    let keys = dir.join("user-keys");
+    let run = |args: &[&str]| sparsec_with_keys(args, &keys);
+    let path = |name: &str| dir.join(name).display().to_string();
+    let compile = |out: &str, extra: &[&str]| {
+        let mut args = vec![
+            "examples/models/sparsenet-40-24.snet",
+            "--random-weights",
+            "0",
+            "--winograd",
+            "off",
+            "--max-batch",
+            "2",
+            "-o",
+            out,
+        ];
+        args.extend_from_slice(extra);
+        let o = run(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        stderr(&o)
+    };
+    let info_state = |model: &str| {
+        let o = run(&["info", model, "--json"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+        v["signature"]["state"].as_str().unwrap_or("?").to_string()
+    };
+    let input = "../shared/golden/sparsenet-40-24.io.safetensors";
+    let logits = |model: &str, extra: &[&str]| {
+        let mut args = vec!["run", model, "--input", input, "--logits"];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+
+    // The default: a per-user key, created once, private, signs; `run` trusts it.
+    let signed = path("signed.bin");
+    let said = compile(&signed, &[]);
+    assert!(said.contains("created your signing key"), "{said}");
+    assert!(said.contains(", signed by ed25519:"), "{said}");
+    let secret = keys.join("signing.key");
+    assert!(secret.exists() && keys.join("signing.key.pub").exists());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&secret)
+            .expect("key")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let said = compile(&signed, &[]);
+    assert!(!said.contains("created"), "the key is made once: {said}");
+    assert_eq!(info_state(&signed), "trusted");
+    let info = stdout(&run(&["info", &signed]));
+    assert!(
+        info.contains("signature: signed by trusted key ed25519:"),
+        "{info}"
+    );
+    let native = logits(&signed, &["--require-signature"]);
+    assert!(native.status.success(), "{}", stderr(&native));
+
+    // Unsigned: runs data-only with the same logits, refused when a signature is required.
+    let unsigned = path("unsigned.bin");
+    assert!(compile(&unsigned, &["--no-sign"]).contains(", unsigned"));
+    assert_eq!(info_state(&unsigned), "unsigned");
+    let data_only = logits(&unsigned, &[]);
+    assert!(data_only.status.success(), "{}", stderr(&data_only));
+    assert_eq!(stdout(&data_only), stdout(&native));
+    let refused = logits(&unsigned, &["--require-signature"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        stderr(&refused).contains("must be signed by a trusted key, and it is not: unsigned"),
+        "{}",
+        stderr(&refused)
+    );
+
+    // Another key: untrusted until `--trust` names its public half.
+    let other = path("other.key");
+    let o = run(&["keygen", "--out", &other]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let again = run(&["keygen", "--out", &other]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        stderr(&again).contains("already exists"),
+        "{}",
+        stderr(&again)
+    );
+    let theirs = path("theirs.bin");
+    compile(&theirs, &["--sign", &other]);
+    assert_eq!(info_state(&theirs), "untrusted");
+    let o = logits(&theirs, &["--require-signature"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("which is not trusted"),
+        "{}",
+        stderr(&o)
+    );
+    let other_pub = format!("{other}.pub");
+    let o = logits(&theirs, &["--trust", &other_pub, "--require-signature"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), stdout(&native));
+
+    // A byte of the signature changed: not trusted, runs data-only, refused when required.
+    let mut bytes = std::fs::read(&signed).expect("signed file");
+    let at = bytes.len() - 40;
+    bytes[at] ^= 1;
+    let tampered = path("tampered.bin");
+    std::fs::write(&tampered, &bytes).expect("write");
+    assert_eq!(info_state(&tampered), "invalid");
+    let o = logits(&tampered, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), stdout(&native));
+    let o = logits(&tampered, &["--require-signature"]);
+    assert!(stderr(&o).contains("does not verify"), "{}", stderr(&o));
+
+    // A missing or malformed key is an error naming the file, before any compile work.
+    let o = run(&[
+        "examples/models/sparsenet-40-24.snet",
+        "--random-weights",
+        "0",
+        "-o",
+        &path("never.bin"),
+        "--sign",
+        &other_pub,
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("is not a sparsec key file: starts with `sparsec-ed25519-public`"),
+        "{}",
+        stderr(&o)
+    );
 }

@@ -107,6 +107,7 @@ fn a_cuda_model_bin_loads_up_to_the_executor() {
     // typed error says which feature is missing.
     let trusting = runtime::LoadOptions {
         allow_unsigned_code: true,
+        ..Default::default()
     };
     match runtime::Model::from_bytes_with(&bytes, &trusting) {
         Err(runtime::LoadError::BackendNotBuilt { .. }) => {}

@@ -6,13 +6,20 @@
 //! [`OwnedSession`] is the same session holding a share of its model (`Arc<Model>`) instead of
 //! a borrow, for callers that cannot keep a borrow alive (the Python and C bindings).
 //!
-//! Must not contain executor logic: only the choice of executor.
+//! It also makes the trust decision, before the file is parsed beyond its header: the
+//! signature state (`signature::check`) and the caller's [`LoadOptions`] say whether the
+//! file's native code may run (signed by a trusted key, or `allow_unsigned_code`) or not (a
+//! CPU model then runs data-only, a CUDA model is refused), or whether the file is refused
+//! (`require_signature`).
+//!
+//! Must not contain executor logic: only the choice of executor and of trust.
 
 use crate::cuda::{CudaModel, CudaSession};
 use crate::error::{LoadError, RunError};
 use crate::format::{self, Backend, Manifest, ModelFile, TensorSpec};
 use crate::model::{self, LoadOptions};
 use crate::profile::LayerKind;
+use crate::signature::{self, SignatureState};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -20,6 +27,7 @@ use std::sync::Arc;
 #[derive(Debug)]
 pub struct Model {
     inner: Inner,
+    signature: SignatureState,
 }
 
 #[derive(Debug)]
@@ -49,22 +57,39 @@ impl Model {
 
     /// Validates and loads model.bin bytes for the executor its target names. Nothing runs
     /// and nothing is mapped or uploaded unless every check passes and `options` allow it.
+    ///
+    /// The signature is checked first, after the header alone: a file signed by one of
+    /// `options.trusted_keys` runs its native code; any other file (unsigned, signed by
+    /// another key, or with a signature that does not verify) runs its native code only with
+    /// `options.allow_unsigned_code`, and is [`LoadError::NotTrusted`] with
+    /// `options.require_signature`.
     pub fn from_bytes_with(bytes: &[u8], options: &LoadOptions) -> Result<Model, LoadError> {
+        let signature = signature::check(bytes, &options.trusted_keys)?;
+        if options.require_signature && !signature.is_trusted() {
+            return Err(LoadError::NotTrusted { signature });
+        }
+        let native = signature.is_trusted() || options.allow_unsigned_code;
         let file = ModelFile::parse(bytes)?;
         let inner = match file.manifest.target.backend {
-            Backend::Cpu => Inner::Cpu(model::Model::from_bytes_with(bytes, options)?),
-            Backend::Cuda if !options.allow_unsigned_code => {
+            Backend::Cpu => Inner::Cpu(model::Model::from_bytes(bytes, native)?),
+            Backend::Cuda if !native => {
                 return Err(LoadError::UnsignedCode {
                     backend: Backend::Cuda,
                 });
             }
             Backend::Cuda => Inner::Cuda(CudaModel::load(&file)?),
         };
-        Ok(Model { inner })
+        Ok(Model { inner, signature })
     }
 
-    /// Whether runs execute native code from the file (CPU machine code or CUDA kernels),
-    /// which only a caller's [`LoadOptions::allow_unsigned_code`] permits.
+    /// The file's signature as the loader judged it against the caller's trusted keys.
+    pub fn signature(&self) -> &SignatureState {
+        &self.signature
+    }
+
+    /// Whether runs execute native code from the file (CPU machine code or CUDA kernels):
+    /// the file is signed by a trusted key, or the caller set
+    /// [`LoadOptions::allow_unsigned_code`].
     pub fn runs_native_code(&self) -> bool {
         match &self.inner {
             Inner::Cpu(m) => m.runs_native_code(),

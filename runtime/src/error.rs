@@ -59,6 +59,10 @@ pub enum LoadError {
     )]
     Length { declared: u64, actual: u64 },
 
+    /// The header's trailer length, or the signature trailer it declares, is malformed.
+    #[error("model.bin signature trailer: {0}")]
+    Trailer(String),
+
     /// The checksum does not match the contents.
     #[error(
         "model.bin is corrupt: stored checksum {stored:#018x}, computed {computed:#018x} \
@@ -178,14 +182,39 @@ pub enum LoadError {
     /// unsigned native code to run.
     #[error(
         "model.bin for the {backend} backend runs native code from the file, and it is not \
-         signed by a trusted key: load it with `LoadOptions {{ allow_unsigned_code: true }}` \
-         (`sparsec run --allow-unsigned-code`) only if you trust where it came from"
+         signed by a trusted key: sign it (`sparsec ... --sign KEY`) and trust the key \
+         (`LoadOptions::trusted_keys`, `sparsec run --trust KEY.pub`), or load it with \
+         `LoadOptions {{ allow_unsigned_code: true, .. }}` (`sparsec run --allow-unsigned-code`) \
+         only if you trust where it came from"
     )]
     UnsignedCode { backend: Backend },
+
+    /// The caller requires a signature by a trusted key ([`crate::LoadOptions`]'s
+    /// `require_signature`), and the file has none that verifies with a trusted key.
+    #[error("model.bin must be signed by a trusted key, and it is not: {signature}")]
+    NotTrusted {
+        signature: crate::signature::SignatureState,
+    },
 
     /// Mapping or preparing the code failed (mmap, mprotect, driver load, ...).
     #[error("cannot prepare the model's code: {0}")]
     Executable(String),
+}
+
+/// Why a signing key file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The file could not be read (or written).
+    #[error("cannot read key file {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The file is not a sparsec key file of the expected kind.
+    #[error("{} is not a sparsec key file: {reason}", path.display())]
+    Format { path: PathBuf, reason: String },
 }
 
 /// Why one inference call failed. The model itself loaded fine; the call's arguments or a kernel

@@ -7,10 +7,16 @@
 //!
 //! ```text
 //! 0        header (64 bytes): magic, version, header length, manifest length,
-//!          file length, checksum, 24 reserved zero bytes
+//!          file length, checksum, trailer length, 20 reserved zero bytes
 //! 64       manifest (postcard), then zero padding up to the next multiple of 64
 //! data_base  the data area: every section starts at a multiple of 64 from here
+//! sealed   end of the sealed bytes (what the checksum and a signature cover)
+//!          optional signature trailer (128 bytes: magic, ed25519 key, signature)
 //! ```
+//!
+//! [`Header::parse`] reads only the 64 header bytes and the trailer's position, so that a
+//! signature (`crate::signature`) can be checked before anything beyond the header is
+//! interpreted; this module stores the trailer but never judges a signature.
 //!
 //! Section offsets in the manifest are **relative to `data_base`**, the first multiple of 64 at
 //! or after the end of the manifest. This keeps the manifest independent of its own length (no
@@ -32,7 +38,7 @@ use crate::error::LoadError;
 pub const MAGIC: [u8; 8] = *b"SPARSEC\0";
 /// The layout version this runtime reads and writes. Any change to the layout, the manifest
 /// types or the descriptor structs in `abi.rs` bumps it.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 /// Size of the fixed header.
 pub const HEADER_BYTES: usize = 64;
 /// Alignment of the data area and of every section (relative and absolute), and of every
@@ -47,7 +53,19 @@ const AT_HEADER_LEN: usize = 12;
 const AT_MANIFEST_LEN: usize = 16;
 const AT_FILE_LEN: usize = 24;
 const AT_CHECKSUM: usize = 32;
-const AT_RESERVED: usize = 40;
+const AT_TRAILER_LEN: usize = 40;
+const AT_RESERVED: usize = 44;
+
+/// Size of the signature trailer of a signed file (the header's trailer length: 0 or this).
+pub const SIGNATURE_TRAILER_BYTES: usize = 128;
+/// The first 8 bytes of a signature trailer.
+pub const SIGNATURE_MAGIC: [u8; 8] = *b"SPSIGN1\0";
+/// ed25519 public key and signature sizes, and where they sit in the trailer.
+pub const PUBLIC_KEY_BYTES: usize = 32;
+pub const SIGNATURE_BYTES: usize = 64;
+const TRAILER_AT_KEY: usize = 8;
+const TRAILER_AT_SIGNATURE: usize = TRAILER_AT_KEY + PUBLIC_KEY_BYTES;
+const TRAILER_AT_RESERVED: usize = TRAILER_AT_SIGNATURE + SIGNATURE_BYTES;
 
 /// Everything about a compiled model except the bulk bytes, which live in sections.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -489,6 +507,7 @@ fn assemble(manifest: &[u8], data: &[u8]) -> Vec<u8> {
     out.extend_from_slice(&(manifest.len() as u64).to_le_bytes());
     out.extend_from_slice(&0u64.to_le_bytes()); // file length, below
     out.extend_from_slice(&0u64.to_le_bytes()); // checksum, below
+    out.extend_from_slice(&0u32.to_le_bytes()); // trailer length: unsigned
     out.resize(HEADER_BYTES, 0); // reserved
     out.extend_from_slice(manifest);
     pad_to_align(&mut out);
@@ -500,12 +519,49 @@ fn assemble(manifest: &[u8], data: &[u8]) -> Vec<u8> {
 }
 
 /// Recomputes and stores the checksum of a buffer of at least [`HEADER_BYTES`] bytes (does
-/// nothing to a shorter one).
-fn seal(bytes: &mut [u8]) {
-    if let Some((header, body)) = bytes.split_first_chunk::<HEADER_BYTES>() {
+/// nothing to a shorter one): over the sealed bytes, i.e. all but the trailer its header
+/// declares (all of it if that length is larger than the buffer).
+pub(crate) fn seal(bytes: &mut [u8]) {
+    let trailer = bytes
+        .first_chunk::<HEADER_BYTES>()
+        .map_or(0, |h| le_u32(h, AT_TRAILER_LEN) as usize);
+    let sealed = bytes.len().checked_sub(trailer).unwrap_or(bytes.len());
+    if let Some((header, body)) = bytes[..sealed].split_first_chunk::<HEADER_BYTES>() {
         let sum = checksum(header, body);
         bytes[AT_CHECKSUM..AT_CHECKSUM + 8].copy_from_slice(&sum.to_le_bytes());
     }
+}
+
+/// Turns the sealed bytes of a valid file (`Header::sealed_len` bytes, no trailer) into the
+/// sealed part of a signed file: trailer length and file length set in the header, checksum
+/// recomputed. What a signer then signs; [`append_trailer`] completes the file.
+pub(crate) fn prepare_signed(sealed: &mut [u8]) {
+    let trailer = SIGNATURE_TRAILER_BYTES as u32;
+    let file_len = (sealed.len() + SIGNATURE_TRAILER_BYTES) as u64;
+    if sealed.len() >= HEADER_BYTES {
+        sealed[AT_TRAILER_LEN..AT_TRAILER_LEN + 4].copy_from_slice(&trailer.to_le_bytes());
+        sealed[AT_FILE_LEN..AT_FILE_LEN + 8].copy_from_slice(&file_len.to_le_bytes());
+        let (header, body) = sealed.split_at(HEADER_BYTES);
+        if let Ok(header) = <&[u8; HEADER_BYTES]>::try_from(header) {
+            let sum = checksum(header, body);
+            sealed[AT_CHECKSUM..AT_CHECKSUM + 8].copy_from_slice(&sum.to_le_bytes());
+        }
+    }
+}
+
+/// Appends the signature trailer to bytes made by [`prepare_signed`].
+pub(crate) fn append_trailer(
+    out: &mut Vec<u8>,
+    key: &[u8; PUBLIC_KEY_BYTES],
+    signature: &[u8; SIGNATURE_BYTES],
+) {
+    out.extend_from_slice(&SIGNATURE_MAGIC);
+    out.extend_from_slice(key);
+    out.extend_from_slice(signature);
+    out.resize(
+        out.len() + (SIGNATURE_TRAILER_BYTES - TRAILER_AT_RESERVED),
+        0,
+    );
 }
 
 /// xxh3-64 of the whole file with the 8 checksum bytes taken as zero.
@@ -535,50 +591,44 @@ pub fn read(path: &Path) -> Result<Vec<u8>, LoadError> {
 pub struct ModelFile<'a> {
     /// The decoded, validated manifest.
     pub manifest: Manifest,
-    /// The whole file.
+    /// The whole file, signature trailer included.
     pub bytes: &'a [u8],
+    /// The signature trailer, if the file has one (not verified here: `crate::signature`).
+    pub signature: Option<SignatureTrailer>,
     data_base: usize,
+    sealed_len: usize,
 }
 
-/// Shows the manifest and the sizes, not the (possibly many megabytes of) file bytes.
-impl fmt::Debug for ModelFile<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ModelFile")
-            .field("manifest", &self.manifest)
-            .field("file_len", &self.bytes.len())
-            .field("data_base", &self.data_base)
-            .finish()
-    }
+/// A signed file's trailer: the signer's ed25519 public key and its signature over the sealed
+/// bytes (`bytes[..Header::sealed_len]`, the header included).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SignatureTrailer {
+    pub key: [u8; PUBLIC_KEY_BYTES],
+    pub signature: [u8; SIGNATURE_BYTES],
 }
 
-fn le_u32(h: &[u8; HEADER_BYTES], at: usize) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&h[at..at + 4]); // `at` is one of the constant field offsets above.
-    u32::from_le_bytes(a)
+/// What the 64 header bytes say, checked on their own (see [`Header::parse`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    /// The declared manifest length.
+    pub manifest_len: u64,
+    /// Bytes covered by the checksum and by a signature: the file without its trailer.
+    pub sealed_len: usize,
+    /// The signature trailer, if the header declares one.
+    pub trailer: Option<SignatureTrailer>,
 }
 
-fn le_u64(h: &[u8; HEADER_BYTES], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&h[at..at + 8]); // `at` is one of the constant field offsets above.
-    u64::from_le_bytes(a)
-}
-
-impl<'a> ModelFile<'a> {
-    /// Validates `bytes` completely and decodes the manifest. The checks, in order, each with
-    /// its own [`LoadError`] variant: length at least the header; magic; format version; header
-    /// length; reserved bytes zero; file-length field equals the actual length; checksum;
-    /// manifest inside the file; manifest decodes (and fills its declared length exactly);
-    /// every section in the data area and 64-aligned, the CPU entry inside its code; every
-    /// buffer 64-aligned, a whole number of f32 and inside the per-image arena; every input and
-    /// output names a buffer of exactly its size; every step names existing buffers (at least
-    /// one piece, the output overlapping none of them) and a descriptor that lies inside the
-    /// constant section, 8-aligned; `max_batch >= 1`; the arena for `max_batch` fits in memory.
-    pub fn parse(bytes: &'a [u8]) -> Result<ModelFile<'a>, LoadError> {
+impl Header {
+    /// Checks the header alone, and finds the trailer: length at least the header; magic;
+    /// format version; header length; reserved bytes zero; file-length field equals the
+    /// actual length; trailer length 0 or [`SIGNATURE_TRAILER_BYTES`]; a declared trailer has
+    /// its magic and zero reserved bytes. Reads nothing else of the file (no checksum, no
+    /// manifest): what a signature check needs before anything else is interpreted.
+    pub fn parse(bytes: &[u8]) -> Result<Header, LoadError> {
         let file_len = bytes.len() as u64;
-        let (header, body) = bytes
-            .split_first_chunk::<HEADER_BYTES>()
+        let header = bytes
+            .first_chunk::<HEADER_BYTES>()
             .ok_or(LoadError::TooShort { len: bytes.len() })?;
-
         let found: [u8; 8] = *header.first_chunk::<8>().unwrap_or(&[0; 8]);
         if found != MAGIC {
             return Err(LoadError::BadMagic { found });
@@ -614,6 +664,107 @@ impl<'a> ModelFile<'a> {
                 actual: file_len,
             });
         }
+        let trailer_len = le_u32(header, AT_TRAILER_LEN);
+        if trailer_len != 0 && trailer_len != SIGNATURE_TRAILER_BYTES as u32 {
+            return Err(LoadError::Trailer(format!(
+                "the header declares a trailer of {trailer_len} bytes; a signature trailer \
+                 has {SIGNATURE_TRAILER_BYTES} (0: unsigned)"
+            )));
+        }
+        let sealed_len = bytes
+            .len()
+            .checked_sub(trailer_len as usize)
+            .filter(|&s| s >= HEADER_BYTES)
+            .ok_or_else(|| {
+                LoadError::Trailer(format!(
+                    "a {trailer_len} byte trailer does not fit a {file_len} byte file"
+                ))
+            })?;
+        let trailer = match bytes.get(sealed_len..) {
+            Some(t) if trailer_len > 0 => Some(parse_trailer(t)?),
+            _ => None,
+        };
+        Ok(Header {
+            manifest_len: le_u64(header, AT_MANIFEST_LEN),
+            sealed_len,
+            trailer,
+        })
+    }
+}
+
+fn parse_trailer(t: &[u8]) -> Result<SignatureTrailer, LoadError> {
+    let (Some(magic), Some(key), Some(signature), Some(reserved)) = (
+        t.first_chunk::<8>(),
+        t.get(TRAILER_AT_KEY..)
+            .and_then(|k| k.first_chunk::<PUBLIC_KEY_BYTES>()),
+        t.get(TRAILER_AT_SIGNATURE..)
+            .and_then(|k| k.first_chunk::<SIGNATURE_BYTES>()),
+        t.get(TRAILER_AT_RESERVED..SIGNATURE_TRAILER_BYTES),
+    ) else {
+        return Err(LoadError::Trailer(format!(
+            "the trailer is {} bytes, not {SIGNATURE_TRAILER_BYTES}",
+            t.len()
+        )));
+    };
+    if *magic != SIGNATURE_MAGIC {
+        return Err(LoadError::Trailer(format!(
+            "the trailer starts with {magic:02x?}, not the signature magic {SIGNATURE_MAGIC:02x?}"
+        )));
+    }
+    if let Some(i) = reserved.iter().position(|&b| b != 0) {
+        return Err(LoadError::Trailer(format!(
+            "reserved trailer byte {} is not zero",
+            TRAILER_AT_RESERVED + i
+        )));
+    }
+    Ok(SignatureTrailer {
+        key: *key,
+        signature: *signature,
+    })
+}
+
+/// Shows the manifest and the sizes, not the (possibly many megabytes of) file bytes.
+impl fmt::Debug for ModelFile<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ModelFile")
+            .field("manifest", &self.manifest)
+            .field("file_len", &self.bytes.len())
+            .field("data_base", &self.data_base)
+            .field("signed", &self.signature.is_some())
+            .finish()
+    }
+}
+
+fn le_u32(h: &[u8; HEADER_BYTES], at: usize) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&h[at..at + 4]); // `at` is one of the constant field offsets above.
+    u32::from_le_bytes(a)
+}
+
+fn le_u64(h: &[u8; HEADER_BYTES], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&h[at..at + 8]); // `at` is one of the constant field offsets above.
+    u64::from_le_bytes(a)
+}
+
+impl<'a> ModelFile<'a> {
+    /// Validates `bytes` completely and decodes the manifest. The checks, in order, each with
+    /// its own [`LoadError`] variant: length at least the header; magic; format version; header
+    /// length; reserved bytes zero; file-length field equals the actual length; checksum;
+    /// manifest inside the file; manifest decodes (and fills its declared length exactly);
+    /// every section in the data area and 64-aligned, the CPU entry inside its code; every
+    /// buffer 64-aligned, a whole number of f32 and inside the per-image arena; every input and
+    /// output names a buffer of exactly its size; every step names existing buffers (at least
+    /// one piece, the output overlapping none of them) and a descriptor that lies inside the
+    /// constant section, 8-aligned; `max_batch >= 1`; the arena for `max_batch` fits in memory.
+    pub fn parse(bytes: &'a [u8]) -> Result<ModelFile<'a>, LoadError> {
+        let head = Header::parse(bytes)?;
+        // `Header::parse` checked HEADER_BYTES <= sealed_len <= bytes.len().
+        let sealed = bytes.get(..head.sealed_len).unwrap_or_default();
+        let file_len = sealed.len() as u64;
+        let (header, body) = sealed
+            .split_first_chunk::<HEADER_BYTES>()
+            .ok_or(LoadError::TooShort { len: sealed.len() })?;
         let stored = le_u64(header, AT_CHECKSUM);
         let computed = checksum(header, body);
         if stored != computed {
@@ -634,10 +785,11 @@ impl<'a> ModelFile<'a> {
                 file_len,
             });
         };
-        // Both are <= file_len = bytes.len(), so they fit in usize and the ranges are in bounds.
+        // Both are <= file_len = sealed.len(), so they fit in usize and the ranges are in
+        // bounds.
         let (manifest_end, data_base) = (manifest_end as usize, data_base as usize);
-        let manifest_bytes = bytes.get(HEADER_BYTES..manifest_end).unwrap_or_default();
-        let data = bytes.get(data_base..).unwrap_or_default();
+        let manifest_bytes = sealed.get(HEADER_BYTES..manifest_end).unwrap_or_default();
+        let data = sealed.get(data_base..).unwrap_or_default();
 
         let (manifest, rest) = postcard::take_from_bytes::<Manifest>(manifest_bytes)
             .map_err(|e| LoadError::Manifest(e.to_string()))?;
@@ -652,8 +804,15 @@ impl<'a> ModelFile<'a> {
         Ok(ModelFile {
             manifest,
             bytes,
+            signature: head.trailer,
             data_base,
+            sealed_len: head.sealed_len,
         })
+    }
+
+    /// The sealed bytes: the file without its signature trailer.
+    pub fn sealed(&self) -> &'a [u8] {
+        self.bytes.get(..self.sealed_len).unwrap_or_default()
     }
 
     /// File offset of the data area (section offsets are relative to it); a multiple of 64.
@@ -673,7 +832,7 @@ impl<'a> ModelFile<'a> {
             .data_base
             .checked_add(usize::try_from(s.offset).ok()?)?;
         let end = start.checked_add(usize::try_from(s.len).ok()?)?;
-        self.bytes.get(start..end)
+        self.sealed().get(start..end)
     }
 
     /// The weights section.
@@ -1030,7 +1189,7 @@ fn cpu_has(_feature: &str) -> Option<bool> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
     use std::sync::OnceLock;
@@ -1187,7 +1346,7 @@ mod tests {
     }
 
     /// The sample file (valid), built once.
-    fn sample_file() -> &'static (Vec<u8>, usize, usize) {
+    pub(crate) fn sample_file() -> &'static (Vec<u8>, usize, usize) {
         static FILE: OnceLock<(Vec<u8>, usize, usize)> = OnceLock::new();
         FILE.get_or_init(|| {
             let (m, data) = sample();
@@ -1361,6 +1520,62 @@ mod tests {
         edit(&mut b);
         seal(&mut b);
         parse_err(&b)
+    }
+
+    #[test]
+    fn trailer_failures() {
+        // A trailer length other than 0 or 128.
+        let e = with_bytes(|b| {
+            b[AT_TRAILER_LEN..AT_TRAILER_LEN + 4].copy_from_slice(&100u32.to_le_bytes())
+        });
+        assert!(
+            matches!(e, LoadError::Trailer(ref r) if r.contains("100 bytes")),
+            "{e}"
+        );
+        // A declared trailer that is not one: the last 128 bytes of an unsigned file.
+        let e = with_bytes(|b| {
+            let t = (SIGNATURE_TRAILER_BYTES as u32).to_le_bytes();
+            b[AT_TRAILER_LEN..AT_TRAILER_LEN + 4].copy_from_slice(&t);
+        });
+        assert!(
+            matches!(e, LoadError::Trailer(ref r) if r.contains("magic")),
+            "{e}"
+        );
+        // A trailer longer than the file.
+        let e = with_bytes(|b| {
+            let t = (SIGNATURE_TRAILER_BYTES as u32).to_le_bytes();
+            b[AT_TRAILER_LEN..AT_TRAILER_LEN + 4].copy_from_slice(&t);
+            b.truncate(HEADER_BYTES + 8);
+            let n = b.len() as u64;
+            b[AT_FILE_LEN..AT_FILE_LEN + 8].copy_from_slice(&n.to_le_bytes());
+        });
+        assert!(
+            matches!(e, LoadError::Trailer(ref r) if r.contains("does not fit")),
+            "{e}"
+        );
+        // A valid trailer with a reserved byte set.
+        let mut signed = sample_file().0.clone();
+        prepare_signed(&mut signed);
+        append_trailer(&mut signed, &[1; PUBLIC_KEY_BYTES], &[2; SIGNATURE_BYTES]);
+        let parsed = ModelFile::parse(&signed).expect("structurally valid");
+        assert_eq!(
+            parsed.signature,
+            Some(SignatureTrailer {
+                key: [1; PUBLIC_KEY_BYTES],
+                signature: [2; SIGNATURE_BYTES]
+            })
+        );
+        assert_eq!(
+            parsed.sealed().len(),
+            signed.len() - SIGNATURE_TRAILER_BYTES
+        );
+        let last = signed.len() - 1;
+        signed[last] = 1;
+        let e = parse_err(&signed);
+        assert!(
+            matches!(e, LoadError::Trailer(ref r) if r.contains("reserved")),
+            "{e}"
+        );
     }
 
     #[test]

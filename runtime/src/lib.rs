@@ -5,11 +5,21 @@
 //! recompute it). The loader validates every size and offset the kernels rely on, and by
 //! default runs **no native code from the file**: a CPU model runs its schedule from the
 //! validated manifest through this crate's own kernels, and a CUDA model (whose kernels are the
-//! file's code) is refused. [`LoadOptions::allow_unsigned_code`] opts in to the file's native
-//! code, for files whose origin you trust.
+//! file's code) is refused. A file signed (ed25519, [`signature`]) by a key in
+//! [`LoadOptions::trusted_keys`] runs its native code (the CPU Cranelift code, the CUDA
+//! kernels); [`LoadOptions::allow_unsigned_code`] opts in to any file's native code, for files
+//! whose origin you trust without a signature. [`LoadOptions::require_signature`] refuses
+//! files that are not signed by a trusted key. A program that loads files from elsewhere
+//! names the keys it trusts; [`signature::user_public_key`] is the key `sparsec` signs with by
+//! default on this account.
 //!
 //! ```no_run
 //! let model = runtime::Model::load("model.bin")?;          // validated; runs no code from the file
+//! let trusted = runtime::LoadOptions {                       // or: signed by my own key
+//!     trusted_keys: runtime::signature::user_public_key()?.into_iter().collect(),
+//!     ..Default::default()
+//! };
+//! let model = runtime::Model::load_with("model.bin", &trusted)?; // native code if signed by it
 //! let mut session = model.session();                        // one per thread
 //! let input = vec![0.5f32; 3 * 32 * 32];
 //! let logits = session.run(&input, 1)?;                     // batch 1
@@ -21,6 +31,7 @@ pub mod cpu;
 pub mod cuda;
 pub mod error;
 pub mod format;
+pub mod signature;
 
 mod aligned;
 mod dispatch;
@@ -28,5 +39,5 @@ mod model;
 pub mod profile;
 
 pub use dispatch::{Model, OwnedSession, Session};
-pub use error::{LoadError, RunError};
+pub use error::{KeyError, LoadError, RunError};
 pub use model::{LoadOptions, default_threads};

@@ -55,18 +55,29 @@ impl std::fmt::Debug for Model {
 /// through the runtime's own kernels (the generated code is only that sequence of kernel calls;
 /// `docs/model-bin.md` has the timings), and a CUDA model, whose kernels are the file's code,
 /// is refused.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+///
+/// A file signed by one of `trusted_keys` (`crate::signature`: ed25519 over the whole file,
+/// checked before anything beyond the header is read) runs its native code. A file signed by
+/// another key, or whose signature does not verify, is treated as unsigned, unless
+/// `require_signature` makes it an error.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LoadOptions {
-    /// Map and run the file's native code (the CPU forward function, the CUDA kernels). Only
-    /// for files the caller trusts: that code runs with the process's rights, and the
-    /// offsets compiled into it are not checked against the manifest.
+    /// Map and run the file's native code (the CPU forward function, the CUDA kernels) even
+    /// without a trusted signature. Only for files the caller trusts: that code runs with the
+    /// process's rights, and the offsets compiled into it are not checked against the manifest.
     pub allow_unsigned_code: bool,
+    /// Keys whose signature lets a file's native code run.
+    pub trusted_keys: Vec<crate::signature::VerifyingKey>,
+    /// Refuse ([`LoadError::NotTrusted`]) a file that is not signed by one of `trusted_keys`
+    /// (unsigned, signed by another key, or with a signature that does not verify), whatever
+    /// `allow_unsigned_code` says.
+    pub require_signature: bool,
 }
 
 impl Model {
     /// Validates and loads model.bin bytes. Nothing is mapped executable unless every check
-    /// passes and `options` allow it.
-    pub fn from_bytes_with(bytes: &[u8], options: &LoadOptions) -> Result<Model, LoadError> {
+    /// passes and `native` (the loader's trust decision, `dispatch`) allows it.
+    pub fn from_bytes(bytes: &[u8], native: bool) -> Result<Model, LoadError> {
         let file = ModelFile::parse(bytes)?;
         let m = &file.manifest;
         if m.target.backend != Backend::Cpu {
@@ -141,7 +152,7 @@ impl Model {
         }
         let weights = AlignedBytes::from_slice(file.weights());
         let consts = AlignedBytes::from_slice(file.consts());
-        let native = if options.allow_unsigned_code {
+        let native = if native {
             Some((ExecutableCode::new(code)?, entry))
         } else {
             None
@@ -178,7 +189,7 @@ impl Model {
         &self.manifest
     }
 
-    /// Whether runs call the file's generated code (only when loaded with
+    /// Whether runs call the file's generated code (signed by a trusted key, or loaded with
     /// [`LoadOptions::allow_unsigned_code`]), rather than the data-only schedule.
     pub fn runs_native_code(&self) -> bool {
         self.native.is_some()
@@ -461,9 +472,11 @@ impl Session<'_> {
         let forward = match &model.native {
             Some((code, entry)) => {
                 let forward_ptr = code.at(*entry);
-                // SAFETY: the caller allowed this file's code to run (`LoadOptions`); it was
-                // produced by sparsec for this ABI (checksum-verified, target-checked) and maps
-                // read+execute for the model's lifetime; `entry` lies inside it.
+                // The caller trusts this file's code: a trusted signature or
+                // `LoadOptions::allow_unsigned_code` (see `dispatch`).
+                // SAFETY: trusted code produced by sparsec for this ABI (checksum-verified,
+                // target-checked), mapped read+execute for the model's lifetime; `entry` lies
+                // inside it.
                 Some(unsafe { std::mem::transmute::<*const u8, abi::Forward>(forward_ptr) })
             }
             None => None,

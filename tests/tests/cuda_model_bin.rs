@@ -36,6 +36,7 @@ fn load(opt: &Optimized, program: &CudaProgram, compiled: &Compiled) -> Result<L
     // that the trust check (`LoadError::UnsignedCode`, tested below) does not answer first.
     let trusting = runtime::LoadOptions {
         allow_unsigned_code: true,
+        ..Default::default()
     };
     match Model::from_bytes_with(&bytes, &trusting) {
         Ok(_) => anyhow::bail!("the model loaded"),

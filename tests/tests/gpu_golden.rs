@@ -28,6 +28,7 @@ fn check(name: &str) -> Result<()> {
     // Compiled just above, in this process: its kernels are ours to trust.
     let trusting = runtime::LoadOptions {
         allow_unsigned_code: true,
+        ..Default::default()
     };
     let model = Model::from_bytes_with(&bytes, &trusting)?;
     assert_eq!(model.backend(), Backend::Cuda);

@@ -118,6 +118,7 @@ fn native_code_runs_only_when_allowed_and_gives_the_same_bits() -> Result<()> {
         &bytes,
         &LoadOptions {
             allow_unsigned_code: true,
+            ..Default::default()
         },
     )?;
     assert!(!data_only.runs_native_code() && native.runs_native_code());

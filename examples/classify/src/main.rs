@@ -3,6 +3,10 @@
 //! runs it, prints the top-5 classes of each row with their logits. Any other input file type
 //! is an error naming the file.
 //!
+//! Trust: it runs the file's native code only if the file is signed by the per-user key
+//! `sparsec` signs with by default (`runtime::signature::user_public_key`) or by a key given
+//! with `--trust KEY.pub`; any other file runs data-only (CPU) or is refused (CUDA).
+//!
 //! ```sh
 //! cargo run --release -p sparsec -- examples/models/sparsenet-40-24.snet \
 //!     --weights ../shared/golden/sparsenet-40-24.safetensors -o model.bin
@@ -12,12 +16,23 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().collect();
-    let [_, model, input] = args.as_slice() else {
-        eprintln!("usage: classify MODEL.bin INPUT.safetensors");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (mut paths, mut trust) = (Vec::new(), Vec::new());
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match (a.as_str(), it.clone().next()) {
+            ("--trust", Some(key)) => {
+                trust.push(key.clone());
+                it.next();
+            }
+            _ => paths.push(a.clone()),
+        }
+    }
+    let [model, input] = paths.as_slice() else {
+        eprintln!("usage: classify MODEL.bin INPUT.safetensors [--trust KEY.pub]...");
         return ExitCode::FAILURE;
     };
-    match classify(model, input) {
+    match classify(model, input, &trust) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -26,7 +41,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn classify(model_path: &str, input_path: &str) -> Result<(), Box<dyn std::error::Error>> {
+fn classify(
+    model_path: &str,
+    input_path: &str,
+    trust: &[String],
+) -> Result<(), Box<dyn std::error::Error>> {
     // Only safetensors is read here: say so, naming the file, before reading anything.
     let is_safetensors = std::path::Path::new(input_path)
         .extension()
@@ -37,7 +56,16 @@ fn classify(model_path: &str, input_path: &str) -> Result<(), Box<dyn std::error
         )
         .into());
     }
-    let model = runtime::Model::load(model_path)?;
+    // The keys whose signature lets the file's native code run: ours, and any given.
+    let mut trusted_keys: Vec<_> = runtime::signature::user_public_key()?.into_iter().collect();
+    for path in trust {
+        trusted_keys.push(runtime::signature::read_public_key(path.as_ref())?);
+    }
+    let options = runtime::LoadOptions {
+        trusted_keys,
+        ..Default::default()
+    };
+    let model = runtime::Model::load_with(model_path, &options)?;
     let bytes =
         std::fs::read(input_path).map_err(|e| format!("cannot read `{input_path}`: {e}"))?;
     let tensors = safetensors::SafeTensors::deserialize(&bytes)
@@ -66,6 +94,15 @@ fn classify(model_path: &str, input_path: &str) -> Result<(), Box<dyn std::error
         model.name(),
         batch,
         classes
+    );
+    println!(
+        "model.bin {}: {}",
+        model.signature(),
+        if model.runs_native_code() {
+            "its native code runs"
+        } else {
+            "run data-only through the runtime's own kernels"
+        }
     );
     for (row, l) in logits.chunks(classes.max(1)).enumerate() {
         let mut order: Vec<usize> = (0..l.len()).collect();

@@ -85,6 +85,7 @@ fn run(args: &Args) -> Result<(), String> {
     // which the runtime runs only when asked to (there is no signature to check yet).
     let trusting = runtime::LoadOptions {
         allow_unsigned_code: true,
+        ..Default::default()
     };
     let model = runtime::Model::load_with(&args.model, &trusting).map_err(|e| e.to_string())?;
     let mut session = model.session();

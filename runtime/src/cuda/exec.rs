@@ -1,5 +1,6 @@
 //! The CUDA executor proper (feature `cuda`): driver presence check (cudarc panics on a
-//! missing `libcuda`, so it is checked first), context on device 0, the cubin matching the
+//! missing `libcuda`, and on a missing function in it at its first call, so the library and
+//! every function `symbols` lists are checked first), context on device 0, the cubin matching the
 //! device's compute capability or else the PTX (JIT-compiled by the driver), weights
 //! uploaded once per model, and per session one stream, one arena (grown to the largest batch
 //! seen) and one CUDA graph per batch size holding every step's launch. `run` copies the
@@ -30,6 +31,26 @@ fn device_error(reason: impl std::fmt::Display) -> LoadError {
 
 fn run_error(what: &str, e: impl std::fmt::Debug) -> RunError {
     RunError::Backend(format!("CUDA {what}: {e:?}"))
+}
+
+/// Opens the driver library as cudarc does (the first of its candidate names that loads) and
+/// looks up every function the executor calls, so that neither a missing library nor an old
+/// driver reaches cudarc's panics.
+fn check_driver() -> Result<(), LoadError> {
+    for name in cudarc::get_lib_name_candidates("cuda") {
+        // SAFETY: loading the NVIDIA driver library runs its initialisers, as cudarc's own
+        // load of the same name (which follows) does; nothing from it is called here.
+        let Ok(lib) = (unsafe { libloading::Library::new(&name) }) else {
+            continue;
+        };
+        return super::symbols::check(&name, |symbol| {
+            // SAFETY: only the symbol's address is looked up; it is never called or read.
+            unsafe { lib.get::<unsafe extern "C" fn()>(symbol.as_bytes()) }.is_ok()
+        });
+    }
+    Err(device_error(
+        "the NVIDIA driver library (libcuda.so) was not found",
+    ))
 }
 
 /// A CUDA model on device 0: module loaded, weights resident. `Send + Sync`.
@@ -63,12 +84,7 @@ impl CudaModel {
             .cuda
             .as_ref()
             .ok_or_else(|| device_error("no CUDA code"))?;
-        // SAFETY: only tries to dlopen the driver library names and closes what it opened.
-        if !unsafe { cudarc::driver::sys::is_culib_present() } {
-            return Err(device_error(
-                "the NVIDIA driver library (libcuda.so) was not found",
-            ));
-        }
+        check_driver()?;
         let ctx = CudaContext::new(0).map_err(|e| device_error(format!("no GPU 0: {e:?}")))?;
         // SAFETY: everything below uses one stream per session; the weights are uploaded and
         // synchronised here before any session can use them, and are freed only when the

@@ -47,8 +47,24 @@ pub struct Prologue {
     pub relu: bool,
 }
 
+/// Text from the source (model name, layer labels) made safe inside a `//` comment: printable
+/// ASCII is kept except `\\` (a backslash before the line end would splice the next line of
+/// code into the comment); every other character, newlines included, is written `<U+XXXX>`.
+pub fn comment_text(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if (c == ' ' || c.is_ascii_graphic()) && c != '\\' {
+                c.to_string()
+            } else {
+                format!("<U+{:04X}>", u32::from(c))
+            }
+        })
+        .collect()
+}
+
 /// The file's first lines.
 pub fn header(model: &str, steps: usize) -> String {
+    let model = comment_text(model);
     format!(
         "// sparsec CUDA kernels for `{model}`: {steps} steps, one kernel each, launched in step\n\
          // order with (arena, weights, batch); grid z = batch.\n\
@@ -177,6 +193,7 @@ fn kernel(
     instances: &[(String, String)],
 ) -> String {
     let name = &input.name;
+    let comment = comment_text(comment);
     let mut t = String::new();
     let _ = writeln!(t, "\n// {comment}\nstruct {name}_t {{");
     for c in constants {
@@ -404,5 +421,55 @@ impl Linear<'_> {
             &[(name.clone(), format!("sparsec_linear<{name}_t>"))],
         );
         Ok((text, vec![launch(name, 1, 1)?]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn comment_text_keeps_code_out_of_comments() {
+        assert_eq!(
+            comment_text("block1.conv 3x3 (a<b>)"),
+            "block1.conv 3x3 (a<b>)"
+        );
+        assert_eq!(
+            comment_text("x\\\nint y;\r\u{e9}"),
+            "x<U+005C><U+000A>int y;<U+000D><U+00E9>"
+        );
+    }
+
+    /// A model name with a backslash, a carriage return and code in it: it stays on the
+    /// comment line, and no comment line ends in a backslash (which would splice the next
+    /// line of code into it).
+    #[test]
+    fn model_names_stay_inside_their_comment() -> Result<(), String> {
+        let source = "model \"evil\r*/ int injected = 1; \\\\\"\ninput [3, 8, 8]\n\
+            stem { conv0 = conv(4, kernel = 3, pad = 1) }\n\
+            head { relu()\n global_avg_pool()\n fc = linear(2) }\n";
+        let (graph, diagnostics) = crate::compile_source("evil", source);
+        let graph = graph.ok_or_else(|| format!("{diagnostics:?}"))?;
+        assert!(graph.name.contains('\r') && graph.name.ends_with('\\'));
+        let opt =
+            crate::driver::optimize(graph, &crate::driver::WeightsSource::Random(1), 1, false)
+                .map_err(|e| e.to_string())?;
+        let program =
+            super::super::generate(&opt.graph, &opt.plan, true).map_err(|e| e.to_string())?;
+        let text = &program.source;
+        assert!(!text.contains('\r'), "a raw carriage return in the source");
+        for line in text.lines() {
+            if line.contains("injected") {
+                assert!(line.starts_with("// "), "{line}");
+            }
+            if line.trim_start().starts_with("//") {
+                assert!(
+                    !line.ends_with('\\'),
+                    "a comment line splices the next: {line}"
+                );
+            }
+        }
+        assert!(text.contains("evil<U+000D>*/ int injected = 1; <U+005C>"));
+        Ok(())
     }
 }
