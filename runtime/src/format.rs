@@ -31,7 +31,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::Xxh3Default;
 
-use crate::abi::{ConvDesc, LinearDesc, PoolDesc};
+use crate::abi::{self, ConvDesc, LinearDesc, PoolDesc};
 use crate::error::LoadError;
 
 /// The first 8 bytes of every `model.bin`.
@@ -371,6 +371,112 @@ pub enum StepDesc {
     Conv(ConvDesc),
     Pool(PoolDesc),
     Linear(LinearDesc),
+}
+
+impl StepDesc {
+    /// `(pieces, output floats, input plane, combine, input channels)` per image: what the
+    /// descriptor says its kernel reads and writes.
+    fn io(&self) -> (u32, u64, u64, u32, u32) {
+        match self {
+            StepDesc::Conv(d) => (
+                d.n_pieces,
+                u64::from(d.out_channels) * u64::from(d.out_h) * u64::from(d.out_w),
+                u64::from(d.in_h) * u64::from(d.in_w),
+                d.combine,
+                d.in_channels,
+            ),
+            StepDesc::Pool(d) => (
+                d.n_pieces,
+                u64::from(d.channels) * u64::from(d.out_h) * u64::from(d.out_w),
+                u64::from(d.in_h) * u64::from(d.in_w),
+                d.combine,
+                d.channels,
+            ),
+            StepDesc::Linear(d) => (
+                d.n_pieces,
+                u64::from(d.out_features),
+                u64::from(d.in_h) * u64::from(d.in_w),
+                d.combine,
+                d.in_channels,
+            ),
+        }
+    }
+}
+
+impl Manifest {
+    /// Checks a run's input (`input_len` floats for `batch` images) against the model, for
+    /// every executor; returns the floats per image.
+    pub fn check_input(&self, input_len: usize, batch: usize) -> Result<usize, crate::RunError> {
+        use crate::RunError;
+        if batch == 0 {
+            return Err(RunError::ZeroBatch);
+        }
+        if batch > self.max_batch as usize {
+            return Err(RunError::Batch {
+                batch,
+                max: self.max_batch as usize,
+            });
+        }
+        let spec = self.inputs.first().ok_or(RunError::InputCount {
+            expected: 1,
+            found: 0,
+        })?;
+        let per_image: usize = spec.shape.iter().map(|&d| d as usize).product();
+        let expected = per_image.saturating_mul(batch);
+        if input_len != expected {
+            return Err(RunError::InputLength {
+                name: spec.name.clone(),
+                expected,
+                found: input_len,
+            });
+        }
+        Ok(per_image)
+    }
+}
+
+/// Checks step `index`'s descriptor against the buffers the manifest gives it: as many pieces
+/// as the descriptor says, an output buffer of exactly the size the kernel writes, and pieces
+/// that make up the kernel's input (a concatenation: whole planes adding up to it; a sum: each
+/// the whole input). Every executor runs this before anything runs, beside its own geometry
+/// and weights checks; the kernels rely on it for every pointer they derive from a piece.
+pub fn check_step_buffers(m: &Manifest, index: usize, desc: &StepDesc) -> Result<(), String> {
+    let step = m.steps.get(index).ok_or("step out of range")?;
+    let bytes = |b: u32| m.buffers.get(b as usize).map(|s| s.bytes_per_image);
+    let out = bytes(step.output).ok_or("output buffer out of range")?;
+    let pieces: Vec<u64> = step
+        .pieces
+        .iter()
+        .map(|&p| bytes(p).ok_or("piece buffer out of range"))
+        .collect::<Result<_, _>>()?;
+    let (n_pieces, out_elems, plane, combine, channels) = desc.io();
+    if n_pieces as usize != step.pieces.len() {
+        return Err(format!(
+            "descriptor has {n_pieces} pieces, the step lists {}",
+            step.pieces.len()
+        ));
+    }
+    if out_elems.checked_mul(4) != Some(out) {
+        return Err(format!(
+            "output buffer holds {out} bytes per image, the kernel writes {out_elems} floats"
+        ));
+    }
+    let total = pieces.iter().try_fold(0u64, |a, &p| a.checked_add(p));
+    let input = u64::from(channels)
+        .checked_mul(plane)
+        .and_then(|v| v.checked_mul(4));
+    let fits = match (combine, input) {
+        (abi::COMBINE_CONCAT, Some(input)) => {
+            total == Some(input) && pieces.iter().all(|p| plane > 0 && p % (plane * 4) == 0)
+        }
+        (abi::COMBINE_SUM, Some(input)) => pieces.iter().all(|&p| p == input),
+        _ => false,
+    };
+    if !fits {
+        return Err(format!(
+            "input pieces ({pieces:?} bytes) do not match the kernel's input ({input:?} bytes)"
+        ));
+    }
+    Ok(())
 }
 
 fn read_array<const N: usize>(bytes: &[u8], at: usize) -> Option<[u8; N]> {

@@ -103,14 +103,14 @@ impl Model {
         let weights_len = file.weights().len() as u64;
         let mut descriptors = Vec::with_capacity(m.steps.len());
         let mut scratch_need = 0u64;
-        for (i, step) in m.steps.iter().enumerate() {
+        for i in 0..m.steps.len() {
             let desc = file
                 .step_descriptor(i)
                 .ok_or_else(|| LoadError::Descriptor {
                     step: i,
                     reason: "the descriptor does not fit the constant section".into(),
                 })?;
-            validate_step(m, i, step, &desc, weights_len)
+            validate_step(m, i, &desc, weights_len)
                 .map_err(|reason| LoadError::Descriptor { step: i, reason })?;
             scratch_need = scratch_need.max(match &desc {
                 StepDesc::Conv(d) => kernels::conv_scratch_bytes(d),
@@ -265,83 +265,20 @@ fn validate_lifetimes(m: &Manifest) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks one step's descriptor against the manifest's buffers and the weights section.
+/// Checks one step's descriptor: its geometry and weight arrays (`kernels::validate_*`), and
+/// against the manifest's buffers (`format::check_step_buffers`, shared with CUDA).
 fn validate_step(
     m: &Manifest,
     index: usize,
-    step: &format::Step,
     desc: &StepDesc,
     weights_len: u64,
 ) -> Result<(), String> {
-    let bytes = |b: u32| m.buffers.get(b as usize).map(|s| s.bytes_per_image);
-    let out = bytes(step.output).ok_or("output buffer out of range")?;
-    let pieces: Vec<u64> = step
-        .pieces
-        .iter()
-        .map(|&p| bytes(p).ok_or("piece buffer out of range"))
-        .collect::<Result<_, _>>()?;
-    let (n_pieces, out_elems, plane, combine, channels) = match desc {
-        StepDesc::Conv(d) => {
-            kernels::validate_conv(d, weights_len)?;
-            let out = u64::from(d.out_channels) * u64::from(d.out_h) * u64::from(d.out_w);
-            (
-                d.n_pieces,
-                out,
-                u64::from(d.in_h) * u64::from(d.in_w),
-                d.combine,
-                d.in_channels,
-            )
-        }
-        StepDesc::Pool(d) => {
-            kernels::validate_pool(d, weights_len)?;
-            let out = u64::from(d.channels) * u64::from(d.out_h) * u64::from(d.out_w);
-            (
-                d.n_pieces,
-                out,
-                u64::from(d.in_h) * u64::from(d.in_w),
-                d.combine,
-                d.channels,
-            )
-        }
-        StepDesc::Linear(d) => {
-            kernels::validate_linear(d, weights_len)?;
-            (
-                d.n_pieces,
-                u64::from(d.out_features),
-                u64::from(d.in_h) * u64::from(d.in_w),
-                d.combine,
-                d.in_channels,
-            )
-        }
-    };
-    if n_pieces as usize != step.pieces.len() {
-        return Err(format!(
-            "step {index}: descriptor has {n_pieces} pieces, the step lists {}",
-            step.pieces.len()
-        ));
+    match desc {
+        StepDesc::Conv(d) => kernels::validate_conv(d, weights_len)?,
+        StepDesc::Pool(d) => kernels::validate_pool(d, weights_len)?,
+        StepDesc::Linear(d) => kernels::validate_linear(d, weights_len)?,
     }
-    if out_elems * 4 != out {
-        return Err(format!(
-            "step {index}: output buffer holds {out} bytes per image, the kernel writes {}",
-            out_elems * 4
-        ));
-    }
-    // Piece sizes must add up to the input (concat) or each equal it (sum), whole planes each.
-    let total: u64 = pieces.iter().sum();
-    let input = u64::from(channels) * plane * 4;
-    let fits = match combine {
-        abi::COMBINE_CONCAT => {
-            total == input && pieces.iter().all(|p| plane > 0 && p % (plane * 4) == 0)
-        }
-        abi::COMBINE_SUM => pieces.iter().all(|&p| p == input),
-        _ => false,
-    };
-    if !fits {
-        return Err(format!(
-            "step {index}: input pieces ({pieces:?} bytes) do not match the kernel's input ({input} bytes)"
-        ));
-    }
-    Ok(())
+    format::check_step_buffers(m, index, desc).map_err(|e| format!("step {index}: {e}"))
 }
 
 /// The threads a session uses by default: `SPARSEC_THREADS` if set to a positive number, else
@@ -406,26 +343,7 @@ impl ForwardArgs {
 impl Session<'_> {
     /// Checks a batch against the model; returns the floats per input image.
     pub(crate) fn check_input(&self, input: &[f32], batch: usize) -> Result<usize, RunError> {
-        let m = &self.model.manifest;
-        if batch == 0 {
-            return Err(RunError::ZeroBatch);
-        }
-        if batch > m.max_batch as usize {
-            return Err(RunError::Batch {
-                batch,
-                max: m.max_batch as usize,
-            });
-        }
-        let spec = &m.inputs[0];
-        let per_image: usize = spec.shape.iter().map(|&d| d as usize).product();
-        if input.len() != per_image * batch {
-            return Err(RunError::InputLength {
-                name: spec.name.clone(),
-                expected: per_image * batch,
-                found: input.len(),
-            });
-        }
-        Ok(per_image)
+        self.model.manifest.check_input(input.len(), batch)
     }
 
     /// Starts the session's threads (once).

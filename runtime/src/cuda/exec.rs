@@ -209,24 +209,8 @@ impl CudaSession<'_> {
     /// Runs a batch (the same contract as the CPU session's `run`).
     pub fn run(&mut self, input: &[f32], batch: usize) -> Result<&[f32], RunError> {
         let m = &self.model.manifest;
-        if batch == 0 {
-            return Err(RunError::ZeroBatch);
-        }
-        if batch > m.max_batch as usize {
-            return Err(RunError::Batch {
-                batch,
-                max: m.max_batch as usize,
-            });
-        }
+        m.check_input(input.len(), batch)?;
         let spec = &m.inputs[0];
-        let per_image: usize = spec.shape.iter().map(|&d| d as usize).product();
-        if input.len() != per_image * batch {
-            return Err(RunError::InputLength {
-                name: spec.name.clone(),
-                expected: per_image * batch,
-                found: input.len(),
-            });
-        }
         let stream = match &self.stream {
             Some(s) => s.clone(),
             None => {

@@ -105,90 +105,28 @@ fn window(size: u32, kernel: u32, stride: u32, pad: u32) -> Option<u32> {
 }
 
 fn check_step(m: &Manifest, index: usize, desc: &StepDesc, weights_len: u64) -> Result<(), String> {
-    let step = &m.steps[index];
-    let bytes = |b: u32| m.buffers.get(b as usize).map(|s| s.bytes_per_image);
-    let out = bytes(step.output).ok_or("output buffer out of range")?;
-    let pieces: Vec<u64> = step
-        .pieces
-        .iter()
-        .map(|&p| bytes(p).ok_or("piece buffer out of range"))
-        .collect::<Result<_, _>>()?;
-    let (n_pieces, out_elems, plane, combine, channels) = match desc {
+    let geometry = match desc {
         StepDesc::Conv(d) => {
-            let geometry = window(d.in_h, d.kernel_h, d.stride_h, d.pad_h) == Some(d.out_h)
+            window(d.in_h, d.kernel_h, d.stride_h, d.pad_h) == Some(d.out_h)
                 && window(d.in_w, d.kernel_w, d.stride_w, d.pad_w) == Some(d.out_w)
                 && d.in_channels > 0
-                && d.out_channels > 0;
-            if !geometry {
-                return Err(format!("inconsistent convolution geometry {d:?}"));
-            }
-            let out = u64::from(d.out_channels) * u64::from(d.out_h) * u64::from(d.out_w);
-            (
-                d.n_pieces,
-                out,
-                u64::from(d.in_h) * u64::from(d.in_w),
-                d.combine,
-                d.in_channels,
-            )
+                && d.out_channels > 0
         }
         StepDesc::Pool(d) => {
-            let geometry = if d.flags & abi::FLAG_GLOBAL != 0 {
+            let window_fits = if d.flags & abi::FLAG_GLOBAL != 0 {
                 d.out_h == 1 && d.out_w == 1
             } else {
                 window(d.in_h, d.kernel_h, d.stride_h, d.pad_h) == Some(d.out_h)
                     && window(d.in_w, d.kernel_w, d.stride_w, d.pad_w) == Some(d.out_w)
             };
-            if !geometry || d.channels == 0 || d.kind > abi::POOL_MAX {
-                return Err(format!("inconsistent pool geometry {d:?}"));
-            }
-            let out = u64::from(d.channels) * u64::from(d.out_h) * u64::from(d.out_w);
-            (
-                d.n_pieces,
-                out,
-                u64::from(d.in_h) * u64::from(d.in_w),
-                d.combine,
-                d.channels,
-            )
+            window_fits && d.channels > 0 && d.kind <= abi::POOL_MAX
         }
-        StepDesc::Linear(d) => {
-            if d.in_channels == 0 || d.out_features == 0 {
-                return Err(format!("empty linear layer {d:?}"));
-            }
-            (
-                d.n_pieces,
-                u64::from(d.out_features),
-                u64::from(d.in_h) * u64::from(d.in_w),
-                d.combine,
-                d.in_channels,
-            )
-        }
+        StepDesc::Linear(d) => d.in_channels > 0 && d.out_features > 0,
     };
-    if n_pieces as usize != step.pieces.len() {
-        return Err(format!(
-            "descriptor has {n_pieces} pieces, the step lists {}",
-            step.pieces.len()
-        ));
+    if !geometry {
+        return Err(format!("inconsistent geometry {desc:?}"));
     }
-    if out_elems * 4 != out {
-        return Err(format!(
-            "output buffer holds {out} bytes per image, the kernel writes {}",
-            out_elems * 4
-        ));
-    }
-    let total: u64 = pieces.iter().sum();
-    let input = u64::from(channels) * plane * 4;
-    let fits = match combine {
-        abi::COMBINE_CONCAT => {
-            total == input && pieces.iter().all(|p| plane > 0 && p % (plane * 4) == 0)
-        }
-        abi::COMBINE_SUM => pieces.iter().all(|&p| p == input),
-        _ => false,
-    };
-    if !fits {
-        return Err(format!(
-            "input pieces ({pieces:?} bytes) do not match the kernel's input ({input} bytes)"
-        ));
-    }
+    crate::format::check_step_buffers(m, index, desc)?;
     for (what, offset, floats) in arrays(desc) {
         let end = floats
             .checked_mul(4)
