@@ -1,5 +1,5 @@
 //! The public [`Model`] and [`Session`]: one API whatever the backend. Loading parses the
-//! file once to read its target, then hands it to the CPU executor (`model.rs`) or the CUDA
+//! file once to read its target, then hands it to the CPU executor (`cpu/exec.rs`) or the CUDA
 //! executor (`cuda/`); every method forwards. A CUDA model loaded by a runtime built without
 //! the `cuda` feature is [`LoadError::BackendNotBuilt`].
 //!
@@ -14,14 +14,41 @@
 //!
 //! Must not contain executor logic: only the choice of executor and of trust.
 
+use crate::cpu::exec as model;
 use crate::cuda::{CudaModel, CudaSession};
 use crate::error::{LoadError, RunError};
 use crate::format::{self, Backend, Manifest, ModelFile, TensorSpec};
-use crate::model::{self, LoadOptions};
 use crate::profile::LayerKind;
 use crate::signature::{self, SignatureState};
 use std::path::Path;
 use std::sync::Arc;
+
+/// What a loader may trust in a model.bin.
+///
+/// A model.bin carries native code (Cranelift machine code for the CPU, CUDA kernels). Its
+/// checksum only detects accidents: anyone who edits the file can recompute it. So by default
+/// no code from the file runs: a CPU model runs its schedule from the validated manifest
+/// through the runtime's own kernels (the generated code is only that sequence of kernel calls;
+/// `docs/model-bin.md` has the timings), and a CUDA model, whose kernels are the file's code,
+/// is refused.
+///
+/// A file signed by one of `trusted_keys` (`crate::signature`: ed25519 over the whole file,
+/// checked before anything beyond the header is read) runs its native code. A file signed by
+/// another key, or whose signature does not verify, is treated as unsigned, unless
+/// `require_signature` makes it an error.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Map and run the file's native code (the CPU forward function, the CUDA kernels) even
+    /// without a trusted signature. Only for files the caller trusts: that code runs with the
+    /// process's rights, and the offsets compiled into it are not checked against the manifest.
+    pub allow_unsigned_code: bool,
+    /// Keys whose signature lets a file's native code run.
+    pub trusted_keys: Vec<crate::signature::VerifyingKey>,
+    /// Refuse ([`LoadError::NotTrusted`]) a file that is not signed by one of `trusted_keys`
+    /// (unsigned, signed by another key, or with a signature that does not verify), whatever
+    /// `allow_unsigned_code` says.
+    pub require_signature: bool,
+}
 
 /// A loaded model (CPU or CUDA): validated, ready to run. `Send + Sync`.
 #[derive(Debug)]

@@ -35,9 +35,8 @@ pub mod signature;
 
 mod aligned;
 mod dispatch;
-mod model;
 pub mod profile;
 
-pub use dispatch::{Model, OwnedSession, Session};
+pub use cpu::exec::default_threads;
+pub use dispatch::{LoadOptions, Model, OwnedSession, Session};
 pub use error::{KeyError, LoadError, RunError};
-pub use model::{LoadOptions, default_threads};

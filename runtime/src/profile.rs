@@ -7,10 +7,10 @@
 //! Must not change what a kernel computes: a profiled batch gives the same bits as `run`.
 
 use crate::abi;
+use crate::cpu::exec::Session;
 use crate::cpu::schedule::{Kernels, Operands};
 use crate::error::RunError;
 use crate::format::{Manifest, StepDesc, StepKind};
-use crate::model::Session;
 use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
@@ -227,7 +227,7 @@ impl Session<'_> {
             members.min(batch) as f64
         };
         let wall_seconds = wall.elapsed().as_secs_f64();
-        crate::model::check(m, failed.load(Ordering::Relaxed))?;
+        crate::cpu::exec::check(m, failed.load(Ordering::Relaxed))?;
         let steps = m
             .steps
             .iter()

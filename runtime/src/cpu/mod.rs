@@ -1,8 +1,10 @@
-//! The CPU executor: executable memory for generated code (`code`), the kernels it calls
+//! The CPU executor: the model and session (`exec`, beside `cuda/exec.rs`), executable memory
+//! for generated code (`code`), the kernels it calls
 //! (`kernels`), the data-only step loop that runs a schedule without generated code
 //! (`schedule`) and the threads of a session (`team`).
 
 pub mod code;
+pub(crate) mod exec;
 pub mod kernels;
 pub(crate) mod schedule;
 // Crate-private: a `Team` runs one job at a time from `&self`, which only a session (that

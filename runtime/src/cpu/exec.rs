@@ -1,4 +1,4 @@
-//! The CPU executor behind the public API (`dispatch`): [`Model`] (a validated, mapped
+//! The CPU executor behind the public API (`dispatch`), beside `cuda/exec.rs`: [`Model`] (a validated, mapped
 //! model.bin, shared by threads) and [`Session`] (a team of threads with their arenas and
 //! scratch; `run` allocates nothing once its memory has grown to the batch it is asked for).
 //!
@@ -18,7 +18,7 @@ use crate::format::{self, Backend, Manifest, ModelFile, StepDesc, TensorSpec};
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 
 /// A loaded model: validated manifest, weights and constants in aligned memory, and either the
-/// generated code mapped read+execute (only when the caller allowed it, [`LoadOptions`]) or
+/// generated code mapped read+execute (only when the caller allowed it, [`crate::LoadOptions`]) or
 /// the data-only schedule the runtime steps through itself. `Send + Sync`: every field is
 /// immutable after `load`.
 pub struct Model {
@@ -45,33 +45,6 @@ impl std::fmt::Debug for Model {
             .field("max_batch", &self.manifest.max_batch)
             .finish_non_exhaustive()
     }
-}
-
-/// What a loader may trust in a model.bin.
-///
-/// A model.bin carries native code (Cranelift machine code for the CPU, CUDA kernels). Its
-/// checksum only detects accidents: anyone who edits the file can recompute it. So by default
-/// no code from the file runs: a CPU model runs its schedule from the validated manifest
-/// through the runtime's own kernels (the generated code is only that sequence of kernel calls;
-/// `docs/model-bin.md` has the timings), and a CUDA model, whose kernels are the file's code,
-/// is refused.
-///
-/// A file signed by one of `trusted_keys` (`crate::signature`: ed25519 over the whole file,
-/// checked before anything beyond the header is read) runs its native code. A file signed by
-/// another key, or whose signature does not verify, is treated as unsigned, unless
-/// `require_signature` makes it an error.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct LoadOptions {
-    /// Map and run the file's native code (the CPU forward function, the CUDA kernels) even
-    /// without a trusted signature. Only for files the caller trusts: that code runs with the
-    /// process's rights, and the offsets compiled into it are not checked against the manifest.
-    pub allow_unsigned_code: bool,
-    /// Keys whose signature lets a file's native code run.
-    pub trusted_keys: Vec<crate::signature::VerifyingKey>,
-    /// Refuse ([`LoadError::NotTrusted`]) a file that is not signed by one of `trusted_keys`
-    /// (unsigned, signed by another key, or with a signature that does not verify), whatever
-    /// `allow_unsigned_code` says.
-    pub require_signature: bool,
 }
 
 impl Model {
@@ -190,7 +163,7 @@ impl Model {
     }
 
     /// Whether runs call the file's generated code (signed by a trusted key, or loaded with
-    /// [`LoadOptions::allow_unsigned_code`]), rather than the data-only schedule.
+    /// [`crate::LoadOptions::allow_unsigned_code`]), rather than the data-only schedule.
     pub fn runs_native_code(&self) -> bool {
         self.native.is_some()
     }
