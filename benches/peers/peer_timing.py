@@ -16,15 +16,43 @@ written by the Rust harness, or else drawn from numpy with `--seed`. With `--che
 float32, any whole number of images) the script also runs that input once and returns the
 output in the JSON (`check_output`), so the harness can compare it with the golden output.
 An import failure or a bad input is a JSON `error`, exit status 2.
+
+Memory: `peak_rss_delta_mib` is the process's peak resident memory while it loads the model for
+`batch` and runs the warm-up and timed calls, less its resident memory just before loading (the
+peak counter is reset there through `/proc/self/clear_refs`), so the runtime's import and the
+input array are not counted. The check run comes after, outside the measurement.
 """
 
 import argparse
 import json
+import os
 import statistics
 import time
 
 IMAGE = (3, 32, 32)
 PER_IMAGE = 3 * 32 * 32
+
+
+def _status_kib(field):
+    """A `VmRSS`/`VmHWM` figure of /proc/self/status in KiB, or None off Linux."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak_rss():
+    """Resets VmHWM to the current RSS (Linux 4.0+); False where that is not possible."""
+    try:
+        with open(f"/proc/{os.getpid()}/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def main(description, peer) -> int:
@@ -59,6 +87,8 @@ def main(description, peer) -> int:
         x = np.random.default_rng(args.seed).uniform(-1.0, 1.0, args.batch * PER_IMAGE)
     x = np.ascontiguousarray(x.astype(np.float32).reshape((args.batch,) + IMAGE))
 
+    rss_before = _status_kib("VmRSS")
+    peak_reset = _reset_peak_rss()
     t0 = time.perf_counter()
     run = compile_for(args.batch)
     load_s = time.perf_counter() - t0
@@ -70,11 +100,6 @@ def main(description, peer) -> int:
         "load_s": load_s,
         **extra,
     }
-    if args.check_input:
-        c = np.fromfile(args.check_input, dtype="<f4")
-        c = np.ascontiguousarray(c.astype(np.float32).reshape((-1,) + IMAGE))
-        check = run if c.shape[0] == args.batch else compile_for(c.shape[0])
-        out["check_output"] = [float(v) for v in np.asarray(check(c)).ravel()]
 
     cell_start = time.perf_counter()
     last = 0.0
@@ -94,6 +119,14 @@ def main(description, peer) -> int:
         times.append((time.perf_counter() - t) * 1e3)
         if len(times) >= min_iters and time.perf_counter() - start > args.budget_s:
             break
+    peak = _status_kib("VmHWM")
+    if peak_reset and peak is not None and rss_before is not None:
+        out["peak_rss_delta_mib"] = max(0, peak - rss_before) / 1024.0
+    if args.check_input:
+        c = np.fromfile(args.check_input, dtype="<f4")
+        c = np.ascontiguousarray(c.astype(np.float32).reshape((-1,) + IMAGE))
+        check = run if c.shape[0] == args.batch else compile_for(c.shape[0])
+        out["check_output"] = [float(v) for v in np.asarray(check(c)).ravel()]
     out["iters"] = len(times)
     out["median_ms"] = statistics.median(times)
     out["min_ms"] = min(times)

@@ -14,7 +14,9 @@
 //! machine's AVX2 FMA peak (1 and 2 threads, at the start and the end) and prints a markdown
 //! table of medians, speed-ups (and their geometric means), the fraction of the 2-core peak that sparsec and ORT reach, and
 //! how much CPU other processes took while each cell ran (the figures mean little on a busy
-//! machine).
+//! machine). Memory stands beside time: each peer's peak resident memory while it loads the model
+//! for the batch and runs it, less its resident memory just before ([`memory_probe`]; the Python
+//! peers measure the same in `peer_timing.py`).
 //!
 //! Owns nothing the product uses: a measurement program only.
 
@@ -399,12 +401,13 @@ fn check_of(got: Result<Vec<f32>>, want: &[f32]) -> Check {
 // ---------------------------------------------------------------------------------------------
 // The peers
 
-fn sparsec_model(name: &str) -> Result<Model> {
+/// The golden model compiled for the largest batch: the loaded model and its model.bin bytes.
+fn sparsec_model(name: &str) -> Result<(Model, Vec<u8>)> {
     let graph = driver::load(&repo().join(format!("examples/models/{name}.snet")))?;
     let weights = WeightsSource::Safetensors(golden(&format!("{name}.safetensors")));
     let max_batch = *BATCHES.iter().max().unwrap_or(&1) as u32;
     let (_, bytes) = driver::compile_cpu(graph, &weights, max_batch, false)?;
-    Ok(Model::from_bytes(&bytes)?)
+    Ok((Model::from_bytes(&bytes)?, bytes))
 }
 
 type TractPlan = std::sync::Arc<TypedRunnableModel>;
@@ -560,6 +563,7 @@ impl PyPeer {
         Ok(PyRun {
             timing: Timing { times_ms },
             check_output,
+            memory_mib: json["peak_rss_delta_mib"].as_f64(),
         })
     }
 }
@@ -567,6 +571,98 @@ impl PyPeer {
 struct PyRun {
     timing: Timing,
     check_output: Option<Vec<f32>>,
+    /// `peer_timing.py`'s `peak_rss_delta_mib`: absent where /proc cannot reset the peak.
+    memory_mib: Option<f64>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Memory
+
+/// A `VmRSS` / `VmHWM` figure of `/proc/self/status`, in KiB.
+fn status_kib(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// Resets this process's peak resident memory (`VmHWM`) to its current size (Linux 4.0+).
+fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// Which in-process peer a `--memory-probe` child measures.
+const PROBE_FLAG: &str = "--memory-probe";
+
+/// The child side of [`memory_probe`]: `--memory-probe sparsec|tract NAME BATCH [MODEL.BIN]`.
+/// Reads (sparsec: the model.bin file; tract: the ONNX file), loads and runs the model for
+/// `BATCH` images (the cell's warm-up plus one timed call), and prints the peak resident
+/// memory above the resident memory just before loading, in MiB. A fresh process per cell, so
+/// memory an earlier model freed into the allocator cannot hide this one's.
+fn memory_probe_child(args: &[String]) -> Result<()> {
+    let [kind, name, batch, rest @ ..] = args else {
+        bail!("usage: {PROBE_FLAG} sparsec|tract NAME BATCH [MODEL.BIN]");
+    };
+    let batch: usize = batch.parse().with_context(|| format!("batch `{batch}`"))?;
+    let x = random_input(batch * PER_IMAGE, SEED);
+    let calls = Budget::full().warmup(batch) + 1;
+    let before = status_kib("VmRSS").context("no VmRSS in /proc/self/status")?;
+    if !reset_peak_rss() {
+        bail!("cannot reset the peak RSS (/proc/self/clear_refs)");
+    }
+    match kind.as_str() {
+        "sparsec" => {
+            let path = rest.first().context("sparsec needs the model.bin path")?;
+            let bytes = std::fs::read(path).with_context(|| path.clone())?;
+            let model = Model::from_bytes(&bytes)?;
+            drop(bytes);
+            let mut session = model.session();
+            for _ in 0..calls {
+                black_box(session.run(&x, batch)?);
+            }
+        }
+        "tract" => {
+            let plan = tract_plan(name, batch)?;
+            let mut state = plan.spawn()?;
+            let input = tract_tensor(&x, batch)?;
+            for _ in 0..calls {
+                black_box(state.run(tvec!(input.clone()))?);
+            }
+        }
+        other => bail!("{PROBE_FLAG}: unknown peer `{other}`"),
+    }
+    let peak = status_kib("VmHWM").context("no VmHWM in /proc/self/status")?;
+    println!("{}", peak.saturating_sub(before) as f64 / 1024.0);
+    Ok(())
+}
+
+/// The peak-memory figure of an in-process peer (sparsec, tract) for one cell, measured in a
+/// child process of this binary (`--memory-probe`), or why not.
+fn memory_probe(kind: &str, name: &str, batch: usize, model_bin: Option<&Path>) -> Result<f64> {
+    let exe = std::env::current_exe().context("the benchmark's own path")?;
+    let mut cmd = Command::new(exe);
+    cmd.args([PROBE_FLAG, kind, name, &batch.to_string()]);
+    if let Some(p) = model_bin {
+        cmd.arg(p);
+    }
+    let out = cmd
+        .output()
+        .with_context(|| format!("{PROBE_FLAG} {kind}"))?;
+    if !out.status.success() {
+        bail!(
+            "{PROBE_FLAG} {kind} {name} {batch}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim()
+        .parse()
+        .with_context(|| format!("{PROBE_FLAG} printed `{}`", text.trim()))
+}
+
+fn show_memory(m: Option<f64>) -> String {
+    m.map_or_else(|| "–".into(), |m| format!("{m:.0}"))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -585,6 +681,8 @@ struct Row {
     cells: [Cell; N],
     /// The share of the machine's CPU time other processes used while each cell ran.
     others: [Option<f64>; N],
+    /// Each peer's peak resident memory for this model and batch, MiB (see [`memory_probe`]).
+    memory_mib: [Option<f64>; N],
 }
 
 struct ModelChecks {
@@ -631,7 +729,11 @@ fn bench_model(
         t.elapsed().as_secs_f64()
     );
     let model_error = model.as_ref().err().map(|e| format!("{e:#}"));
-    let mut session = model.as_ref().ok().map(Model::session);
+    let model_bin = tmp.join(format!("{name}.model.bin"));
+    if let Ok((_, bytes)) = &model {
+        std::fs::write(&model_bin, bytes).with_context(|| model_bin.display().to_string())?;
+    }
+    let mut session = model.as_ref().ok().map(|(m, _)| m.session());
     let mut checks: [Check; N] = std::array::from_fn(|_| Check::NotRun("disabled".into()));
     checks[0] = match session.as_mut() {
         Some(s) => check_of(
@@ -655,6 +757,7 @@ fn bench_model(
         write_f32(&input_file, &x)?;
         let mut cells: [Cell; N] = std::array::from_fn(|_| Cell::Skipped);
         let mut others = [None; N];
+        let mut memory_mib: [Option<f64>; N] = [None; N];
 
         // sparsec and the Python peers, taking turns (`Budget::rounds`).
         let rounds = budget.rounds(batch);
@@ -690,6 +793,10 @@ fn bench_model(
                         let check = (batch == 1 && r == 0).then_some(golden_input.as_path());
                         match peer.run(name, batch, &input_file, check, &round) {
                             Ok(run) => {
+                                memory_mib[i] = match (memory_mib[i], run.memory_mib) {
+                                    (Some(a), Some(b)) => Some(a.max(b)),
+                                    (a, b) => a.or(b),
+                                };
                                 if let Some(out) = run.check_output {
                                     checks[i] = check_of(Ok(out), &io.output);
                                 }
@@ -758,6 +865,21 @@ fn bench_model(
             show_others(others[TRACT])
         );
 
+        // Memory of the in-process peers, each in a child process of its own.
+        for (i, kind) in [(0, "sparsec"), (TRACT, "tract")] {
+            if matches!(cells[i], Cell::Time(_)) {
+                let bin = (i == 0).then_some(model_bin.as_path());
+                match memory_probe(kind, name, batch, bin) {
+                    Ok(m) => memory_mib[i] = Some(m),
+                    Err(e) => eprintln!("{name} b{batch}: {kind} memory not measured: {e:#}"),
+                }
+            }
+        }
+        eprintln!(
+            "{name} b{batch}: peak memory MiB (sparsec/ORT/OpenVINO/tract) {}",
+            memory_mib.map(show_memory).join("/")
+        );
+
         if batch == 1 {
             batch1 = cells.clone();
         } else {
@@ -773,6 +895,7 @@ fn bench_model(
             macs_per_image: macs,
             cells,
             others,
+            memory_mib,
         });
     }
     Ok(ModelChecks {
@@ -925,6 +1048,10 @@ fn geomean_speedup(rows: &[Row], peer: usize) -> Option<(f64, usize)> {
 }
 
 fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some(PROBE_FLAG) {
+        return memory_probe_child(&args[1..]);
+    }
     let opts = options()?;
     let run_start = Instant::now();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
@@ -1027,11 +1154,12 @@ fn main() -> Result<()> {
         "\n| model | batch | sparsec ms | ORT ms | OpenVINO ms | tract ms | sparsec/ORT speed-up | \
          sparsec/OpenVINO speed-up | sparsec/tract speed-up | sparsec GFLOP/s | \
          % of 2-core peak | ORT % of 2-core peak | OpenVINO % of 2-core peak | \
+         peak memory MiB (sparsec/ORT/OpenVINO/tract) | \
          others' CPU % (sparsec/ORT/OpenVINO/tract) |"
     );
     let _ = writeln!(
         t,
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for r in &rows {
         let is_wrong = |i: usize| {
@@ -1051,7 +1179,7 @@ fn main() -> Result<()> {
         let ratios: Vec<String> = (1..N).map(|i| ratio(r.cells[i].ms(), ours)).collect();
         let _ = writeln!(
             t,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.model,
             r.batch,
             shown.join(" | "),
@@ -1063,6 +1191,7 @@ fn main() -> Result<()> {
             pct(ours),
             pct(r.cells[1].ms()),
             pct(r.cells[2].ms()),
+            r.memory_mib.map(show_memory).join("/"),
             r.others
                 .iter()
                 .zip(&r.cells)
@@ -1092,7 +1221,10 @@ fn main() -> Result<()> {
     println!(
         "\nMedians of timed calls after warm-up (full run: at least {} calls or {:.0} s per cell). \
          Speed-up = peer ms / sparsec ms (above 1: sparsec is faster). GFLOP/s count 2 x the \
-         model's multiply-accumulates per image (golden JSON) x batch.",
+         model's multiply-accumulates per image (golden JSON) x batch. Peak memory: the \
+         peer's peak resident memory while loading the model for the batch and running it, less \
+         its resident memory just before loading (sparsec and tract in a child process each; the \
+         model.bin file's bytes count for sparsec, the .onnx file's for the others).",
         Budget::full().min_iters,
         Budget::full().cell.as_secs_f64()
     );
