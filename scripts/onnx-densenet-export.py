@@ -18,7 +18,7 @@ the same random input through `sparsec run` and ONNX Runtime; the relative error
 output is compared as well (reported, not a condition: it is a third implementation).
 
 usage: python scripts/onnx-densenet-export.py SPARSEC [--model densenet121] [--work DIR]
-       [--exporters dynamo,legacy]
+       [--exporters dynamo,legacy] [--keep-init]
 (run by scripts/onnx-densenet121-export.sh, which makes the venv)
 """
 import argparse
@@ -39,9 +39,11 @@ TOLERANCE = 2e-4
 BATCHES = (1, 8)
 
 
-def build(name):
+def build(name, keep_init):
     torch.manual_seed(0)
     model = getattr(torchvision.models, name)(weights=None).eval()
+    if keep_init:
+        return model
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for m in model.modules():
@@ -134,11 +136,14 @@ def main():
     p.add_argument("--model", default="densenet121")
     p.add_argument("--work", default="target/densenet-export")
     p.add_argument("--exporters", default="dynamo,legacy")
+    p.add_argument("--keep-init", action="store_true",
+                   help="torchvision's own initialisation (identity batch norms, zero classifier "
+                        "bias): the exporters then share one initializer among the batch norms")
     a = p.parse_args()
     os.makedirs(a.work, exist_ok=True)
     print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, onnx {onnx.__version__}, "
           f"onnxruntime {ort.__version__}, numpy {np.__version__}")
-    model = build(a.model)
+    model = build(a.model, a.keep_init)
     bad = []
     for exporter in a.exporters.split(","):
         path = f"{a.work}/{a.model}-{exporter}.onnx"
