@@ -230,7 +230,8 @@ pub fn load(path: &Path) -> Result<Graph, DriverError> {
             source,
         })?;
         let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("model");
-        return crate::onnx::import(&bytes, stem).map_err(|source| DriverError::Onnx {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        return crate::onnx::import_from(&bytes, stem, dir).map_err(|source| DriverError::Onnx {
             path: path.to_path_buf(),
             source,
         });

@@ -660,8 +660,9 @@ enum Edit {
 }
 
 const EXTREMES: [i64; 9] = [i64::MIN, -3, -1, 0, 1, 2, 7, 1 << 40, i64::MAX];
-const OPS: [&str; 22] = [
+const OPS: [&str; 23] = [
     "Conv",
+    "ReduceMean",
     "BatchNormalization",
     "Relu",
     "Concat",
@@ -790,4 +791,215 @@ proptest! {
             prop_assert!(ir::verify::verify(&graph).is_ok());
         }
     }
+}
+
+/// The small export's pool + `Flatten` head (an 8x8 `AveragePool` of the 8x8 map) replaced by
+/// the nodes `head(x, y, c)` makes from the pool's input `x`, the flatten's output `y` and the
+/// channel count `c`.
+fn with_head(
+    head: impl FnOnce(&str, &str, i64) -> Vec<proto::NodeProto>,
+) -> Result<proto::ModelProto> {
+    let mut m = small_model()?;
+    let g = graph_of(&mut m)?;
+    let flat = g
+        .node
+        .iter()
+        .position(|n| n.op_type() == "Flatten")
+        .context("flatten")?;
+    let flatten = g.node.remove(flat);
+    let gap = g
+        .node
+        .iter()
+        .position(|n| n.output.first() == flatten.input.first())
+        .context("pool")?;
+    let pool = g.node.remove(gap);
+    let gemm = g
+        .node
+        .iter()
+        .find(|n| n.op_type() == "Gemm")
+        .context("gemm")?;
+    let w = g
+        .initializer
+        .iter()
+        .find(|t| t.name() == gemm.input[1])
+        .context("W")?;
+    let c = w.dims[1];
+    let nodes = head(&pool.input[0], &flatten.output[0], c);
+    g.node.splice(gap..gap, nodes);
+    Ok(m)
+}
+
+fn ints_attr(name: &str, v: Vec<i64>) -> proto::AttributeProto {
+    proto::AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(proto::attribute_proto::AttributeType::Ints as i32),
+        ints: v,
+        ..Default::default()
+    }
+}
+
+/// `torch.onnx.export(..., dynamo=True)` writes `adaptive_avg_pool2d(x, 1)` + `flatten` as
+/// `ReduceMean(x, axes=[-1, -2])` (axes an input since opset 18, `keepdims` 1) +
+/// `Reshape(allowzero=1, [-1, C])`; opset 13 has the axes as an attribute, and `keepdims` 0
+/// needs no reshape. Each imports as the legacy exporter's `GlobalAveragePool` + `Flatten`.
+#[test]
+fn reduce_mean_heads_import_as_global_average_pools() -> Result<()> {
+    // The legacy exporter's form of the same head.
+    let global = with_head(|x, y, _| {
+        vec![
+            node("GlobalAveragePool", &[x], "pooled", vec![]),
+            node("Flatten", &["pooled"], y, vec![int_attr("axis", 1)]),
+        ]
+    })?;
+    let want = ir::print::print(&onnx::import(&global.encode_to_vec(), "m")?);
+    let dynamo = with_head(|x, y, c| {
+        vec![
+            int_const("axes", vec![2], vec![-1, -2]),
+            node(
+                "ReduceMean",
+                &[x, "axes"],
+                "mean",
+                vec![int_attr("keepdims", 1)],
+            ),
+            int_const("target", vec![2], vec![-1, c]),
+            node(
+                "Reshape",
+                &["mean", "target"],
+                y,
+                vec![int_attr("allowzero", 1)],
+            ),
+        ]
+    })?;
+    let opset13 = with_head(|x, y, _| {
+        vec![node(
+            "ReduceMean",
+            &[x],
+            y,
+            vec![ints_attr("axes", vec![2, 3]), int_attr("keepdims", 0)],
+        )]
+    })?;
+    for m in [dynamo, opset13] {
+        let got = ir::print::print(&onnx::import(&m.encode_to_vec(), "m")?);
+        assert_eq!(first_difference(&got, &want), None);
+    }
+    let channels = with_head(|x, y, _| {
+        vec![node(
+            "ReduceMean",
+            &[x],
+            y,
+            vec![ints_attr("axes", vec![1]), int_attr("keepdims", 0)],
+        )]
+    })?;
+    let e = import_err(&channels)?;
+    assert!(
+        e.ends_with(
+            "(ReduceMean): reducing over axes [1] is not supported (only height and width, \
+             [2, 3]: a global average pool)"
+        ),
+        "{e}"
+    );
+    Ok(())
+}
+
+/// The small export with every float initializer moved to the external file `data` (the
+/// layout `torch.onnx.export(..., dynamo=True)` writes: `location`, `offset`, `length`), the
+/// location of the first one replaced by `first_location` when given.
+fn with_external_data(data: &str, first_location: Option<&str>) -> Result<(Vec<u8>, Vec<u8>)> {
+    let mut m = small_model()?;
+    let g = graph_of(&mut m)?;
+    let mut bytes = Vec::new();
+    let entry = |k: &str, v: String| proto::StringStringEntryProto {
+        key: Some(k.into()),
+        value: Some(v),
+    };
+    for (i, t) in g.initializer.iter_mut().enumerate() {
+        let Some(raw) = t.raw_data.take() else {
+            continue;
+        };
+        while bytes.len() % 64 != 0 {
+            bytes.push(0);
+        }
+        let location = match (i, first_location) {
+            (0, Some(l)) => l.to_string(),
+            _ => data.to_string(),
+        };
+        t.data_location = Some(proto::tensor_proto::DataLocation::External as i32);
+        t.external_data = vec![
+            entry("location", location),
+            entry("offset", bytes.len().to_string()),
+            entry("length", raw.len().to_string()),
+        ];
+        bytes.extend_from_slice(&raw);
+    }
+    Ok((m.encode_to_vec(), bytes))
+}
+
+/// A folder of its own under cargo's scratch space for integration tests.
+fn scratch(name: &str) -> Result<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+#[test]
+fn external_data_beside_the_model_imports_like_inline_data() -> Result<()> {
+    let want = onnx::import(small(), "m")?;
+    let dir = scratch("onnx-external-data")?;
+    let (model, data) = with_external_data("m.onnx.data", None)?;
+    std::fs::write(dir.join("m.onnx"), &model)?;
+    std::fs::write(dir.join("m.onnx.data"), &data)?;
+    let got = driver::load(&dir.join("m.onnx"))?;
+    assert_eq!(
+        first_difference(&ir::print::print(&got), &ir::print::print(&want)),
+        None
+    );
+    for (_, p) in want.params.iter() {
+        let q = got.params.by_name(&p.name).context("same names")?;
+        assert_eq!(p.data, got.params.get(q).data, "{}", p.name);
+    }
+    // The bytes alone do not say where the data is.
+    let e = onnx::import(&model, "m")
+        .err()
+        .context("no folder")?
+        .to_string();
+    assert!(
+        e.contains("its data is in the external file `m.onnx.data`, and the model was not read from a folder"),
+        "{e}"
+    );
+    Ok(())
+}
+
+#[test]
+fn external_data_outside_the_folder_or_the_file_is_an_error() -> Result<()> {
+    let dir = scratch("onnx-external-hostile")?;
+    let cases = [
+        (
+            Some("../m.onnx.data"),
+            "is not a plain relative path inside the model's folder",
+        ),
+        (
+            Some("/etc/hostname"),
+            "is not a plain relative path inside the model's folder",
+        ),
+        (Some("missing.data"), "external data file"),
+        (Some("."), "is not a regular file"),
+        (None, "lies outside `m.onnx.data`"),
+    ];
+    for (location, want) in cases {
+        let (model, mut data) = with_external_data("m.onnx.data", location)?;
+        if location.is_none() {
+            data.truncate(data.len() - 1);
+        }
+        std::fs::write(dir.join("m.onnx"), &model)?;
+        std::fs::write(dir.join("m.onnx.data"), &data)?;
+        let e = match driver::load(&dir.join("m.onnx")) {
+            Ok(_) => bail!("{location:?} imported"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            e.contains(want) && e.contains("initializer `"),
+            "{location:?}: {e}"
+        );
+    }
+    Ok(())
 }

@@ -10,6 +10,7 @@
 //! Nodes no graph output depends on are skipped, unsupported or not.
 
 use super::OnnxError;
+use super::external::ExternalData;
 use super::proto::{
     AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto,
     tensor_shape_proto::dimension, type_proto,
@@ -22,6 +23,7 @@ use ir::{
 };
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::path::Path;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -37,9 +39,14 @@ enum Value {
 
 type R<T> = Result<T, String>;
 
-/// Imports a decoded model.
-/// Imports a decoded model; `file_len` (the encoded size) bounds the weight data it may derive.
-pub fn import(model: &ModelProto, default_name: &str, file_len: usize) -> Result<Graph, OnnxError> {
+/// Imports a decoded model; `file_len` (the encoded size) and the external data files read
+/// bound the weight data it may derive. `dir` is the model's folder, where external data lives.
+pub fn import(
+    model: &ModelProto,
+    default_name: &str,
+    file_len: usize,
+    dir: Option<&Path>,
+) -> Result<Graph, OnnxError> {
     let g = model.graph.as_ref().ok_or(OnnxError::NoGraph)?;
     let mut inits: HashMap<&str, &TensorProto> = HashMap::new();
     for t in &g.initializer {
@@ -67,6 +74,7 @@ pub fn import(model: &ModelProto, default_name: &str, file_len: usize) -> Result
         shared: HashMap::new(),
         suffixes: HashMap::new(),
         budget: file_len / 4 + (1 << 20),
+        external: ExternalData::new(dir),
     };
     im.declare_input(g)?;
     let output = single_output(g)?;
@@ -325,8 +333,10 @@ struct Importer<'g> {
     shared: HashMap<usize, Arc<[f32]>>,
     /// The last `#k` suffix given to a reused initializer name.
     suffixes: HashMap<String, u32>,
-    /// Elements of derived weight data still allowed (starts at the file's float capacity).
+    /// Elements of derived weight data still allowed (starts at the file's float capacity,
+    /// grows by each external data file's).
     budget: usize,
+    external: ExternalData,
 }
 
 impl<'g> Importer<'g> {
@@ -410,7 +420,17 @@ impl<'g> Importer<'g> {
                 "reads `{name}`, which no node, initializer or graph input defines"
             ));
         };
-        let c = tensor::decode(t).map_err(|e| format!("initializer `{name}`: {e}"))?;
+        let err = |e: String| format!("initializer `{name}`: {e}");
+        let c = if tensor::is_external(t) {
+            let before = self.external.bytes_read();
+            let bytes = self.external.bytes(t).map_err(err)?;
+            let c = tensor::decode(t, Some(bytes)).map_err(err)?;
+            let grown = self.external.bytes_read().saturating_sub(before);
+            self.budget = self.budget.saturating_add(grown / 4);
+            c
+        } else {
+            tensor::decode(t, None).map_err(err)?
+        };
         let v = Value::Const(Rc::new(c));
         self.values.insert(name.to_string(), v.clone());
         Ok(v)
@@ -534,6 +554,7 @@ impl<'g> Importer<'g> {
                     rank: 4,
                 }
             }
+            "ReduceMean" => self.reduce_mean(n, &a)?,
             "Concat" => self.concat(n, &a)?,
             "Add" | "Sum" => self.add_op(n, &a)?,
             "Flatten" => {
@@ -1201,6 +1222,48 @@ impl<'g> Importer<'g> {
         Ok(Value::Const(Rc::new(Const { dims, data })))
     }
 
+    /// `ReduceMean` over height and width (`axes` an attribute before opset 18, an input
+    /// since): a global average pool, `[N, C, 1, 1]` with `keepdims` 1, `[N, C]` without.
+    /// What `torch.onnx.export(..., dynamo=True)` writes for `adaptive_avg_pool2d(x, 1)`.
+    fn reduce_mean(&mut self, n: &NodeProto, a: &Attrs) -> R<Value> {
+        a.only(&["axes", "keepdims", "noop_with_empty_axes"])?;
+        let (x, _) = self.act4(n, 0)?;
+        let axes: Vec<i64> = match (a.ints("axes"), self.opt_input(n, 1)?) {
+            (Some(_), Some(_)) => return Err("axes given both as attribute and input".into()),
+            (Some(v), None) => v.to_vec(),
+            (None, Some(v)) => self
+                .konst(v, "the axes")?
+                .known_ints()
+                .ok_or("the axes are not integers")?,
+            (None, None) => Vec::new(),
+        };
+        let mut norm: Vec<i64> = axes
+            .iter()
+            .map(|&ax| if ax < 0 { ax + 4 } else { ax })
+            .collect();
+        norm.sort_unstable();
+        if norm != [2, 3] {
+            return Err(format!(
+                "reducing over axes {axes:?} is not supported (only height and width, [2, 3]: a global average pool)"
+            ));
+        }
+        let keep = a.int("keepdims", 1)?;
+        let op = Op::Pool(Pool {
+            kind: PoolKind::Avg,
+            global: true,
+            kernel: [1; 2],
+            stride: [1; 2],
+            pad: [0; 2],
+            access: Access::PLAIN,
+        });
+        let node = self.add(op, &[x])?;
+        match keep {
+            1 => Ok(Value::Act { node, rank: 4 }),
+            0 => self.flat(node),
+            k => Err(format!("keepdims {k} is not 0 or 1")),
+        }
+    }
+
     fn squeeze(&mut self, n: &NodeProto, a: &Attrs) -> R<Value> {
         a.only(&["axes"])?;
         let c = self.konst_input(n, 0)?;
@@ -1382,7 +1445,7 @@ fn constant(a: &Attrs) -> R<Const> {
     match attr.name() {
         "value" => {
             let t = attr.t.as_ref().ok_or("attribute `value` holds no tensor")?;
-            tensor::decode(t)
+            tensor::decode(t, None)
         }
         "value_float" => Ok(Const {
             dims: vec![],

@@ -79,19 +79,38 @@ pub fn element_count(dims: &[i64]) -> Result<(Vec<usize>, usize), String> {
     Ok((out, n))
 }
 
-/// Decodes a tensor's data. Sizes are checked against the data actually present before any
-/// allocation, so the result is never larger than the file.
-pub fn decode(t: &TensorProto) -> Result<Const, String> {
-    if t.data_location == Some(DataLocation::External as i32) || !t.external_data.is_empty() {
-        return Err("external data (a separate weights file) is not supported".into());
+/// Whether the tensor's data lives in a separate file (`external_data`, see `external.rs`).
+pub fn is_external(t: &TensorProto) -> bool {
+    t.data_location == Some(DataLocation::External as i32) || !t.external_data.is_empty()
+}
+
+/// Decodes a tensor's data; `external` is the raw little-endian data of a tensor stored in a
+/// separate file (`external.rs` reads it), `None` for a tensor held in the model. Sizes are
+/// checked against the data actually present before any allocation, so the result is never
+/// larger than the files.
+pub fn decode(t: &TensorProto, external: Option<&[u8]>) -> Result<Const, String> {
+    if is_external(t) != external.is_some() {
+        return Err(if external.is_some() {
+            "is not stored externally, but external data was given".into()
+        } else {
+            "external data (a separate weights file) needs the model's folder: import the file by its path".into()
+        });
     }
     if t.segment.is_some() {
         return Err("segmented tensors are not supported".into());
     }
+    if external.is_some()
+        && (t.raw_data.is_some()
+            || !t.float_data.is_empty()
+            || !t.int64_data.is_empty()
+            || !t.int32_data.is_empty())
+    {
+        return Err("stores its data both externally and in the model".into());
+    }
     let (dims, n) = element_count(&t.dims)?;
-    let raw = t.raw_data.as_deref().unwrap_or(&[]);
+    let raw = external.or(t.raw_data.as_deref()).unwrap_or(&[]);
     let dtype = t.data_type.unwrap_or(0);
-    let has_raw = t.raw_data.is_some();
+    let has_raw = t.raw_data.is_some() || external.is_some();
     let size_err = |held: usize, unit: &str| {
         format!("dims {dims:?} need {n} elements, but the tensor holds {held} {unit}")
     };
@@ -173,7 +192,7 @@ mod tests {
             raw_data: Some(vec![0; 8]),
             ..Default::default()
         };
-        let e = decode(&t).err().unwrap_or_default();
+        let e = decode(&t, None).err().unwrap_or_default();
         assert!(e.contains("need 1000000000000 elements"), "{e}");
         let t = TensorProto {
             dims: vec![2],
@@ -182,7 +201,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            decode(&t).ok().map(|c| c.data),
+            decode(&t, None).ok().map(|c| c.data),
             Some(Data::F32(vec![1.0, 1.0]))
         );
     }
