@@ -92,8 +92,13 @@ pub enum Target {
     /// Cranelift machine code; convolution kernels chosen by the policy.
     Cpu(KernelPolicy),
     /// CUDA kernels compiled by NVRTC: cubins for `archs` (e.g. `sm_90`), and the PTX
-    /// fallback when `ptx` (at least one of the two must be asked for).
-    Cuda { archs: Vec<String>, ptx: bool },
+    /// fallback when `ptx` (at least one of the two must be asked for); through the user's
+    /// on-disk kernel cache when `cache` (`backend::cuda::cache`).
+    Cuda {
+        archs: Vec<String>,
+        ptx: bool,
+        cache: bool,
+    },
 }
 
 /// A compiled model: the optimised graph and plan, the model.bin bytes, and (CPU, guarded
@@ -128,11 +133,19 @@ pub fn compile(graph: Graph, options: &CompileOptions) -> Result<Compiled, Drive
                 crate::artifact::write_cpu(&opt.graph, &opt.plan, &program, options.max_batch)?;
             (bytes, selection)
         }
-        Target::Cuda { archs, ptx } => {
+        Target::Cuda { archs, ptx, cache } => {
             let archs: Vec<&str> = archs.iter().map(String::as_str).collect();
             let program = crate::backend::cuda::generate(&opt.graph, &opt.plan, true)?;
-            let compiled = crate::backend::cuda::nvrtc::compile_for(&program.source, &archs, *ptx)
-                .map_err(crate::backend::BackendError::from)?;
+            let cache = cache
+                .then(crate::backend::cuda::cache::KernelCache::user)
+                .flatten();
+            let compiled = crate::backend::cuda::nvrtc::compile_with_cache(
+                &program.source,
+                &archs,
+                *ptx,
+                cache.as_ref(),
+            )
+            .map_err(crate::backend::BackendError::from)?;
             let bytes = crate::artifact::write_cuda(
                 &opt.graph,
                 &opt.plan,
@@ -196,7 +209,7 @@ pub fn compile_cuda(
 }
 
 /// [`compile`] for CUDA with cubins for `archs` (e.g. `["sm_90"]`), and the PTX fallback
-/// when `ptx`.
+/// when `ptx`; NVRTC always runs (no cache).
 pub fn compile_cuda_for(
     graph: Graph,
     weights: &WeightsSource,
@@ -210,6 +223,7 @@ pub fn compile_cuda_for(
         target: Target::Cuda {
             archs: archs.iter().map(|a| a.to_string()).collect(),
             ptx,
+            cache: false,
         },
         max_batch,
         verify,

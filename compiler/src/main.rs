@@ -71,6 +71,11 @@ struct CompileArgs {
     /// `--cuda-arch` GPUs).
     #[arg(long)]
     no_ptx: bool,
+    /// With `--target cuda`: run NVRTC for every target even when the on-disk kernel cache
+    /// (`$SPARSEC_CACHE_DIR`, else `$XDG_CACHE_HOME/sparsec`, else `~/.cache/sparsec`) holds
+    /// its output, and store nothing there.
+    #[arg(long)]
+    no_cache: bool,
     /// With `--target cpu`: the 3x3 convolution kernels. `auto` measures the compiled
     /// model against the f64 reference interpreter on calibration input and picks, layer by
     /// layer, the fastest of Winograd F(4x4), F(2x2) and direct whose end-to-end error stays
@@ -497,6 +502,7 @@ fn run(cli: Cli) -> Result<()> {
             TargetKind::Cuda => Target::Cuda {
                 archs: args.cuda_arch.clone(),
                 ptx: !args.no_ptx,
+                cache: !args.no_cache,
             },
         };
         let options = CompileOptions {

@@ -156,6 +156,7 @@ fn compile<'py>(
         "cuda" => Target::Cuda {
             archs: cuda_archs,
             ptx,
+            cache: true,
         },
         other => {
             return Err(PyValueError::new_err(format!(

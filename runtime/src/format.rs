@@ -37,8 +37,9 @@ use crate::error::LoadError;
 /// The first 8 bytes of every `model.bin`.
 pub const MAGIC: [u8; 8] = *b"SPARSEC\0";
 /// The layout version this runtime reads and writes. Any change to the layout, the manifest
-/// types or the descriptor structs in `abi.rs` bumps it.
-pub const FORMAT_VERSION: u32 = 4;
+/// types or the descriptor structs in `abi.rs` bumps it, and so does a change to what a launch
+/// means (version 5: CUDA kernels take the step's record, `cuda::table`, as a fourth argument).
+pub const FORMAT_VERSION: u32 = 5;
 /// Size of the fixed header.
 pub const HEADER_BYTES: usize = 64;
 /// Alignment of the data area and of every section (relative and absolute), and of every

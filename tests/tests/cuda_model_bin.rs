@@ -27,6 +27,7 @@ fn fake_blobs() -> Compiled {
             ("sm_90".into(), b"\x7fELF stand-in cubin".to_vec()),
             ("ptx".into(), b"// stand-in PTX\n".to_vec()),
         ],
+        cache_hits: 0,
     }
 }
 
@@ -132,4 +133,43 @@ fn a_cuda_model_needs_permission_to_run_its_code() -> Result<()> {
         Err(LoadError::UnsignedCode { .. }) => Ok(()),
         other => anyhow::bail!("expected UnsignedCode, got {other:?}"),
     }
+}
+
+#[test]
+fn every_step_gets_a_record_with_its_piece_table() -> Result<()> {
+    let (opt, program) = program()?;
+    let bytes = artifact::write_cuda(&opt.graph, &opt.plan, &program, &fake_blobs(), 64)?;
+    let file = runtime::format::ModelFile::parse(&bytes)?;
+    let table = runtime::cuda::validate::step_table(&file)?;
+    assert_eq!(table.at.len(), program.steps.len());
+    let mut multi = 0;
+    for (i, s) in program.steps.iter().enumerate() {
+        let at = table.at[i];
+        let n = table.words[at + runtime::cuda::table::NPIECES];
+        assert_eq!(n, s.pieces.len() as u64, "step {i}");
+        multi += usize::from(n > 1);
+    }
+    assert!(multi > 0, "sparsenet-40-24 has concatenated inputs");
+    Ok(())
+}
+
+#[test]
+fn a_descriptor_the_kernels_cannot_run_is_rejected() -> Result<()> {
+    // A Winograd flag passes the generic descriptor checks but no CUDA kernel implements it:
+    // the step-table check rejects it (the file is re-sealed, as an attacker would).
+    let (opt, mut program) = program()?;
+    let runtime::format::StepDesc::Conv(mut d) = program.descs[0] else {
+        anyhow::bail!("step 0 is not a convolution");
+    };
+    d.flags |= runtime::abi::FLAG_WINOGRAD;
+    let at = usize::try_from(program.steps[0].desc_offset)?;
+    let mut bytes = Vec::new();
+    runtime::format::Descriptor::encode(&d, &mut bytes);
+    program.consts[at..at + bytes.len()].copy_from_slice(&bytes);
+    let e = load(&opt, &program, &fake_blobs())?;
+    assert!(
+        matches!(&e, LoadError::Descriptor { step: 0, reason } if reason.contains("Winograd")),
+        "{e}"
+    );
+    Ok(())
 }

@@ -26,8 +26,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 const TOLERANCE: f64 = 2e-4;
 
-type Kernel = unsafe extern "C" fn(*mut f32, *const f32, u32);
-type Launch = unsafe extern "C" fn(Kernel, u32, u32, u32, u32, *mut f32, *const f32, u32) -> i32;
+type Kernel = unsafe extern "C" fn(*mut f32, *const f32, u32, *const u64);
+type Launch =
+    unsafe extern "C" fn(Kernel, u32, u32, u32, u32, *mut f32, *const f32, u32, *const u64) -> i32;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -143,6 +144,20 @@ fn run(
     arena[at..at + len].copy_from_slice(input);
     // SAFETY: the shim defines this symbol with exactly this signature.
     let launch: Launch = unsafe { std::mem::transmute(lib.symbol("sparsec_shim_launch")?) };
+    // The step records, exactly as the GPU executor builds them from the validated file.
+    let buffers: Vec<runtime::format::BufferSpec> = plan
+        .liveness
+        .buffers
+        .iter()
+        .zip(&plan.arena.offsets)
+        .map(|(b, &offset)| runtime::format::BufferSpec {
+            offset_per_image: offset,
+            bytes_per_image: b.bytes_per_image,
+        })
+        .collect();
+    let table =
+        runtime::cuda::table::build(&program.steps, &buffers, &program.descs, batch.max(64))
+            .map_err(|(step, e)| anyhow::anyhow!("step {step}: {e}"))?;
     let code = runtime::format::CudaCode {
         nvrtc_version: String::new(),
         blobs: Vec::new(),
@@ -158,10 +173,12 @@ fn run(
             .and_then(|v| variants.get(v))
             .context("a step without launches")?;
         let [gx, gy, gz] = l.grid(batch).context("grid out of limits")?;
-        // SAFETY: every generated kernel is `extern "C" void(float*, const float*, unsigned)`.
+        // SAFETY: every generated kernel is
+        // `extern "C" void(float*, const float*, unsigned, const unsigned long long*)`.
         let kernel: Kernel = unsafe { std::mem::transmute(lib.symbol(&l.kernel)?) };
         // SAFETY: the arena holds `arena_bytes_per_image * batch` bytes and the weights the
-        // whole section: exactly what the generated offsets address for this batch.
+        // whole section; the step's record (checked by `table::build`, which `?` above
+        // required to succeed) addresses only those for this batch.
         let status = unsafe {
             launch(
                 kernel,
@@ -172,6 +189,7 @@ fn run(
                 arena.as_mut_ptr(),
                 weights.as_ptr(),
                 batch,
+                table.words[table.at[i]..].as_ptr(),
             )
         };
         if status != 0 {
@@ -279,13 +297,17 @@ fn shim_runs_barriers_and_reports_divergence() -> Result<()> {
     // A block reversal through shared memory needs the barrier; a kernel where half the
     // threads return before a barrier must be reported.
     let source = r#"
-extern "C" __global__ void reverse(float* a, const float* w, unsigned batch) {
+extern "C" __global__ void reverse(float* a, const float* w, unsigned batch,
+                                            const unsigned long long* d) {
+  (void)d;
   __shared__ float s[256];
   s[threadIdx.x] = a[blockIdx.x * 256u + threadIdx.x] + w[0];
   __syncthreads();
   a[blockIdx.x * 256u + threadIdx.x] = s[255u - threadIdx.x] * (float)batch;
 }
-extern "C" __global__ void diverge(float* a, const float* w, unsigned batch) {
+extern "C" __global__ void diverge(float* a, const float* w, unsigned batch,
+                                            const unsigned long long* d) {
+  (void)d;
   if (threadIdx.x < 128u) return;
   __syncthreads();
   a[0] = w[0] + (float)batch;
@@ -301,7 +323,19 @@ extern "C" __global__ void diverge(float* a, const float* w, unsigned batch) {
     let mut a: Vec<f32> = (0..512).map(|i| i as f32).collect();
     let w = [1.0f32];
     // SAFETY: `a` has 2 blocks of 256 floats; `w` one float.
-    let status = unsafe { launch(reverse, 2, 1, 1, 256, a.as_mut_ptr(), w.as_ptr(), 2) };
+    let status = unsafe {
+        launch(
+            reverse,
+            2,
+            1,
+            1,
+            256,
+            a.as_mut_ptr(),
+            w.as_ptr(),
+            2,
+            std::ptr::null(),
+        )
+    };
     ensure!(status == 0, "status {status}");
     for blk in 0..2 {
         for t in 0..256 {
@@ -314,11 +348,35 @@ extern "C" __global__ void diverge(float* a, const float* w, unsigned batch) {
         }
     }
     // SAFETY: as above.
-    let status = unsafe { launch(diverge, 1, 1, 1, 256, a.as_mut_ptr(), w.as_ptr(), 1) };
+    let status = unsafe {
+        launch(
+            diverge,
+            1,
+            1,
+            1,
+            256,
+            a.as_mut_ptr(),
+            w.as_ptr(),
+            1,
+            std::ptr::null(),
+        )
+    };
     ensure!(status == -1, "a divergent barrier gave status {status}");
     // And the shim recovers for the next launch.
     // SAFETY: as above.
-    let status = unsafe { launch(reverse, 2, 1, 1, 256, a.as_mut_ptr(), w.as_ptr(), 1) };
+    let status = unsafe {
+        launch(
+            reverse,
+            2,
+            1,
+            1,
+            256,
+            a.as_mut_ptr(),
+            w.as_ptr(),
+            1,
+            std::ptr::null(),
+        )
+    };
     ensure!(status == 0, "status {status} after a divergent launch");
     Ok(())
 }

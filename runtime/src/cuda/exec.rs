@@ -62,6 +62,9 @@ pub struct CudaModel {
     /// Each step's descriptor (for profiles).
     descriptors: Vec<StepDesc>,
     weights: CudaSlice<f32>,
+    /// The step records every kernel reads (`table.rs`), and where each step's begins.
+    table: CudaSlice<u64>,
+    table_at: Vec<usize>,
     /// Which blob was loaded (`"sm_90"`, or `"ptx"`).
     blob: String,
 }
@@ -78,7 +81,7 @@ impl std::fmt::Debug for CudaModel {
 impl CudaModel {
     /// Loads a parsed CUDA model.bin onto device 0.
     pub fn load(file: &ModelFile<'_>) -> Result<CudaModel, LoadError> {
-        super::validate::validate(file)?;
+        let table = super::validate::step_table(file)?;
         let m = &file.manifest;
         let code = m
             .cuda
@@ -144,6 +147,10 @@ impl CudaModel {
         let weights = stream
             .clone_htod(&host)
             .map_err(|e| device_error(format!("uploading weights: {e:?}")))?;
+        let table_at = table.at;
+        let table = stream
+            .clone_htod(&table.words)
+            .map_err(|e| device_error(format!("uploading the step table: {e:?}")))?;
         stream
             .synchronize()
             .map_err(|e| device_error(format!("uploading weights: {e:?}")))?;
@@ -160,6 +167,8 @@ impl CudaModel {
             _module: module,
             functions,
             weights,
+            table,
+            table_at,
             blob,
         })
     }
@@ -341,7 +350,8 @@ fn launch_step(
     let v = code.and_then(|c| c.variant(i, batch));
     let launch = code.zip(v).and_then(|(c, v)| c.launches[i].get(v));
     let function = model.functions.get(i).zip(v).and_then(|(f, v)| f.get(v));
-    let (Some(launch), Some(function)) = (launch, function) else {
+    let record = model.table_at.get(i).map(|&at| model.table.slice(at..));
+    let (Some(launch), Some(function), Some(record)) = (launch, function, record) else {
         return Err(RunError::Backend(format!("no CUDA launch for step {i}")));
     };
     let Some([gx, gy, gz]) = launch.grid(batch) else {
@@ -355,11 +365,16 @@ fn launch_step(
         shared_mem_bytes: launch.shared_bytes,
     };
     let mut args = stream.launch_builder(function);
-    args.arg(&mut *arena).arg(&model.weights).arg(&batch);
-    // Every kernel takes (float* arena, const float* weights, unsigned batch); `validate`
-    // checked that each step's weight ranges lie inside the weights section and that every
-    // variant's grid fits at max_batch, and the arena holds `arena_bytes_per_image * batch`
-    // bytes or more, which bounds every buffer the generated offsets address at this batch.
+    args.arg(&mut *arena)
+        .arg(&model.weights)
+        .arg(&batch)
+        .arg(&record);
+    // Every kernel takes (float* arena, const float* weights, unsigned batch, const u64*
+    // step record); `validate` checked each record (`table.rs`: weight ranges inside the
+    // weights section, pieces and output inside their buffers, 32-bit indices at max_batch)
+    // and that every variant's grid fits at max_batch, and the arena holds
+    // `arena_bytes_per_image * batch` bytes or more, which bounds every buffer the records
+    // address at this batch; kernels compute nothing for blocks past the batch.
     // SAFETY: the arguments match the kernel's signature and bounds (above).
     unsafe { args.launch(cfg) }.map_err(|e| RunError::Kernel {
         step: i,

@@ -1,12 +1,14 @@
 //! The CUDA executor: a CUDA model.bin's kernels run on an NVIDIA GPU through the driver API
 //! (cudarc, loaded at run time), behind the `cuda` cargo feature. `validate` (always built, no
-//! driver) checks the file; `symbols` lists the driver functions checked at load; `exec` (feature `cuda`) loads the right blob, uploads the weights
+//! driver) checks the file and builds the step table (`table`: the per-step records the shared
+//! kernels read); `symbols` lists the driver functions checked at load; `exec` (feature `cuda`) loads the right blob, uploads the weights
 //! once, keeps one arena per session and replays one CUDA graph per batch size. Without the
 //! feature, loading a CUDA model is a typed error (`LoadError::BackendNotBuilt`).
 //!
 //! Must not parse the file format (`format` does) or know the CPU executor.
 
 pub mod symbols;
+pub mod table;
 pub mod validate;
 
 #[cfg(feature = "cuda")]

@@ -2,17 +2,26 @@
 //! buffers and against the weights section in the CUDA weight layout (convolution weights
 //! `[in * kh * kw][out]`, linear weights `[in][out]`, bias, scale and shift as plain arrays),
 //! and every blob's shape (a cubin is an ELF image, PTX is NUL-free UTF-8 text). The
-//! generated kernels read exactly these ranges, so a file that passes cannot make a kernel
-//! read outside the weights or write outside its output buffer.
+//! kernels are shared by every step with the same tile and read every shape and offset from
+//! the step records of `table.rs`, built here from the checked descriptors (with their own
+//! checked-arithmetic checks), so a file that passes cannot make a kernel read outside the
+//! weights or its input buffers or write outside its output buffer, even if whoever made it
+//! recomputed the checksum.
 //!
 //! Must not talk to a driver (`exec.rs` does) and must not parse the file format (`format`).
 
+use super::table::{self, StepTable};
 use crate::abi;
 use crate::error::LoadError;
 use crate::format::{Manifest, ModelFile, StepDesc};
 
 /// Checks everything `exec` relies on. `file` has passed `ModelFile::parse`.
 pub fn validate(file: &ModelFile<'_>) -> Result<(), LoadError> {
+    step_table(file).map(|_| ())
+}
+
+/// [`validate`], then the step records the kernels read (`table::build`).
+pub fn step_table(file: &ModelFile<'_>) -> Result<StepTable, LoadError> {
     let m = &file.manifest;
     let Some(code) = &m.cuda else {
         return Err(LoadError::Code {
@@ -52,6 +61,7 @@ pub fn validate(file: &ModelFile<'_>) -> Result<(), LoadError> {
         });
     }
     let weights_len = file.weights().len() as u64;
+    let mut descs = Vec::with_capacity(m.steps.len());
     for index in 0..m.steps.len() {
         let desc = file
             .step_descriptor(index)
@@ -63,8 +73,10 @@ pub fn validate(file: &ModelFile<'_>) -> Result<(), LoadError> {
             step: index,
             reason,
         })?;
+        descs.push(desc);
     }
-    Ok(())
+    table::build(&m.steps, &m.buffers, &descs, m.max_batch)
+        .map_err(|(step, reason)| LoadError::Descriptor { step, reason })
 }
 
 /// The float arrays a descriptor makes its kernel read: `(what, byte offset, floats)`.

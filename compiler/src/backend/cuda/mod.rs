@@ -1,9 +1,10 @@
 //! The CUDA backend: turns the optimised graph and its memory plan (as `backend::steps`) into
-//! one generated CUDA C kernel per step, specialised to the step's shapes, plan offsets and
-//! weight offsets (`kernels.rs` writes the text), the weights section in the layout those
-//! kernels read, one `abi` descriptor per step (so the runtime can check every step's geometry
-//! against its buffers and the weights section) and one launch description per step. NVRTC
-//! turns the source into cubins and PTX (`nvrtc.rs`). `shim.h` lets the same source run on the
+//! CUDA C with one kernel per tile configuration the steps use, shared by every step with that
+//! tile (`kernels.rs` writes the text), the weights section in the layout those kernels read,
+//! one `abi` descriptor per step (from which the runtime checks every step's geometry against
+//! its buffers and the weights section, then builds the step records the kernels read:
+//! `runtime::cuda::table`) and one launch description per step. NVRTC turns the source into
+//! cubins and PTX (`nvrtc.rs`, with its on-disk cache `cache.rs`). `shim.h` lets the same source run on the
 //! CPU (g++), which is how the kernels are checked without a GPU.
 //!
 //! Weights layout (f32, each array 64-byte aligned): convolution weights transposed to
@@ -11,6 +12,7 @@
 //! `k`), linear weights transposed to `[in][out]`, bias, scale and shift as plain arrays.
 //! Must not change the graph or the plan.
 
+pub mod cache;
 pub mod kernels;
 pub mod nvrtc;
 pub mod tile;
@@ -21,7 +23,7 @@ use super::steps;
 use crate::plan::memory::MemoryPlan;
 use ir::op::Access;
 use ir::{Graph, Op, ParamId};
-use runtime::format::{CudaLaunch, Step, StepKind};
+use runtime::format::{CudaLaunch, Step, StepDesc, StepKind};
 use std::collections::HashMap;
 
 /// The shim header that compiles the generated source as C++ (g++) and runs each launch on
@@ -43,6 +45,9 @@ pub struct CudaProgram {
     pub weights: Vec<u8>,
     pub consts: Vec<u8>,
     pub steps: Vec<Step>,
+    /// Per step, its `abi` descriptor (also in `consts`): what the runtime's step table is
+    /// built from (`runtime::cuda::table::build`).
+    pub descs: Vec<StepDesc>,
     /// Per step, in step order, its launch variants (`runtime::format::CudaCode::launches`).
     pub launches: Vec<Vec<CudaLaunch>>,
 }
@@ -128,71 +133,58 @@ pub fn generate(
         need_data,
     };
     let mut consts = Section::default();
-    let mut source = kernels::header(&graph.name, plans.len());
+    let mut source = kernels::Source::default();
     let mut out_steps = Vec::new();
+    let mut descs = Vec::new();
     let mut launches = Vec::new();
     for (index, s) in plans.iter().enumerate() {
-        let name = format!("s{index:03}_{}", s.op.mnemonic().replace('-', "_"));
-        let input = kernels::Input::new(&name, s, w.prologue_of(s.op)?)?;
+        let prologue = w.prologue_of(s.op)?;
         let unsupported = |reason: String| BackendError::Unsupported {
             node: s.label.clone(),
             op: s.op.mnemonic(),
             reason,
         };
-        let (kind, desc_offset, launch, text) = match s.op {
+        let (kind, desc, launch) = match s.op {
             Op::Conv2d(c) => {
                 let k = (s.input.channels * c.kernel[0] * c.kernel[1]) as usize;
                 let weight = w.transposed(c.weight, c.out_channels as usize, k)?;
                 let bias = c.bias.map(|b| w.param(b)).transpose()?;
-                let conv = kernels::Conv {
-                    input: &input,
-                    step: s,
-                    conv: c,
-                    weight: weight / 4,
-                    bias: bias.map(|b| b / 4),
-                };
                 let placed = Placed {
                     weight,
                     bias,
-                    prologue: input.prologue.map(|p| (p.scale * 4, p.shift * 4)),
+                    prologue: prologue.map(|p| (p.scale * 4, p.shift * 4)),
                 };
                 let desc = descriptors::conv(s, c, placed)?;
-                let (text, launch) = conv.emit().map_err(unsupported)?;
-                (StepKind::Conv, consts.push_desc(&desc), launch, text)
+                let launch = kernels::Conv { step: s, conv: c }
+                    .emit(index, &mut source)
+                    .map_err(unsupported)?;
+                (StepKind::Conv, StepDesc::Conv(desc), launch)
             }
             Op::Pool(p) => {
-                let pool = kernels::Pool {
-                    input: &input,
-                    step: s,
-                    pool: p,
-                };
                 let placed = Placed {
-                    prologue: input.prologue.map(|p| (p.scale * 4, p.shift * 4)),
+                    prologue: prologue.map(|p| (p.scale * 4, p.shift * 4)),
                     ..Placed::default()
                 };
                 let desc = descriptors::pool(s, p, placed)?;
-                let (text, launch) = pool.emit().map_err(unsupported)?;
-                (StepKind::Pool, consts.push_desc(&desc), launch, text)
+                let launch = kernels::Pool { step: s, pool: p }
+                    .emit(index, &mut source)
+                    .map_err(unsupported)?;
+                (StepKind::Pool, StepDesc::Pool(desc), launch)
             }
             Op::Linear(l) => {
                 let weight =
                     w.transposed(l.weight, l.out_features as usize, s.input.channels as usize)?;
                 let bias = l.bias.map(|b| w.param(b)).transpose()?;
-                let linear = kernels::Linear {
-                    input: &input,
-                    step: s,
-                    linear: l,
-                    weight: weight / 4,
-                    bias: bias.map(|b| b / 4),
-                };
                 let placed = Placed {
                     weight,
                     bias,
-                    prologue: input.prologue.map(|p| (p.scale * 4, p.shift * 4)),
+                    prologue: prologue.map(|p| (p.scale * 4, p.shift * 4)),
                 };
                 let desc = descriptors::linear(s, l, placed)?;
-                let (text, launch) = linear.emit().map_err(unsupported)?;
-                (StepKind::Linear, consts.push_desc(&desc), launch, text)
+                let launch = kernels::Linear { step: s, linear: l }
+                    .emit(index, &mut source)
+                    .map_err(unsupported)?;
+                (StepKind::Linear, StepDesc::Linear(desc), launch)
             }
             other => {
                 return Err(BackendError::Unsupported {
@@ -202,12 +194,18 @@ pub fn generate(
                 });
             }
         };
-        source.push_str(&text);
+        let desc_offset = match &desc {
+            StepDesc::Conv(d) => consts.push_desc(d),
+            StepDesc::Pool(d) => consts.push_desc(d),
+            StepDesc::Linear(d) => consts.push_desc(d),
+        };
         out_steps.push(descriptors::manifest_step(s, kind, desc_offset));
+        descs.push(desc);
         launches.push(launch);
     }
     Ok(CudaProgram {
-        source,
+        source: source.finish(&graph.name),
+        descs,
         weights: w.section.bytes,
         consts: consts.bytes,
         steps: out_steps,

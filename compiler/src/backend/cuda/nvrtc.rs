@@ -5,8 +5,11 @@
 //!
 //! cudarc panics when it calls into a library it cannot load, so [`available`] checks
 //! presence first and every entry point here returns [`NvrtcError::Missing`] instead.
+//! Each target's output is looked up first in the on-disk cache (`cache.rs`) when one is
+//! given, keyed by the source, NVRTC's version, the architecture and the options.
 //! Must not generate source (see `kernels.rs`).
 
+use super::cache::{KernelCache, Lookup};
 use cudarc::nvrtc::{result, sys};
 use std::ffi::{CString, c_char, c_int};
 
@@ -45,6 +48,8 @@ pub struct Compiled {
     pub version: String,
     /// `(arch, bytes)`: `"sm_80"`, `"sm_90"` cubins, then `"ptx"` (text, no trailing NUL).
     pub blobs: Vec<(String, Vec<u8>)>,
+    /// How many of the blobs came from the cache.
+    pub cache_hits: usize,
 }
 
 /// Whether libnvrtc can be loaded.
@@ -85,17 +90,45 @@ fn to_bytes(chars: Vec<c_char>) -> Vec<u8> {
 /// Compiles `source` once for `arch` (`-arch=sm_90` gives a cubin, `-arch=compute_80` PTX);
 /// `fast` adds `--Ofast-compile=max` (NVRTC 12.8+: the whole front end and code generation,
 /// with the least optimisation; about 20x faster, for checks that the kernels compile).
+fn options(arch: &str, fast: bool) -> Vec<String> {
+    let mut options: Vec<String> = OPTIONS.iter().map(|s| s.to_string()).collect();
+    options.push(format!("--gpu-architecture={arch}"));
+    if fast {
+        options.push("--Ofast-compile=max".into());
+    }
+    options
+}
+
+/// [`compile_one`] through `cache` (when given): a hit is returned as stored, a miss or a
+/// corrupt entry is compiled and stored (a failed store is only a slower next compile).
+/// Returns the bytes and whether they came from the cache.
+fn compile_cached(
+    source: &CString,
+    text: &str,
+    version: &str,
+    arch: &str,
+    fast: bool,
+    cache: Option<&KernelCache>,
+) -> Result<(Vec<u8>, bool), NvrtcError> {
+    let Some(cache) = cache else {
+        return compile_one(source, arch, fast).map(|b| (b, false));
+    };
+    let key = KernelCache::key(text, version, arch, &options(arch, fast));
+    if let Lookup::Hit(bytes) = cache.get(&key) {
+        return Ok((bytes, true));
+    }
+    let bytes = compile_one(source, arch, fast)?;
+    let _ = cache.put(&key, &bytes);
+    Ok((bytes, false))
+}
+
 fn compile_one(source: &CString, arch: &str, fast: bool) -> Result<Vec<u8>, NvrtcError> {
     let name = c"sparsec_kernels.cu";
     let prog = result::create_program(source, Some(name)).map_err(|e| NvrtcError::Call {
         call: "nvrtcCreateProgram",
         code: format!("{:?}", e.0),
     })?;
-    let mut options: Vec<String> = OPTIONS.iter().map(|s| s.to_string()).collect();
-    options.push(format!("--gpu-architecture={arch}"));
-    if fast {
-        options.push("--Ofast-compile=max".into());
-    }
+    let options = options(arch, fast);
     // SAFETY: `prog` was just created and is destroyed below, after its last use; the options
     // contain no NUL bytes (literals and an architecture name).
     let compiled = unsafe { result::compile_program(prog, &options) };
@@ -144,7 +177,7 @@ fn compile_one(source: &CString, arch: &str, fast: bool) -> Result<Vec<u8>, Nvrt
 /// code generation and (for cubins) ptxas, in about a tenth of the time (CI compiles every
 /// example this way). Not for model.bin: the code is barely optimised.
 pub fn check_compiles(source: &str, archs: &[&str]) -> Result<Compiled, NvrtcError> {
-    compile_targets(source, archs, true, true)
+    compile_targets(source, archs, true, true, None)
 }
 
 /// Compiles the generated source for every architecture in [`CUBIN_ARCHS`] and PTX for
@@ -153,9 +186,20 @@ pub fn compile(source: &str) -> Result<Compiled, NvrtcError> {
     compile_for(source, CUBIN_ARCHS, true)
 }
 
-/// Like [`compile`], with cubins for `archs` only, and PTX when `ptx`.
+/// Like [`compile`], with cubins for `archs` only, and PTX when `ptx`; no cache.
 pub fn compile_for(source: &str, archs: &[&str], ptx: bool) -> Result<Compiled, NvrtcError> {
-    compile_targets(source, archs, ptx, false)
+    compile_targets(source, archs, ptx, false, None)
+}
+
+/// Like [`compile_for`], each target looked up in `cache` first and stored there after
+/// compiling.
+pub fn compile_with_cache(
+    source: &str,
+    archs: &[&str],
+    ptx: bool,
+    cache: Option<&KernelCache>,
+) -> Result<Compiled, NvrtcError> {
+    compile_targets(source, archs, ptx, false, cache)
 }
 
 /// Cubins for `archs` and PTX when `ptx`, one thread per target; `fast` as in [`compile_one`].
@@ -164,20 +208,22 @@ fn compile_targets(
     archs: &[&str],
     ptx: bool,
     fast: bool,
+    cache: Option<&KernelCache>,
 ) -> Result<Compiled, NvrtcError> {
     let version = version()?;
+    let text = source;
     let source = CString::new(source).map_err(|_| NvrtcError::Nul)?;
     let targets: Vec<(&str, &str)> = archs
         .iter()
         .map(|a| (*a, *a))
         .chain(ptx.then_some(("ptx", PTX_ARCH)))
         .collect();
-    let results: Vec<Result<Vec<u8>, NvrtcError>> = std::thread::scope(|scope| {
+    let results: Vec<Result<(Vec<u8>, bool), NvrtcError>> = std::thread::scope(|scope| {
         let handles: Vec<_> = targets
             .iter()
             .map(|&(_, arch)| {
-                let source = &source;
-                scope.spawn(move || compile_one(source, arch, fast))
+                let (source, version) = (&source, &version);
+                scope.spawn(move || compile_cached(source, text, version, arch, fast, cache))
             })
             .collect();
         handles
@@ -193,8 +239,15 @@ fn compile_targets(
             .collect()
     });
     let mut blobs = Vec::new();
+    let mut cache_hits = 0;
     for ((name, _), r) in targets.iter().zip(results) {
-        blobs.push((name.to_string(), r?));
+        let (bytes, hit) = r?;
+        cache_hits += usize::from(hit);
+        blobs.push((name.to_string(), bytes));
     }
-    Ok(Compiled { version, blobs })
+    Ok(Compiled {
+        version,
+        blobs,
+        cache_hits,
+    })
 }

@@ -1,15 +1,128 @@
 
-// ---- prelude: the kernel bodies, instantiated once per step below -------------------------
-// A step description S holds every shape and offset as `static constexpr` (offsets in floats;
-// a buffer lives at a + OFFSET * batch + n * PER_IMAGE) and `S::x(a, w, B, n, c, hw)`, the
-// value of input channel c at plane position hw of image n: pieces read in place (concatenated
-// or summed), the folded BN prologue and its ReLU applied. Every
-// thread of a block reaches every __syncthreads(). Grid x walks the work items of the whole
-// batch (see each template).
+// ---- prelude: the kernel bodies, instantiated once per tile configuration -----------------
+// Every kernel takes (float* arena, const float* weights, unsigned batch, const u64* step):
+// `step` points at the step's descriptor in the runtime's descriptor table (u64 words, laid
+// out by `runtime/src/cuda/table.rs`, which builds it from the validated file): shapes,
+// flags, float offsets of the weights, bias, BN scale and shift and of the output buffer, and
+// the piece table. A buffer lives at a + OFFSET * batch + n * PER_IMAGE (floats). So one
+// kernel serves every step with the same tile; only the tile, the kernel size and the kind of
+// input indexing are compiled in. Every thread of a block reaches every __syncthreads(). Grid x
+// walks the work items of the whole batch (see each template).
 #ifndef INFINITY
 #define INFINITY __int_as_float(0x7f800000)
 #endif
 #define SPARSEC_THREADS 256u
+typedef unsigned long long sparsec_u64;
+
+// Word indices of a step descriptor (runtime/src/cuda/table.rs: keep in step).
+enum {
+  SPARSEC_CIN, SPARSEC_IH, SPARSEC_IW, SPARSEC_OC, SPARSEC_OH, SPARSEC_OW, SPARSEC_KH,
+  SPARSEC_KW, SPARSEC_SH, SPARSEC_SW, SPARSEC_PH, SPARSEC_PW, SPARSEC_FLAGS, SPARSEC_NPIECES,
+  SPARSEC_WEIGHT, SPARSEC_BIAS, SPARSEC_SCALE, SPARSEC_SHIFT, SPARSEC_OUT, SPARSEC_OUT_PER_IMAGE,
+  SPARSEC_PIECES
+};
+// Flags (the abi's prologue, bias, ReLU and global bits, plus the pool kind and combine).
+#define SPARSEC_F_PROLOGUE 1u
+#define SPARSEC_F_PROLOGUE_RELU 2u
+#define SPARSEC_F_BIAS 4u
+#define SPARSEC_F_RELU 8u
+#define SPARSEC_F_GLOBAL 16u
+#define SPARSEC_F_MAX 128u
+#define SPARSEC_F_SUM 256u
+
+// A step's descriptor, read once into registers.
+struct sparsec_step {
+  unsigned cin, ih, iw, oc, oh, ow, kh, kw, sh, sw, ph, pw, flags, npieces;
+  sparsec_u64 weight, bias, scale, shift, out, out_per_image;
+  const sparsec_u64* pieces;  // per piece: channel end (cumulative), float offset, per image
+};
+
+__device__ __forceinline__ sparsec_step sparsec_read_step(const sparsec_u64* __restrict__ d) {
+  sparsec_step s;
+  s.cin = (unsigned)d[SPARSEC_CIN];
+  s.ih = (unsigned)d[SPARSEC_IH];
+  s.iw = (unsigned)d[SPARSEC_IW];
+  s.oc = (unsigned)d[SPARSEC_OC];
+  s.oh = (unsigned)d[SPARSEC_OH];
+  s.ow = (unsigned)d[SPARSEC_OW];
+  s.kh = (unsigned)d[SPARSEC_KH];
+  s.kw = (unsigned)d[SPARSEC_KW];
+  s.sh = (unsigned)d[SPARSEC_SH];
+  s.sw = (unsigned)d[SPARSEC_SW];
+  s.ph = (unsigned)d[SPARSEC_PH];
+  s.pw = (unsigned)d[SPARSEC_PW];
+  s.flags = (unsigned)d[SPARSEC_FLAGS];
+  s.npieces = (unsigned)d[SPARSEC_NPIECES];
+  s.weight = d[SPARSEC_WEIGHT];
+  s.bias = d[SPARSEC_BIAS];
+  s.scale = d[SPARSEC_SCALE];
+  s.shift = d[SPARSEC_SHIFT];
+  s.out = d[SPARSEC_OUT];
+  s.out_per_image = d[SPARSEC_OUT_PER_IMAGE];
+  s.pieces = d + SPARSEC_PIECES;
+  return s;
+}
+
+// The input of a step, read in place: a concatenation walks its piece table with a cursor
+// (the channels one thread asks for never decrease, so it only moves forward: each value is
+// one load from its piece, no select over all pieces), a sum adds every piece.
+struct sparsec_input {
+  const sparsec_u64* t;
+  size_t B, plane, off, per;
+  unsigned n, p, c0, c1;
+  bool sum;
+  __device__ __forceinline__ void init(const sparsec_step& s, size_t batch) {
+    t = s.pieces;
+    B = batch;
+    plane = (size_t)s.ih * s.iw;
+    n = s.npieces;
+    sum = (s.flags & SPARSEC_F_SUM) != 0;
+    p = 0;
+    c0 = 0;
+    piece();
+  }
+  __device__ __forceinline__ void piece() {
+    c1 = (unsigned)t[3 * p];
+    off = (size_t)t[3 * p + 1] * B;
+    per = (size_t)t[3 * p + 2];
+  }
+  // Where channel c of a concatenation lives: image img's plane of it starts at
+  // a + base + img * stride.
+  __device__ __forceinline__ void at(unsigned c, size_t& base, size_t& stride) {
+    while (c >= c1 && p + 1 < n) {
+      c0 = c1;
+      ++p;
+      piece();
+    }
+    base = off + (size_t)(c - c0) * plane;
+    stride = per;
+  }
+  // Channel c of image img at plane position hw, before the prologue; SUM: the record's
+  // input is a sum of its pieces (the kernels check the flag matches).
+  template <bool SUM>
+  __device__ __forceinline__ float raw(const float* __restrict__ a, unsigned img, unsigned c,
+                                       unsigned hw) {
+    if (SUM) {
+      float v = 0.0f;
+      for (unsigned i = 0; i < n; ++i)
+        v += a[(size_t)t[3 * i + 1] * B + (size_t)img * t[3 * i + 2] + (size_t)c * plane + hw];
+      return v;
+    }
+    size_t base, stride;
+    at(c, base, stride);
+    return a[base + (size_t)img * stride + hw];
+  }
+};
+
+// The folded batch-norm prologue of input channel c and its ReLU.
+__device__ __forceinline__ float sparsec_pro(const sparsec_step& s, const float* __restrict__ w,
+                                             unsigned c, float v) {
+  if (s.flags & SPARSEC_F_PROLOGUE) {
+    v = v * w[s.scale + c] + w[s.shift + c];
+    v = (s.flags & SPARSEC_F_PROLOGUE_RELU) ? fmaxf(v, 0.0f) : v;
+  }
+  return v;
+}
 
 // A convolution tile: each of the block's KS k-groups holds WM x WN threads; a thread owns TM
 // consecutive output channels x TN pixels strided by WN (so a warp reads 32 consecutive pixels
@@ -22,30 +135,67 @@ struct sparsec_tile {
   static constexpr unsigned BM = TM * WM, BN = TN * WN, G = WM * WN, KG = BK / KS;
 };
 
+// The epilogue of one output value: bias, ReLU (the split-K path, not unrolled).
+__device__ __forceinline__ float sparsec_epilogue(const sparsec_step& s,
+                                                  const float* __restrict__ w, unsigned m,
+                                                  float v) {
+  if (s.flags & SPARSEC_F_BIAS) v += w[s.bias + m];
+  if (s.flags & SPARSEC_F_RELU) v = fmaxf(v, 0.0f);
+  return v;
+}
+
 // Convolution as an implicit GEMM: out[m][q] = sum_k W[k][m] * X[k][q], k = (c, kh, kw), q a
 // pixel of the whole batch (image q / P, position q % P). A block computes BM output channels
 // x BN pixels. Per k-slice every thread loads its share of the next slice into registers
 // (weights, and the im2col input with the pieces read in place, the prologue applied and
 // zero padding after it) while the block multiplies the current slice from shared memory.
-template <class S, class T>
+// KH x KW is the kernel size (the step's must match); POINTWISE: 1x1, stride 1, no padding;
+// SUM: the input is a sum of pieces. A thread's staging columns (pixels) are the same in
+// every slice: they are decomposed into image and position once per block, and its rows
+// (channels) find their piece once per slice, so the unrolled staging holds no division by a
+// run-time shape and no select over pieces.
+template <class T, unsigned KH, unsigned KW, bool POINTWISE, bool SUM>
 __device__ __forceinline__ void sparsec_conv(float* __restrict__ a, const float* __restrict__ w,
-                                             unsigned batch) {
+                                             unsigned batch, const sparsec_u64* __restrict__ d) {
   static_assert(T::G * T::KS == SPARSEC_THREADS, "a tile has 256 threads");
   static_assert(T::BK % T::KS == 0, "k-groups split a slice evenly");
-  constexpr unsigned K = S::CIN * S::KH * S::KW, P = S::OH * S::OW, BM = T::BM, BN = T::BN;
+  constexpr unsigned BM = T::BM, BN = T::BN, TAPS = KH * KW;
   constexpr unsigned XN = (T::BK * BN + SPARSEC_THREADS - 1) / SPARSEC_THREADS;
   constexpr unsigned WNUM = (T::BK * BM + SPARSEC_THREADS - 1) / SPARSEC_THREADS;
   constexpr unsigned STAGE = T::BK * (BM + BN), RED = T::KS > 1 ? T::KS * BM * BN : 0;
-  constexpr bool POINTWISE =
-      S::KH == 1 && S::KW == 1 && S::SH == 1 && S::SW == 1 && S::PH == 0 && S::PW == 0;
   static_assert(XN <= 64, "one validity bit per staged input");
   __shared__ float smem[STAGE > RED ? STAGE : RED];
+  const sparsec_step S = sparsec_read_step(d);
+  // A record this instance was not made for computes nothing (uniform: no barrier diverges).
+  if (S.kh != KH || S.kw != KW || ((S.flags & SPARSEC_F_SUM) != 0) != SUM ||
+      (POINTWISE && (S.sh != 1u || S.sw != 1u || S.ph != 0u || S.pw != 0u)))
+    return;
+  sparsec_input in;
+  in.init(S, batch);
+  const unsigned K = S.cin * TAPS, P = S.oh * S.ow, OC = S.oc;
   float* ws = smem;               // [BK][BM]
   float* xs = smem + T::BK * BM;  // [BK][BN]
   const unsigned tid = threadIdx.x, g = tid / T::G, r = tid % T::G;
   const unsigned tm = r / T::WN, tn = r % T::WN;
   const size_t B = batch;
   const unsigned Q = batch * P, q0 = blockIdx.x * BN, m0 = blockIdx.y * BM;
+  // Staged element i of a slice is row tid / BN + (i / CPT) * RSTEP, column
+  // tid % BN + (i % CPT) * 256 (the same as e = tid + i * 256 in a [BK][BN] tile).
+  constexpr unsigned CPT = BN > SPARSEC_THREADS ? BN / SPARSEC_THREADS : 1;
+  constexpr unsigned RSTEP = BN >= SPARSEC_THREADS ? 1 : SPARSEC_THREADS / BN;
+  constexpr unsigned ROWS = (XN + CPT - 1) / CPT;
+  unsigned img[CPT], pos[CPT];
+  int y0[CPT], x0[CPT];
+  bool live[CPT];
+  #pragma unroll
+  for (unsigned j = 0; j < CPT; ++j) {
+    const unsigned q = q0 + tid % BN + j * SPARSEC_THREADS;
+    live[j] = q < Q;
+    img[j] = live[j] ? q / P : 0u;
+    pos[j] = live[j] ? q % P : 0u;
+    y0[j] = (int)(pos[j] / S.ow) * (int)S.sh - (int)S.ph;
+    x0[j] = (int)(pos[j] % S.ow) * (int)S.sw - (int)S.pw;
+  }
   // The next slice's weights and raw inputs, and which inputs are real (not padding): the
   // prologue is applied when they are stored to shared memory, a slice later.
   float wr[WNUM], xr[XN];
@@ -57,7 +207,7 @@ __device__ __forceinline__ void sparsec_conv(float* __restrict__ a, const float*
     for (unsigned j = 0; j < T::TN; ++j) acc[i][j] = 0.0f;
   // Iteration s stores slice s - 1 (loaded into registers during the previous iteration),
   // loads slice s into registers and multiplies slice s - 1 while those loads are in flight.
-  constexpr unsigned SLICES = (K + T::BK - 1) / T::BK;
+  const unsigned SLICES = (K + T::BK - 1) / T::BK;
   for (unsigned s = 0; s <= SLICES; ++s) {
     if (s > 0) {
       #pragma unroll
@@ -68,8 +218,8 @@ __device__ __forceinline__ void sparsec_conv(float* __restrict__ a, const float*
       #pragma unroll
       for (unsigned i = 0; i < XN; ++i) {
         const unsigned e = tid + i * SPARSEC_THREADS, k = (s - 1) * T::BK + e / BN;
-        const unsigned c = POINTWISE ? k : k / (S::KH * S::KW);
-        if (e < T::BK * BN) xs[e] = (valid >> i & 1ull) ? S::pro(w, c, xr[i]) : 0.0f;
+        const unsigned c = POINTWISE ? k : k / TAPS;
+        if (e < T::BK * BN) xs[e] = (valid >> i & 1ull) ? sparsec_pro(S, w, c, xr[i]) : 0.0f;
       }
     }
     __syncthreads();
@@ -79,29 +229,29 @@ __device__ __forceinline__ void sparsec_conv(float* __restrict__ a, const float*
       #pragma unroll
       for (unsigned i = 0; i < WNUM; ++i) {
         const unsigned e = tid + i * SPARSEC_THREADS, k = k0 + e / BM, m = m0 + e % BM;
-        wr[i] = (e < T::BK * BM && k < K && m < S::OC) ? w[S::WEIGHT + (size_t)k * S::OC + m]
-                                                       : 0.0f;
+        wr[i] = (e < T::BK * BM && k < K && m < OC) ? w[S.weight + (size_t)k * OC + m] : 0.0f;
       }
       #pragma unroll
-      for (unsigned i = 0; i < XN; ++i) {
-        const unsigned e = tid + i * SPARSEC_THREADS, k = k0 + e / BN, q = q0 + e % BN;
-        float v = 0.0f;
-        if (e < T::BK * BN && k < K && q < Q) {
-          const unsigned n = q / P, hw = q % P;
-          if (POINTWISE) {
-            v = S::raw(a, B, n, k, hw);
-            valid |= 1ull << i;
-          } else {
-            const unsigned c = k / (S::KH * S::KW), rr = k % (S::KH * S::KW);
-            const int ih = (int)(hw / S::OW) * (int)S::SH - (int)S::PH + (int)(rr / S::KW);
-            const int iw = (int)(hw % S::OW) * (int)S::SW - (int)S::PW + (int)(rr % S::KW);
-            if (ih >= 0 && ih < (int)S::IH && iw >= 0 && iw < (int)S::IW) {
-              v = S::raw(a, B, n, c, (unsigned)(ih * (int)S::IW + iw));
+      for (unsigned rr = 0; rr < ROWS; ++rr) {
+        const unsigned row = tid / BN + rr * RSTEP, k = k0 + row;
+        const bool real = row < T::BK && k < K;
+        const unsigned c = POINTWISE ? k : k / TAPS, tap = POINTWISE ? 0u : k % TAPS;
+        size_t base = 0, stride = 0;
+        if (!SUM && real) in.at(c, base, stride);
+        #pragma unroll
+        for (unsigned j = 0; j < CPT; ++j) {
+          const unsigned i = rr * CPT + j;
+          float v = 0.0f;
+          if (i < XN && real && live[j]) {
+            const int ih = y0[j] + (int)(tap / KW), iw = x0[j] + (int)(tap % KW);
+            if (POINTWISE || (ih >= 0 && ih < (int)S.ih && iw >= 0 && iw < (int)S.iw)) {
+              const unsigned hw = POINTWISE ? pos[j] : (unsigned)(ih * (int)S.iw + iw);
+              v = SUM ? in.raw<true>(a, img[j], c, hw) : a[base + (size_t)img[j] * stride + hw];
               valid |= 1ull << i;
             }
           }
+          if (i < XN) xr[i] = v;
         }
-        xr[i] = v;
       }
     }
     if (s > 0) {
@@ -123,21 +273,31 @@ __device__ __forceinline__ void sparsec_conv(float* __restrict__ a, const float*
     }
     __syncthreads();
   }
-  float* out = a + S::OUT * B;
+  float* out = a + S.out * B;
+  // Bias and ReLU without branches (a branch on a flag would make the compiler copy the
+  // whole unrolled epilogue once per combination of flags): the record's BIAS points at real
+  // weights even without a bias (the table checks it), and the ReLU is a max with -inf.
+  const bool bias = (S.flags & SPARSEC_F_BIAS) != 0;
+  const float lo = (S.flags & SPARSEC_F_RELU) ? 0.0f : -INFINITY;
   if (T::KS == 1) {
+    // Each pixel's place in the output, once; then per channel one bias load.
+    size_t at[T::TN];
+    bool ok[T::TN];
+    #pragma unroll
+    for (unsigned j = 0; j < T::TN; ++j) {
+      const unsigned q = q0 + tn + T::WN * j;
+      ok[j] = q < Q;
+      at[j] = ok[j] ? (size_t)(q / P) * S.out_per_image + q % P : 0;
+    }
     #pragma unroll
     for (unsigned i = 0; i < T::TM; ++i) {
       const unsigned m = m0 + tm * T::TM + i;
-      if (m >= S::OC) continue;
-      const float b = S::BIAS >= 0 ? w[S::BIAS + m] : 0.0f;
+      if (m >= OC) continue;
+      const float bw = w[S.bias + (bias ? m : 0u)], b = bias ? bw : 0.0f;
+      float* o = out + (size_t)m * P;
       #pragma unroll
-      for (unsigned j = 0; j < T::TN; ++j) {
-        const unsigned q = q0 + tn + T::WN * j;
-        if (q >= Q) continue;
-        float v = acc[i][j] + b;
-        if (S::RELU) v = fmaxf(v, 0.0f);
-        out[(size_t)(q / P) * S::OUT_PER_IMAGE + (size_t)m * P + q % P] = v;
-      }
+      for (unsigned j = 0; j < T::TN; ++j)
+        if (ok[j]) o[at[j]] = fmaxf(acc[i][j] + b, lo);
     }
   } else {
     float* red = smem;  // [KS][BM][BN], after the loop's last barrier
@@ -149,13 +309,12 @@ __device__ __forceinline__ void sparsec_conv(float* __restrict__ a, const float*
     __syncthreads();
     for (unsigned e = tid; e < BM * BN; e += SPARSEC_THREADS) {
       const unsigned m = m0 + e / BN, q = q0 + e % BN;
-      if (m >= S::OC || q >= Q) continue;
+      if (m >= OC || q >= Q) continue;
       float v = red[e];
       #pragma unroll
       for (unsigned h = 1; h < T::KS; ++h) v += red[h * BM * BN + e];
-      v += S::BIAS >= 0 ? w[S::BIAS + m] : 0.0f;
-      if (S::RELU) v = fmaxf(v, 0.0f);
-      out[(size_t)(q / P) * S::OUT_PER_IMAGE + (size_t)m * P + q % P] = v;
+      out[(size_t)(q / P) * S.out_per_image + (size_t)m * P + q % P] =
+          sparsec_epilogue(S, w, m, v);
     }
   }
 }
@@ -169,30 +328,38 @@ struct sparsec_direct_tile {
   static constexpr unsigned BM = TM * WM, BN = TN * WN, TH = BN / TW;
 };
 
-// Direct convolution for stride 1 (any kernel and padding): a block computes BM output
-// channels x one TH x TW pixel tile of one image (grid x = image x tile). Per slice of CB
-// input channels it stages the input patch [CB][TH + KH - 1][TW + KW - 1] (pieces read in
+// Direct convolution for stride 1 and a KH x KW kernel (any padding): a block computes BM
+// output channels x one TH x TW pixel tile of one image (grid x = image x tile). Per slice of
+// CB input channels it stages the input patch [CB][TH + KH - 1][TW + KW - 1] (pieces read in
 // place, the prologue applied once per element, zero padding after it) and the weights
 // [CB * KH * KW][BM]; each thread reads its inputs at the taps' shifted offsets, so an input
 // value is loaded and prologued once per slice instead of once per tap. The next slice is
 // loaded into registers while this one is multiplied.
-template <class S, class T>
+template <class T, unsigned KH, unsigned KW, bool SUM>
 __device__ __forceinline__ void sparsec_conv_direct(float* __restrict__ a,
-                                                    const float* __restrict__ w, unsigned batch) {
+                                                    const float* __restrict__ w, unsigned batch,
+                                                    const sparsec_u64* __restrict__ d) {
   static_assert(T::WM * T::WN == SPARSEC_THREADS, "a tile has 256 threads");
   static_assert(T::BN % T::TW == 0, "whole tile rows");
-  static_assert(S::SH == 1 && S::SW == 1, "stride 1");
-  constexpr unsigned RW = T::TW + S::KW - 1, RH = T::TH + S::KH - 1, PATCH = RH * RW;
-  constexpr unsigned TAPS = S::KH * S::KW, KB = T::CB * TAPS, BM = T::BM, P = S::OH * S::OW;
-  constexpr unsigned TILES_W = (S::OW + T::TW - 1) / T::TW;
-  constexpr unsigned TILES = TILES_W * ((S::OH + T::TH - 1) / T::TH);
+  constexpr unsigned RW = T::TW + KW - 1, RH = T::TH + KH - 1, PATCH = RH * RW;
+  constexpr unsigned TAPS = KH * KW, KB = T::CB * TAPS, BM = T::BM;
   constexpr unsigned XN = (T::CB * PATCH + SPARSEC_THREADS - 1) / SPARSEC_THREADS;
   constexpr unsigned WNUM = (KB * BM + SPARSEC_THREADS - 1) / SPARSEC_THREADS;
   static_assert(XN <= 64, "one validity bit per staged input");
   __shared__ float xs[T::CB * PATCH];
   __shared__ float ws[KB * BM];
+  const sparsec_step S = sparsec_read_step(d);
+  sparsec_input in;
+  in.init(S, batch);
+  const unsigned P = S.oh * S.ow, OC = S.oc, CIN = S.cin;
+  const unsigned TILES_W = (S.ow + T::TW - 1) / T::TW;
+  const unsigned TILES = TILES_W * ((S.oh + T::TH - 1) / T::TH);
   const unsigned tid = threadIdx.x, tm = tid / T::WN, tn = tid % T::WN;
   const unsigned n = blockIdx.x / TILES, tile = blockIdx.x % TILES;
+  // A record this instance was not made for, or a block past the batch, computes nothing.
+  if (S.kh != KH || S.kw != KW || S.sh != 1u || S.sw != 1u || n >= batch ||
+      ((S.flags & SPARSEC_F_SUM) != 0) != SUM)
+    return;
   const int oy0 = (int)((tile / TILES_W) * T::TH), ox0 = (int)((tile % TILES_W) * T::TW);
   const unsigned m0 = blockIdx.y * BM;
   const size_t B = batch;
@@ -210,7 +377,7 @@ __device__ __forceinline__ void sparsec_conv_direct(float* __restrict__ a,
     #pragma unroll
     for (unsigned j = 0; j < T::TN; ++j) acc[i][j] = 0.0f;
   // As in sparsec_conv: iteration s stores slice s - 1, loads slice s, multiplies slice s - 1.
-  constexpr unsigned SLICES = (S::CIN + T::CB - 1) / T::CB;
+  const unsigned SLICES = (CIN + T::CB - 1) / T::CB;
   for (unsigned s = 0; s <= SLICES; ++s) {
     if (s > 0) {
       #pragma unroll
@@ -221,7 +388,7 @@ __device__ __forceinline__ void sparsec_conv_direct(float* __restrict__ a,
       #pragma unroll
       for (unsigned i = 0; i < XN; ++i) {
         const unsigned e = tid + i * SPARSEC_THREADS, c = (s - 1) * T::CB + e / PATCH;
-        if (e < T::CB * PATCH) xs[e] = (valid >> i & 1ull) ? S::pro(w, c, xr[i]) : 0.0f;
+        if (e < T::CB * PATCH) xs[e] = (valid >> i & 1ull) ? sparsec_pro(S, w, c, xr[i]) : 0.0f;
       }
     }
     __syncthreads();
@@ -232,18 +399,18 @@ __device__ __forceinline__ void sparsec_conv_direct(float* __restrict__ a,
       for (unsigned i = 0; i < WNUM; ++i) {
         const unsigned e = tid + i * SPARSEC_THREADS, kk = e / BM, m = m0 + e % BM;
         const unsigned c = c0 + kk / TAPS;
-        wr[i] = (e < KB * BM && c < S::CIN && m < S::OC)
-                    ? w[S::WEIGHT + (size_t)(c * TAPS + kk % TAPS) * S::OC + m]
+        wr[i] = (e < KB * BM && c < CIN && m < OC)
+                    ? w[S.weight + (size_t)(c * TAPS + kk % TAPS) * OC + m]
                     : 0.0f;
       }
       #pragma unroll
       for (unsigned i = 0; i < XN; ++i) {
         const unsigned e = tid + i * SPARSEC_THREADS, c = c0 + e / PATCH, pp = e % PATCH;
-        const int ih = oy0 + (int)(pp / RW) - (int)S::PH, iw = ox0 + (int)(pp % RW) - (int)S::PW;
+        const int ih = oy0 + (int)(pp / RW) - (int)S.ph, iw = ox0 + (int)(pp % RW) - (int)S.pw;
         float v = 0.0f;
-        if (e < T::CB * PATCH && c < S::CIN && ih >= 0 && ih < (int)S::IH && iw >= 0 &&
-            iw < (int)S::IW) {
-          v = S::raw(a, B, n, c, (unsigned)(ih * (int)S::IW + iw));
+        if (e < T::CB * PATCH && c < CIN && ih >= 0 && ih < (int)S.ih && iw >= 0 &&
+            iw < (int)S.iw) {
+          v = in.raw<SUM>(a, n, c, (unsigned)(ih * (int)S.iw + iw));
           valid |= 1ull << i;
         }
         xr[i] = v;
@@ -252,13 +419,13 @@ __device__ __forceinline__ void sparsec_conv_direct(float* __restrict__ a,
     if (s > 0) {
       for (unsigned cc = 0; cc < T::CB; ++cc)
         #pragma unroll
-        for (unsigned kh = 0; kh < S::KH; ++kh)
+        for (unsigned kh = 0; kh < KH; ++kh)
           #pragma unroll
-          for (unsigned kw = 0; kw < S::KW; ++kw) {
+          for (unsigned kw = 0; kw < KW; ++kw) {
             float xv[T::TN], wv[T::TM];
             #pragma unroll
             for (unsigned j = 0; j < T::TN; ++j) xv[j] = xs[cc * PATCH + kh * RW + kw + base[j]];
-            const unsigned row = (cc * TAPS + kh * S::KW + kw) * BM + tm * T::TM;
+            const unsigned row = (cc * TAPS + kh * KW + kw) * BM + tm * T::TM;
             #pragma unroll
             for (unsigned i = 0; i < T::TM; ++i) wv[i] = ws[row + i];
             #pragma unroll
@@ -269,77 +436,98 @@ __device__ __forceinline__ void sparsec_conv_direct(float* __restrict__ a,
     }
     __syncthreads();
   }
-  float* out = a + S::OUT * B + (size_t)n * S::OUT_PER_IMAGE;
+  float* out = a + S.out * B + (size_t)n * S.out_per_image;
+  // As in sparsec_conv: bias and ReLU without branches.
+  const bool bias = (S.flags & SPARSEC_F_BIAS) != 0;
+  const float lo = (S.flags & SPARSEC_F_RELU) ? 0.0f : -INFINITY;
+  unsigned at[T::TN];  // each pixel's place in the output plane
+  bool ok[T::TN];
+  #pragma unroll
+  for (unsigned j = 0; j < T::TN; ++j) {
+    const unsigned t = tn + T::WN * j;
+    const unsigned oy = (unsigned)oy0 + t / T::TW, ox = (unsigned)ox0 + t % T::TW;
+    ok[j] = oy < S.oh && ox < S.ow;
+    at[j] = oy * S.ow + ox;
+  }
   #pragma unroll
   for (unsigned i = 0; i < T::TM; ++i) {
     const unsigned m = m0 + tm * T::TM + i;
-    if (m >= S::OC) continue;
-    const float b = S::BIAS >= 0 ? w[S::BIAS + m] : 0.0f;
+    if (m >= OC) continue;
+    const float bw = w[S.bias + (bias ? m : 0u)], b = bias ? bw : 0.0f;
+    float* o = out + (size_t)m * P;
     #pragma unroll
-    for (unsigned j = 0; j < T::TN; ++j) {
-      const unsigned t = tn + T::WN * j;
-      const unsigned oy = (unsigned)oy0 + t / T::TW, ox = (unsigned)ox0 + t % T::TW;
-      if (oy >= S::OH || ox >= S::OW) continue;
-      float v = acc[i][j] + b;
-      if (S::RELU) v = fmaxf(v, 0.0f);
-      out[(size_t)m * P + oy * S::OW + ox] = v;
-    }
+    for (unsigned j = 0; j < T::TN; ++j)
+      if (ok[j]) o[at[j]] = fmaxf(acc[i][j] + b, lo);
   }
 }
 
-// Pooling: one thread per output value (image, channel, row, column). Average pools
-// count padding in the divisor; padding never wins a max. GLOBAL pools the whole plane.
-template <class S>
+// Pooling: one thread per output value (image, channel, row, column). Average pools count
+// padding in the divisor; padding never wins a max. GLOBAL pools the whole plane.
 __device__ __forceinline__ void sparsec_pool(float* __restrict__ a, const float* __restrict__ w,
-                                             unsigned batch) {
-  constexpr unsigned Q = S::OH * S::OW;
+                                             unsigned batch, const sparsec_u64* __restrict__ d) {
+  const sparsec_step S = sparsec_read_step(d);
+  const unsigned Q = S.oh * S.ow, C = S.oc;
   const unsigned item = blockIdx.x * SPARSEC_THREADS + threadIdx.x;
-  if (item >= batch * (S::C * Q)) return;
-  const unsigned n = item / (S::C * Q), i = item % (S::C * Q);
+  if (item >= batch * (C * Q)) return;
+  sparsec_input in;
+  in.init(S, batch);
+  const bool MAX = (S.flags & SPARSEC_F_MAX) != 0;
+  const unsigned n = item / (C * Q), i = item % (C * Q);
   const size_t B = batch;
   const unsigned c = i / Q, q = i % Q;
-  float s = S::MAX ? -INFINITY : 0.0f;
-  if (S::GLOBAL) {
-    for (unsigned hw = 0; hw < S::IH * S::IW; ++hw) {
-      const float v = S::x(a, w, B, n, c, hw);
-      s = S::MAX ? fmaxf(s, v) : s + v;
+  float s = MAX ? -INFINITY : 0.0f;
+  if (S.flags & SPARSEC_F_GLOBAL) {
+    for (unsigned hw = 0; hw < S.ih * S.iw; ++hw) {
+      const float v = sparsec_pro(S, w, c, in.sum ? in.raw<true>(a, n, c, hw) : in.raw<false>(a, n, c, hw));
+      s = MAX ? fmaxf(s, v) : s + v;
     }
-    if (!S::MAX) s = s / (float)(S::IH * S::IW);
+    if (!MAX) s = s / (float)(S.ih * S.iw);
   } else {
-    const int h0 = (int)(q / S::OW) * (int)S::SH - (int)S::PH;
-    const int w0 = (int)(q % S::OW) * (int)S::SW - (int)S::PW;
-    for (int r = 0; r < (int)S::KH; ++r)
-      for (int t = 0; t < (int)S::KW; ++t) {
+    const int h0 = (int)(q / S.ow) * (int)S.sh - (int)S.ph;
+    const int w0 = (int)(q % S.ow) * (int)S.sw - (int)S.pw;
+    for (int r = 0; r < (int)S.kh; ++r)
+      for (int t = 0; t < (int)S.kw; ++t) {
         const int ih = h0 + r, iw = w0 + t;
-        if (ih < 0 || ih >= (int)S::IH || iw < 0 || iw >= (int)S::IW) continue;
-        const float v = S::x(a, w, B, n, c, (unsigned)(ih * (int)S::IW + iw));
-        s = S::MAX ? fmaxf(s, v) : s + v;
+        if (ih < 0 || ih >= (int)S.ih || iw < 0 || iw >= (int)S.iw) continue;
+        const unsigned hw = (unsigned)(ih * (int)S.iw + iw);
+        const float v =
+            sparsec_pro(S, w, c, in.sum ? in.raw<true>(a, n, c, hw) : in.raw<false>(a, n, c, hw));
+        s = MAX ? fmaxf(s, v) : s + v;
       }
-    if (!S::MAX) s = s / (float)(S::KH * S::KW);
+    if (!MAX) s = s / (float)(S.kh * S.kw);
   }
-  a[S::OUT * B + (size_t)n * S::OUT_PER_IMAGE + i] = s;
+  a[S.out * B + (size_t)n * S.out_per_image + i] = s;
 }
 
-// Fully connected (the fused head when PLANE > 1: global average first): one block per
-// image; the averaged, prologued input is staged in shared memory, then each thread computes
-// output features from the [in][out] weights. blockIdx.x is the image.
-template <class S>
+// The most input channels the head stages in shared memory (the compiler and the runtime's
+// descriptor check enforce it).
+#define SPARSEC_LINEAR_MAX_IN 12288u
+
+// Fully connected (the fused head when the plane is larger than 1x1: global average first):
+// one block per image; the averaged, prologued input is staged in shared memory, then each
+// thread computes output features from the [in][out] weights. blockIdx.x is the image.
 __device__ __forceinline__ void sparsec_linear(float* __restrict__ a,
-                                               const float* __restrict__ w, unsigned batch) {
-  __shared__ float xs[S::CIN];
-  const unsigned n = blockIdx.x;
+                                               const float* __restrict__ w, unsigned batch,
+                                               const sparsec_u64* __restrict__ d) {
+  __shared__ float xs[SPARSEC_LINEAR_MAX_IN];
+  const sparsec_step S = sparsec_read_step(d);
+  sparsec_input in;
+  in.init(S, batch);
+  const unsigned n = blockIdx.x, CIN = S.cin, OUTF = S.oc, PLANE = S.ih * S.iw;
+  if (n >= batch || CIN > SPARSEC_LINEAR_MAX_IN) return;
   const size_t B = batch;
-  for (unsigned c = threadIdx.x; c < S::CIN; c += SPARSEC_THREADS) {
+  for (unsigned c = threadIdx.x; c < CIN; c += SPARSEC_THREADS) {
     float s = 0.0f;
-    for (unsigned hw = 0; hw < S::PLANE; ++hw) s += S::x(a, w, B, n, c, hw);
-    xs[c] = s / (float)S::PLANE;
+    for (unsigned hw = 0; hw < PLANE; ++hw)
+      s += sparsec_pro(S, w, c, in.sum ? in.raw<true>(a, n, c, hw) : in.raw<false>(a, n, c, hw));
+    xs[c] = s / (float)PLANE;
   }
   __syncthreads();
-  float* y = a + S::OUT * B + (size_t)n * S::OUT_PER_IMAGE;
-  for (unsigned o = threadIdx.x; o < S::OUTF; o += SPARSEC_THREADS) {
+  float* y = a + S.out * B + (size_t)n * S.out_per_image;
+  for (unsigned o = threadIdx.x; o < OUTF; o += SPARSEC_THREADS) {
     float acc = 0.0f;
-    for (unsigned c = 0; c < S::CIN; ++c) acc += w[S::WEIGHT + (size_t)c * S::OUTF + o] * xs[c];
-    y[o] = acc + (S::BIAS >= 0 ? w[S::BIAS + o] : 0.0f);
+    for (unsigned c = 0; c < CIN; ++c) acc += w[S.weight + (size_t)c * OUTF + o] * xs[c];
+    y[o] = acc + ((S.flags & SPARSEC_F_BIAS) ? w[S.bias + o] : 0.0f);
   }
 }
 // ---- end of prelude ---------------------------------------------------------------------

@@ -43,7 +43,7 @@ static inline void __syncthreads() {
 
 namespace sparsec_shim {
 
-typedef void (*Kernel)(float*, const float*, unsigned);
+typedef void (*Kernel)(float*, const float*, unsigned, const unsigned long long*);
 
 enum State { NEW, RUNNING, AT_BARRIER, DONE };
 
@@ -63,11 +63,12 @@ static Kernel kernel = nullptr;
 static float* kernel_arena = nullptr;
 static const float* kernel_weights = nullptr;
 static unsigned kernel_batch = 0;
+static const unsigned long long* kernel_step = nullptr;
 
 // Every fiber runs the kernel once per block, then parks as DONE until the next block.
 static void fiber_main() {
   for (;;) {
-    kernel(kernel_arena, kernel_weights, kernel_batch);
+    kernel(kernel_arena, kernel_weights, kernel_batch, kernel_step);
     current->state = DONE;
     if (!_setjmp(current->resume)) _longjmp(scheduler, 1);
   }
@@ -140,11 +141,14 @@ extern "C" void sparsec_shim_barrier(void) {
   if (!_setjmp(f->resume)) _longjmp(scheduler, 1);
 }
 
-// Runs `kernel` over grid (gx, gy, gz) with `block` threads per block (x only). Returns 0, -1
-// for a divergent barrier, -2 when memory runs out.
-extern "C" int sparsec_shim_launch(void (*k)(float*, const float*, unsigned), unsigned gx,
-                                   unsigned gy, unsigned gz, unsigned block, float* arena,
-                                   const float* weights, unsigned batch) {
+// Runs `kernel` over grid (gx, gy, gz) with `block` threads per block (x only), passing the
+// step record `step` (runtime::cuda::table). Returns 0, -1 for a divergent barrier, -2 when
+// memory runs out.
+extern "C" int sparsec_shim_launch(void (*k)(float*, const float*, unsigned,
+                                             const unsigned long long*),
+                                   unsigned gx, unsigned gy, unsigned gz, unsigned block,
+                                   float* arena, const float* weights, unsigned batch,
+                                   const unsigned long long* step) {
   using namespace sparsec_shim;
   if (block == 0) return -2;
   int status = prepare(block);
@@ -156,6 +160,7 @@ extern "C" int sparsec_shim_launch(void (*k)(float*, const float*, unsigned), un
   kernel_arena = arena;
   kernel_weights = weights;
   kernel_batch = batch;
+  kernel_step = step;
   blockDim = dim3{block, 1, 1};
   gridDim = dim3{gx, gy, gz};
   for (unsigned z = 0; z < gz; ++z)

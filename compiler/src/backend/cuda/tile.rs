@@ -70,14 +70,6 @@ impl ConvTile {
         }
     }
 
-    /// The template instance for step description `desc`.
-    pub fn instance(&self, desc: &str) -> String {
-        match self {
-            ConvTile::Gemm(t) => format!("sparsec_conv<{desc}, {}>", t.cpp()),
-            ConvTile::Direct(t) => format!("sparsec_conv_direct<{desc}, {}>", t.cpp()),
-        }
-    }
-
     /// `(x_per_image, x_per_block, grid_y)` of the launch.
     pub fn grid(&self, shape: &ConvShape) -> (u64, u32, u32) {
         match self {
@@ -122,7 +114,8 @@ impl DirectTile {
         (self.th() + shape.kernel[0] - 1) * (self.tw + shape.kernel[1] - 1)
     }
 
-    fn cpp(&self) -> String {
+    /// The C++ spelling of the tile type.
+    pub fn cpp(&self) -> String {
         format!(
             "sparsec_direct_tile<{}, {}, {}, {}, {}, {}>",
             self.tm, self.wm, self.tn, self.wn, self.tw, self.cb
