@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# aarch64 (issue 19): installs a cross toolchain for aarch64-unknown-linux-gnu from Debian when
+# missing (rustup cannot fetch another target's std here: `rustc-web` 1.96 with an arm64 std,
+# the cross linker, qemu-user), then runs the runtime's tests for aarch64 under qemu.
+#
+#   bash scripts/aarch64.sh install      only the installs (idempotent)
+#   bash scripts/aarch64.sh test [ARGS]  `cargo test -p runtime --target aarch64-...` [ARGS] under
+#                                        qemu (default: every runtime test)
+#   bash scripts/aarch64.sh env          prints the environment the commands run with
+#   bash scripts/aarch64.sh cargo ARGS   any cargo command in that environment
+#
+# The cross build uses /usr/bin/rustc (Debian's 1.96: the rustup 1.95 compiler cannot use its
+# std, E0514), its own CARGO_HOME and target folder under target/aarch64, so it neither fights
+# the host build nor shares incompatible artefacts with it. qemu runs without `-L
+# /usr/aarch64-linux-gnu`: mixing the cross ld.so with the multiarch libc hangs every program
+# that starts a thread (../shared/FACTS.md); the multiarch libc6:arm64 that libstd-rust-web-dev
+# pulls in is what the binaries load.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TRIPLE=aarch64-unknown-linux-gnu
+
+install() {
+    local missing=0
+    command -v qemu-aarch64 >/dev/null || missing=1
+    command -v aarch64-linux-gnu-gcc >/dev/null || missing=1
+    test -x /usr/bin/rustc || missing=1
+    test -x /usr/bin/cargo || missing=1
+    ls /usr/lib/rustlib/$TRIPLE/lib/libstd-*.rlib >/dev/null 2>&1 || missing=1
+    [ "$missing" = 0 ] && return 0
+    local sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    dpkg --print-foreign-architectures | grep -qx arm64 || $sudo dpkg --add-architecture arm64
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+        rustc-web cargo-web libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu \
+        libc6-dev-arm64-cross qemu-user
+}
+
+setup_env() {
+    local root
+    root="$(pwd)"
+    export RUSTC=/usr/bin/rustc
+    export RUSTDOC=/usr/bin/rustdoc
+    export CARGO_HOME="$root/target/aarch64/cargo-home"
+    export CARGO_TARGET_DIR="$root/target/aarch64"
+    export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
+    export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER=qemu-aarch64
+    # No rustup proxy in the way: Debian's cargo with Debian's rustc.
+    export RUSTUP_TOOLCHAIN=
+    unset RUSTUP_TOOLCHAIN
+    mkdir -p "$CARGO_HOME"
+}
+
+CARGO=/usr/bin/cargo
+
+cmd="${1:-test}"
+shift || true
+case "$cmd" in
+install)
+    install
+    ;;
+env)
+    setup_env
+    env | grep -E '^(RUSTC|CARGO_HOME|CARGO_TARGET)' | sort
+    ;;
+cargo)
+    install
+    setup_env
+    "$CARGO" "$@"
+    ;;
+test)
+    install
+    setup_env
+    "$CARGO" test -p runtime --target "$TRIPLE" "$@"
+    ;;
+*)
+    echo "usage: scripts/aarch64.sh [install|test [ARGS]|env|cargo ARGS]" >&2
+    exit 2
+    ;;
+esac
