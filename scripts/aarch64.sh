@@ -6,6 +6,19 @@
 #   bash scripts/aarch64.sh install      only the installs (idempotent)
 #   bash scripts/aarch64.sh test [ARGS]  `cargo test -p runtime --target aarch64-...` [ARGS] under
 #                                        qemu (default: every runtime test)
+#   bash scripts/aarch64.sh golden       the golden models cross-compiled on the host
+#                                        (tests/tests/golden_aarch64.rs; SPARSEC_AARCH64_GOLDEN
+#                                        picks models, all four by default), then run under qemu
+#                                        (runtime/tests/golden_files.rs) with the NEON kernels and
+#                                        again with SPARSEC_KERNELS=portable, outputs compared.
+#                                        SPARSEC_AARCH64_HOST_DONE=1 skips the host half (CI: its
+#                                        workspace test step already wrote the files).
+#   bash scripts/aarch64.sh ci           what CI runs (.ci/run): one cross build for the runtime's
+#                                        unit tests (every kernel variant against the f64
+#                                        reference; not the throughput measurement) and the golden
+#                                        files of the host half (CI's test step wrote the subset
+#                                        SPARSEC_AARCH64_GOLDEN names), then the golden files again
+#                                        with the portable kernels.
 #   bash scripts/aarch64.sh env          prints the environment the commands run with
 #   bash scripts/aarch64.sh cargo ARGS   any cargo command in that environment
 #
@@ -69,13 +82,42 @@ cargo)
     setup_env
     "$CARGO" "$@"
     ;;
+golden | ci)
+    # The host half, with the host's toolchain and target folder (before setup_env).
+    host_target="${CARGO_TARGET_DIR:-$(pwd)/target}"
+    if [ "${SPARSEC_AARCH64_HOST_DONE:-}" != 1 ]; then
+        cargo test -p sparsec-tests --test golden_aarch64 -- --nocapture
+    fi
+    dir="$host_target/tmp/aarch64-golden"
+    ls "$dir"/*.bin >/dev/null 2>&1 || { echo "aarch64 golden: no model.bin in $dir" >&2; exit 1; }
+    install
+    setup_env
+    rm -f "$dir"/*.out.*.f32
+    if [ "$cmd" = ci ]; then
+        echo "== aarch64 under qemu: runtime unit tests and golden files, NEON kernels"
+        SPARSEC_GOLDEN_DIR="$dir" "$CARGO" test -p runtime --target "$TRIPLE" \
+            --features golden-files --lib --tests -- --skip conv_throughput --nocapture
+        echo "== aarch64 under qemu: golden files, portable kernels"
+        SPARSEC_KERNELS=portable SPARSEC_GOLDEN_DIR="$dir" "$CARGO" test -p runtime \
+            --target "$TRIPLE" --features golden-files --test golden_files -- --nocapture
+        exit 0
+    fi
+    for kernels in default portable; do
+        echo "== aarch64 golden under qemu, $kernels kernels"
+        if [ "$kernels" = portable ]; then export SPARSEC_KERNELS=portable; fi
+        SPARSEC_GOLDEN_DIR="$dir" "$CARGO" test -p runtime --target "$TRIPLE" \
+            --features golden-files --test golden_files -- --nocapture
+    done
+    ;;
 test)
     install
     setup_env
+    # `--lib --tests`: the unit and integration tests (doctests need no other architecture).
+    if [ "$#" = 0 ]; then set -- --lib --tests; fi
     "$CARGO" test -p runtime --target "$TRIPLE" "$@"
     ;;
 *)
-    echo "usage: scripts/aarch64.sh [install|test [ARGS]|env|cargo ARGS]" >&2
+    echo "usage: scripts/aarch64.sh [install|test [ARGS]|golden|ci|env|cargo ARGS]" >&2
     exit 2
     ;;
 esac

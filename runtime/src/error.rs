@@ -295,7 +295,7 @@ fn status_hint(status: i32) -> &'static str {
 /// (`std::env::consts::ARCH`).
 fn cpu_target_name(arch: &str) -> String {
     match arch {
-        "x86_64" => "cpu".into(),
+        "x86_64" => "cpu-x86_64".into(),
         "aarch64" => "cpu-aarch64".into(),
         other => format!("cpu (no sparsec target exists for {other})"),
     }
