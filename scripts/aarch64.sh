@@ -98,7 +98,8 @@ golden | ci)
         SPARSEC_GOLDEN_DIR="$dir" "$CARGO" test -p runtime --target "$TRIPLE" \
             --features golden-files --lib --tests -- --skip conv_throughput --nocapture
         echo "== aarch64 under qemu: golden files, portable kernels"
-        SPARSEC_KERNELS=portable SPARSEC_GOLDEN_DIR="$dir" "$CARGO" test -p runtime \
+        SPARSEC_KERNELS=portable SPARSEC_GOLDEN_RUNS=data-only SPARSEC_GOLDEN_DIR="$dir" \
+            "$CARGO" test -p runtime \
             --target "$TRIPLE" --features golden-files --test golden_files -- --nocapture
         exit 0
     fi

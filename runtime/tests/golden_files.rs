@@ -11,6 +11,9 @@
 //! `scripts/aarch64.sh golden` runs this test twice, the second time with
 //! `SPARSEC_KERNELS=portable`, so the NEON and portable outputs are compared.
 //!
+//! `SPARSEC_GOLDEN_RUNS=data-only` skips the native and two-thread runs (CI's portable rerun,
+//! which is there for the comparison only: qemu is slow).
+//!
 //! Without the feature the file is empty, so a plain `cargo test` never needs the files; with
 //! it, a missing directory or an empty one is a failure, never a pass.
 #![cfg(feature = "golden-files")]
@@ -22,7 +25,11 @@ const TOLERANCE: f64 = 2e-4;
 
 fn floats(path: &Path) -> Vec<f32> {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert!(bytes.len() % 4 == 0, "{}: not whole f32s", path.display());
+    assert!(
+        bytes.len().is_multiple_of(4),
+        "{}: not whole f32s",
+        path.display()
+    );
     bytes
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
@@ -61,7 +68,9 @@ fn golden_models_compiled_on_the_host_run_here() {
     models.sort();
     assert!(!models.is_empty(), "no model.bin in {}", dir.display());
     let variant = runtime::cpu::kernels::kernel_variant();
+    let data_only_runs = std::env::var_os("SPARSEC_GOLDEN_RUNS").is_some_and(|v| v == "data-only");
     for path in &models {
+        let started = std::time::Instant::now();
         let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("?");
         let input = floats(&dir.join(format!("{name}.input.f32")));
         let want = floats(&dir.join(format!("{name}.expected.f32")));
@@ -84,7 +93,7 @@ fn golden_models_compiled_on_the_host_run_here() {
             .map(|&d| d as usize)
             .product();
         assert!(
-            per_image > 0 && input.len() % per_image == 0,
+            per_image > 0 && input.len().is_multiple_of(per_image),
             "{name}: input size"
         );
         let batch = input.len() / per_image;
@@ -95,11 +104,17 @@ fn golden_models_compiled_on_the_host_run_here() {
             error < TOLERANCE,
             "{name}: relative error {error:.3e} >= {TOLERANCE:e}"
         );
-        for (how, model, threads) in [
+        let others = [
             ("native code, 1 thread", &native, 1),
             ("native code, 2 threads", &native, 2),
             ("data-only, 2 threads", &data_only, 2),
-        ] {
+        ];
+        let others = if data_only_runs {
+            &others[..0]
+        } else {
+            &others[..]
+        };
+        for &(how, model, threads) in others {
             let other = run(model, &input, batch, threads);
             assert!(
                 other
@@ -130,5 +145,10 @@ fn golden_models_compiled_on_the_host_run_here() {
                 );
             }
         }
+        eprintln!(
+            "{name}: {} runs in {:.1} s",
+            1 + others.len(),
+            started.elapsed().as_secs_f64()
+        );
     }
 }
