@@ -44,8 +44,11 @@ install() {
     local sudo=""
     [ "$(id -u)" -ne 0 ] && sudo="sudo"
     dpkg --print-foreign-architectures | grep -qx arm64 || $sudo dpkg --add-architecture arm64
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+    # Wait for the dpkg lock rather than fail, should another install run (CI runs this one in
+    # the background).
+    $sudo apt-get -o DPkg::Lock::Timeout=600 update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get -o DPkg::Lock::Timeout=600 install -y -qq \
+        --no-install-recommends \
         rustc-web cargo-web libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu \
         libc6-dev-arm64-cross qemu-user
 }
