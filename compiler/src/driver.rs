@@ -4,6 +4,7 @@
 //!
 //! Owns the order of stages and the errors that cross them. Must not implement any stage.
 
+pub use crate::backend::cpu::CpuArch;
 use crate::diagnostics::{self, Diagnostic};
 use crate::kernel_select::{self, KernelPolicy, KernelSelection, SelectError};
 use crate::passes::{self, PassError, PassTiming};
@@ -89,8 +90,14 @@ impl CompileOptions {
 /// The code generator and its choices.
 #[derive(Clone, Debug)]
 pub enum Target {
-    /// Cranelift machine code; convolution kernels chosen by the policy.
+    /// Cranelift machine code for this machine's architecture; convolution kernels chosen by
+    /// the policy.
     Cpu(KernelPolicy),
+    /// Cranelift machine code for `arch` (cross compilation: `--target cpu-aarch64` on an
+    /// x86-64 host). The policy's measurements run host code on the host's kernels; the
+    /// descriptors and weights they choose are the target's too, only the forward function is
+    /// compiled again for `arch` (`backend::cpu::retarget`).
+    CpuFor(CpuArch, KernelPolicy),
     /// CUDA kernels compiled by NVRTC: cubins for `archs` (e.g. `sm_90`), and the PTX
     /// fallback when `ptx` (at least one of the two must be asked for); through the user's
     /// on-disk kernel cache when `cache` (`backend::cuda::cache`).
@@ -127,8 +134,11 @@ pub fn compile(graph: Graph, options: &CompileOptions) -> Result<Compiled, Drive
     }
     let opt = optimize(graph, &options.weights, 1, options.verify)?;
     let (bytes, selection) = match &options.target {
-        Target::Cpu(policy) => {
-            let (program, selection) = kernel_select::compile(&opt.graph, &opt.plan, policy)?;
+        Target::Cpu(policy) | Target::CpuFor(_, policy) => {
+            let (mut program, selection) = kernel_select::compile(&opt.graph, &opt.plan, policy)?;
+            if let Target::CpuFor(arch, _) = options.target {
+                crate::backend::cpu::retarget(&mut program, arch)?;
+            }
             let bytes =
                 crate::artifact::write_cpu(&opt.graph, &opt.plan, &program, options.max_batch)?;
             (bytes, selection)

@@ -8,7 +8,9 @@
 use anyhow::{Context, Result};
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use sparsec::backend::cpu::Winograd;
-use sparsec::driver::{self, CompileOptions, Compiled, DriverError, Target, WeightsSource};
+use sparsec::driver::{
+    self, CompileOptions, Compiled, CpuArch, DriverError, Target, WeightsSource,
+};
 use sparsec::kernel_select::KernelPolicy;
 use sparsec::{plan, stats};
 use std::io::Write as _;
@@ -117,7 +119,14 @@ enum WinogradArg {
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum TargetKind {
+    /// Machine code for this machine's architecture.
     Cpu,
+    /// Machine code for x86-64 (from any host).
+    #[value(name = "cpu-x86_64")]
+    CpuX86_64,
+    /// Machine code for 64-bit ARM (from any host: cross compilation for ARM boards).
+    #[value(name = "cpu-aarch64")]
+    CpuAarch64,
     Cuda,
 }
 
@@ -499,6 +508,8 @@ fn run(cli: Cli) -> Result<()> {
         }
         let target = match args.target {
             TargetKind::Cpu => Target::Cpu(kernel_policy(&args)?),
+            TargetKind::CpuX86_64 => Target::CpuFor(CpuArch::X86_64, kernel_policy(&args)?),
+            TargetKind::CpuAarch64 => Target::CpuFor(CpuArch::Aarch64, kernel_policy(&args)?),
             TargetKind::Cuda => Target::Cuda {
                 archs: args.cuda_arch.clone(),
                 ptx: !args.no_ptx,

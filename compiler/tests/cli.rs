@@ -657,3 +657,40 @@ fn signed_and_unsigned_round_trips() {
         stderr(&o)
     );
 }
+
+/// `--target cpu-aarch64` cross-compiles on this x86-64 host; `info` says where the file runs,
+/// and `run` refuses it with the error naming both architectures and the target to use.
+#[test]
+#[cfg(target_arch = "x86_64")]
+fn a_model_cross_compiled_for_aarch64_is_refused_here() {
+    let path = tmp().join("model-aarch64.bin");
+    let out = path.display().to_string();
+    let o = sparsec(&[
+        "examples/models/sparsenet-40-24.snet",
+        "--random-weights",
+        "0",
+        "--winograd",
+        "off",
+        "--target",
+        "cpu-aarch64",
+        "-o",
+        &out,
+    ]);
+    assert!(o.status.success(), "compiling failed: {}", stderr(&o));
+    let o = sparsec(&["info", &out]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("target:   CPU on aarch64, baseline code, no CPU feature required (cannot run on this machine)"),
+        "{}",
+        stdout(&o)
+    );
+    let input = npy("aarch64-input.npy", "<f4", &[1, 3, 32, 32]);
+    let err = fails(&["run", &out, "--input", &input], 1);
+    assert!(
+        err.contains(
+            "model.bin was compiled for aarch64, but this machine is x86_64; recompile it with \
+             `sparsec --target cpu-x86_64`"
+        ),
+        "{err}"
+    );
+}

@@ -144,8 +144,17 @@ pub enum LoadError {
     #[error("model.bin code: {reason}")]
     Code { reason: String },
 
-    /// The file was compiled for another architecture, or names a CPU feature this runtime does
-    /// not know.
+    /// The file's CPU code was compiled for another architecture (an x86-64 model.bin on an
+    /// aarch64 machine, or the reverse). Refused whether or not its native code would run: the
+    /// file was built for another machine, and its author should rebuild it for this one.
+    #[error(
+        "model.bin was compiled for {file}, but this machine is {machine}; recompile it with \
+         `sparsec --target {}`",
+        cpu_target_name(machine)
+    )]
+    Architecture { file: String, machine: &'static str },
+
+    /// The file names a CPU feature this runtime does not know.
     #[error("model.bin target mismatch: {reason}")]
     Target { reason: String },
 
@@ -279,6 +288,16 @@ fn status_hint(status: i32) -> &'static str {
     match status {
         crate::abi::STATUS_BAD_DESCRIPTOR => " (bad descriptor)",
         _ => "",
+    }
+}
+
+/// The `sparsec --target` value that compiles for the machine architecture `arch`
+/// (`std::env::consts::ARCH`).
+fn cpu_target_name(arch: &str) -> String {
+    match arch {
+        "x86_64" => "cpu-x86_64".into(),
+        "aarch64" => "cpu-aarch64".into(),
+        other => format!("cpu (no sparsec target exists for {other})"),
     }
 }
 

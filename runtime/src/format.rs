@@ -107,7 +107,7 @@ pub struct Manifest {
 pub struct Target {
     /// Which executor runs the model.
     pub backend: Backend,
-    /// `std::env::consts::ARCH` of the machine, e.g. `"x86_64"`.
+    /// `std::env::consts::ARCH` of the machine: `"x86_64"` or `"aarch64"` for a CPU model.
     pub arch: String,
     /// The CPU features the code needs, e.g. `["sse4.1", "avx2", "fma"]`; see
     /// [`KNOWN_X86_FEATURES`].
@@ -1224,6 +1224,10 @@ fn validate_code(m: &Manifest) -> Result<(), LoadError> {
 // ---------------------------------------------------------------------------------------------
 // Target
 
+/// The aarch64 feature names [`check_target`] understands (the names of
+/// `is_aarch64_feature_detected!`).
+pub const KNOWN_AARCH64_FEATURES: &[&str] = &["neon", "fp16", "dotprod"];
+
 /// The x86-64 feature names [`check_target`] understands (the names of
 /// `is_x86_feature_detected!`).
 pub const KNOWN_X86_FEATURES: &[&str] = &[
@@ -1232,20 +1236,20 @@ pub const KNOWN_X86_FEATURES: &[&str] = &[
 ];
 
 /// Checks that this machine can run code compiled for `target`: for [`Backend::Cpu`], the
-/// architecture equals `std::env::consts::ARCH` and every feature is detected at run time (a
-/// feature name not in [`KNOWN_X86_FEATURES`] is an error, not a pass). [`Backend::Cuda`] is
+/// architecture equals `std::env::consts::ARCH` ([`LoadError::Architecture`] names both
+/// otherwise) and every feature is detected at run time (a feature name not in
+/// [`KNOWN_X86_FEATURES`] or [`KNOWN_AARCH64_FEATURES`] for this architecture is an error, not a
+/// pass). The check applies to data-only loads too: a file built for another machine is refused
+/// rather than half-trusted (its descriptors would run, its code never could). [`Backend::Cuda`] is
 /// accepted here; the CUDA executor checks its device itself.
 pub fn check_target(target: &Target) -> Result<(), LoadError> {
     if target.backend == Backend::Cuda {
         return Ok(());
     }
     if target.arch != std::env::consts::ARCH {
-        return Err(LoadError::Target {
-            reason: format!(
-                "the code was compiled for {:?}, this machine is {:?}",
-                target.arch,
-                std::env::consts::ARCH
-            ),
+        return Err(LoadError::Architecture {
+            file: target.arch.clone(),
+            machine: std::env::consts::ARCH,
         });
     }
     for feature in &target.features {
@@ -1260,7 +1264,8 @@ pub fn check_target(target: &Target) -> Result<(), LoadError> {
                 return Err(LoadError::Target {
                     reason: format!(
                         "unknown CPU feature {feature:?} for {}; this runtime knows {:?}",
-                        target.arch, KNOWN_X86_FEATURES
+                        target.arch,
+                        known_features()
                     ),
                 });
             }
@@ -1289,10 +1294,30 @@ fn cpu_has(feature: &str) -> Option<bool> {
     })
 }
 
-/// No CPU feature names are known off x86-64.
-#[cfg(not(target_arch = "x86_64"))]
+/// Whether this CPU has `feature`; `None` for a name this runtime does not know.
+#[cfg(target_arch = "aarch64")]
+fn cpu_has(feature: &str) -> Option<bool> {
+    Some(match feature {
+        "neon" => std::arch::is_aarch64_feature_detected!("neon"),
+        "fp16" => std::arch::is_aarch64_feature_detected!("fp16"),
+        "dotprod" => std::arch::is_aarch64_feature_detected!("dotprod"),
+        _ => return None,
+    })
+}
+
+/// No CPU feature names are known off x86-64 and aarch64.
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 fn cpu_has(_feature: &str) -> Option<bool> {
     None
+}
+
+/// The feature names this runtime knows for its own architecture.
+fn known_features() -> &'static [&'static str] {
+    match std::env::consts::ARCH {
+        "x86_64" => KNOWN_X86_FEATURES,
+        "aarch64" => KNOWN_AARCH64_FEATURES,
+        _ => &[],
+    }
 }
 
 #[cfg(test)]

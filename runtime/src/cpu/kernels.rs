@@ -7,7 +7,9 @@
 //! convolution weight layout ([`pack_conv_weights`]); the scratch each kernel needs
 //! ([`conv_scratch_bytes`], ...); and the consistency checks a loader runs on every descriptor
 //! before it runs a model ([`validate_conv`], ...). Two variants of every kernel exist: a portable
-//! one (plain loops) and, on x86-64, an AVX2+FMA one picked by [`kernel_table`] at run time.
+//! one (plain loops) and, on x86-64, an AVX2+FMA one (on aarch64 a NEON one) picked by
+//! [`kernel_table`] at run time. `SPARSEC_KERNELS=portable` in the environment (read once) makes
+//! every table portable, to compare the two on a machine.
 //!
 //! Must not parse anything (the loader owns `model.bin`), must not allocate inside a kernel, and a
 //! kernel must never panic (a panic across `extern "C"` aborts): a kernel re-checks the cheap,
@@ -77,9 +79,37 @@ const WEIGHT_ALIGN: u64 = 64;
 // Public API: tables, packing, scratch sizes, validation.
 // ---------------------------------------------------------------------------------------------
 
-/// The kernel table for this CPU: AVX2+FMA variants when `is_x86_feature_detected!` says so, else
-/// portable ones. Function pointers as `usize`, in `abi::KERNEL_*` order.
+/// Whether `SPARSEC_KERNELS=portable` asks for the portable kernels only (read once).
+fn forced_portable() -> bool {
+    static FORCED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FORCED.get_or_init(|| std::env::var_os("SPARSEC_KERNELS").is_some_and(|v| v == "portable"))
+}
+
+/// The name of the kernels [`kernel_table`] picks on this CPU: `"avx2"`, `"neon"` or
+/// `"portable"`.
+pub fn kernel_variant() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    if avx2::available() {
+        return "avx2";
+    }
+    #[cfg(target_arch = "aarch64")]
+    if neon::available() {
+        return "neon";
+    }
+    "portable"
+}
+
+/// The kernel table for this CPU: AVX2+FMA variants when `is_x86_feature_detected!` says so,
+/// NEON convolutions on aarch64 (pooling and the linear layer are the portable code, which is
+/// NEON code there), else portable ones. Function pointers as `usize`, in `abi::KERNEL_*`
+/// order.
 pub fn kernel_table() -> [usize; abi::KERNEL_COUNT] {
+    #[cfg(target_arch = "aarch64")]
+    if neon::available() {
+        let mut t = portable_kernel_table();
+        t[abi::KERNEL_CONV] = conv2d_neon as abi::ConvKernel as usize;
+        return t;
+    }
     #[cfg(target_arch = "x86_64")]
     if avx2::available() {
         let mut t = [0; abi::KERNEL_COUNT];
@@ -1450,6 +1480,36 @@ pub unsafe extern "C" fn linear_avx2(
 }
 
 // ---------------------------------------------------------------------------------------------
+// NEON entry point (aarch64). Checks the CPU itself and falls back to the portable kernel.
+// ---------------------------------------------------------------------------------------------
+
+/// NEON convolution ([`abi::ConvKernel`]); the portable one on a CPU without NEON (or with
+/// `SPARSEC_KERNELS=portable`).
+///
+/// # Safety
+/// The kernel contract (module doc).
+#[cfg(target_arch = "aarch64")]
+pub unsafe extern "C" fn conv2d_neon(
+    desc: *const ConvDesc,
+    pieces: *const Piece,
+    out: *mut f32,
+    weights: *const u8,
+    scratch: *mut u8,
+) -> i32 {
+    // SAFETY: the kernel contract, forwarded.
+    let Some(mut a) = (unsafe { conv_args(desc, pieces, out, weights, scratch) }) else {
+        return abi::STATUS_BAD_DESCRIPTOR;
+    };
+    if neon::available() {
+        // SAFETY: the CPU has NEON (checked just above).
+        unsafe { neon::conv(&mut a, 0, 1) };
+    } else {
+        conv_portable_body(&mut a, 0, 1);
+    }
+    abi::STATUS_OK
+}
+
+// ---------------------------------------------------------------------------------------------
 // Team entry points: the context is a `Team` (the session's threads). A convolution's output is
 // split between the members; pooling and the linear layer are small and run on the caller.
 // ---------------------------------------------------------------------------------------------
@@ -1459,6 +1519,8 @@ pub use team::kernel_table_team;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 
 #[cfg(test)]
 mod tests;

@@ -693,7 +693,8 @@ fn target_checks() {
     };
     assert!(matches!(
         check_target(&other),
-        Err(LoadError::Target { .. })
+        Err(LoadError::Architecture { file, machine })
+            if file == "mips-of-the-future" && machine == std::env::consts::ARCH
     ));
     let here = |features: &[&str]| Target {
         backend: Backend::Cpu,
@@ -717,6 +718,45 @@ fn target_checks() {
             }
         }
     }
+}
+
+/// The architecture this runtime is not built for, among the two sparsec compiles for.
+fn foreign_arch() -> &'static str {
+    if std::env::consts::ARCH == "aarch64" {
+        "x86_64"
+    } else {
+        "aarch64"
+    }
+}
+
+/// A CPU model.bin compiled for the other architecture (x86-64 on aarch64 and the reverse) is
+/// refused by the loader, data-only or native, with an error naming both architectures and
+/// the target to recompile for.
+#[test]
+fn a_model_for_the_other_architecture_is_refused() {
+    let (mut m, data) = sample();
+    m.cuda = None;
+    m.target.arch = foreign_arch().into();
+    m.target.features = vec![];
+    let bytes = build(&m, &data);
+    assert!(ModelFile::parse(&bytes).is_ok(), "the file itself is valid");
+    for allow_unsigned_code in [false, true] {
+        let options = crate::LoadOptions {
+            allow_unsigned_code,
+            ..crate::LoadOptions::default()
+        };
+        let e = crate::Model::from_bytes_with(&bytes, &options).map(|_| ());
+        let Err(e @ LoadError::Architecture { .. }) = e else {
+            panic!("native {allow_unsigned_code}: {e:?}");
+        };
+        let text = e.to_string();
+        assert!(text.contains(foreign_arch()), "{text}");
+        assert!(text.contains(std::env::consts::ARCH), "{text}");
+        assert!(text.contains("--target cpu"), "{text}");
+    }
+    // The same file for this machine's architecture passes the target check.
+    m.target.arch = std::env::consts::ARCH.into();
+    assert!(check_target(&m.target).is_ok());
 }
 
 #[test]

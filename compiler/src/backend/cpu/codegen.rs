@@ -7,8 +7,11 @@
 //! first non-zero status tagged with its step: `(step + 1) * 256 + status`. It reaches nothing else: no direct calls, no data outside its
 //! arguments, so the code carries no relocations (asserted) and runs wherever it is mapped.
 //!
-//! The ISA is baseline x86-64 (no host features): the driver is integer code, and the kernels
-//! pick AVX2/FMA themselves at run time, so one model.bin serves every x86-64 CPU.
+//! The ISA is baseline x86-64 or baseline aarch64 ([`CpuArch`], no host features, whatever the
+//! host: cross compilation is a flag): the driver is integer code, and the kernels pick
+//! AVX2/FMA or NEON themselves at run time, so one model.bin serves every CPU of its
+//! architecture. Both use the platform's C calling convention (System V on x86-64, AAPCS64 on
+//! aarch64: Cranelift's `SystemV` on either), as the runtime's `extern "C"` kernels do.
 //! Must not know about the IR: it sees only [`CallPlan`]s.
 
 use super::super::BackendError;
@@ -41,16 +44,45 @@ pub struct CallPlan {
     pub pieces: Vec<(BufferRef, u64)>,
 }
 
+/// The machine architecture the forward function is compiled for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum CpuArch {
+    /// x86-64 (baseline: SSE2).
+    #[default]
+    X86_64,
+    /// 64-bit ARM (baseline ARMv8-A: NEON is part of it).
+    Aarch64,
+}
+
+impl CpuArch {
+    /// The name model.bin records, `std::env::consts::ARCH` of the machines it runs on.
+    pub fn name(self) -> &'static str {
+        match self {
+            CpuArch::X86_64 => "x86_64",
+            CpuArch::Aarch64 => "aarch64",
+        }
+    }
+
+    /// The architecture of the machine this compiler runs on, if it can compile for it.
+    pub fn host() -> Option<CpuArch> {
+        match std::env::consts::ARCH {
+            "x86_64" => Some(CpuArch::X86_64),
+            "aarch64" => Some(CpuArch::Aarch64),
+            _ => None,
+        }
+    }
+}
+
 /// The compiled forward function.
 #[derive(Clone, Debug)]
 pub struct Compiled {
     pub code: Vec<u8>,
-    /// Features the code needs (none beyond baseline x86-64).
+    /// Features the code needs (none beyond the architecture's baseline).
     pub features: Vec<String>,
     pub arch: String,
 }
 
-fn isa() -> Result<OwnedTargetIsa, BackendError> {
+fn isa(arch: CpuArch) -> Result<OwnedTargetIsa, BackendError> {
     let mut flags = settings::builder();
     let set = |f: &mut settings::Builder, k: &str, v: &str| {
         f.set(k, v)
@@ -60,16 +92,17 @@ fn isa() -> Result<OwnedTargetIsa, BackendError> {
     set(&mut flags, "is_pic", "true")?;
     set(&mut flags, "enable_probestack", "true")?;
     set(&mut flags, "probestack_strategy", "inline")?;
-    let builder = cranelift_codegen::isa::lookup_by_name("x86_64")
-        .map_err(|e| BackendError::Cranelift(format!("x86_64 backend: {e}")))?;
+    let name = arch.name();
+    let builder = cranelift_codegen::isa::lookup_by_name(name)
+        .map_err(|e| BackendError::Cranelift(format!("{name} backend: {e}")))?;
     builder
         .finish(settings::Flags::new(flags))
         .map_err(|e| BackendError::Cranelift(format!("building the ISA: {e}")))
 }
 
-/// Compiles the forward function for a list of calls.
-pub fn compile(calls: &[CallPlan]) -> Result<Compiled, BackendError> {
-    let isa = isa()?;
+/// Compiles the forward function for a list of calls, for `arch`.
+pub fn compile(calls: &[CallPlan], arch: CpuArch) -> Result<Compiled, BackendError> {
+    let isa = isa(arch)?;
     let ptr = types::I64;
     let call_conv = CallConv::SystemV;
     let mut sig = Signature::new(call_conv);
@@ -206,6 +239,6 @@ pub fn compile(calls: &[CallPlan]) -> Result<Compiled, BackendError> {
     Ok(Compiled {
         code: compiled.code_buffer().to_vec(),
         features: Vec::new(),
-        arch: "x86_64".into(),
+        arch: arch.name().into(),
     })
 }

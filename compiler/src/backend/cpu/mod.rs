@@ -13,6 +13,7 @@ use super::BackendError;
 use super::descriptors::{self, Placed, Section};
 use super::steps;
 use crate::plan::memory::MemoryPlan;
+pub use codegen::CpuArch;
 use codegen::{BufferRef, CallPlan};
 use ir::op::Access;
 use ir::{Graph, NodeId, Op, ParamId};
@@ -146,6 +147,9 @@ pub struct CpuProgram {
     pub consts: Vec<u8>,
     pub steps: Vec<Step>,
     pub code: codegen::Compiled,
+    /// The kernel calls `code` was compiled from (to compile them again for another
+    /// architecture, [`retarget`]).
+    pub calls: Vec<CallPlan>,
     pub scratch_bytes: u64,
     /// Every convolution's kernel, in schedule order.
     pub convs: Vec<ConvChoice>,
@@ -200,6 +204,17 @@ pub fn compile_with(
     options: &CpuOptions,
 ) -> Result<CpuProgram, BackendError> {
     compile_reusing(graph, plan, options, &mut None)
+}
+
+/// `program` with its forward function compiled for `arch` instead: weights, descriptors and
+/// steps are the same on every architecture (the runtime's kernels read them), only the code
+/// that calls the kernels differs. How cross compilation works: the kernel choice is made
+/// (and measured) with host code, then the calls are compiled for the target.
+pub fn retarget(program: &mut CpuProgram, arch: CpuArch) -> Result<(), BackendError> {
+    if program.code.arch != arch.name() {
+        program.code = codegen::compile(&program.calls, arch)?;
+    }
+    Ok(())
 }
 
 /// Machine code compiled for one list of kernel calls, kept to be reused by the next compile
@@ -306,8 +321,10 @@ pub fn compile_reusing(
     let code = match cache {
         Some((cached_calls, code)) if *cached_calls == calls => code.clone(),
         _ => {
-            let code = codegen::compile(&calls)?;
-            *cache = Some((calls, code.clone()));
+            // Candidates are measured by running them here: host code (x86-64 off the two
+            // architectures sparsec knows, as before cross compilation existed).
+            let code = codegen::compile(&calls, CpuArch::host().unwrap_or_default())?;
+            *cache = Some((calls.clone(), code.clone()));
             code
         }
     };
@@ -316,6 +333,7 @@ pub fn compile_reusing(
         consts: l.consts.bytes,
         steps,
         code,
+        calls,
         scratch_bytes: scratch,
         convs,
     })

@@ -5,8 +5,8 @@
 //! Must not validate or allocate: every slice it touches was checked by the caller.
 
 use super::{
-    CONV_OC_BLOCK, ConvArgs, ConvGeom, LANES, LinearArgs, PoolArgs, linear_body, pack_band,
-    pool_body, winograd,
+    CONV_OC_BLOCK, ConvArgs, ConvGeom, LANES, LinearArgs, PoolArgs, forced_portable, linear_body,
+    pack_band, pool_body, winograd,
 };
 use std::arch::x86_64::*;
 
@@ -23,7 +23,7 @@ const TAPS_STRIDED: u8 = 2;
 const TAPS_3WIDE: u8 = 3;
 
 pub(super) fn available() -> bool {
-    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && !forced_portable()
 }
 
 #[target_feature(enable = "avx2,fma")]

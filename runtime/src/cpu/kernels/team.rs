@@ -80,12 +80,19 @@ fn best_linear() -> abi::LinearKernel {
     return linear_portable;
 }
 
-/// Part `part` of `parts` of a convolution, with AVX2+FMA where the CPU has them.
+/// Part `part` of `parts` of a convolution, with AVX2+FMA (x86-64) or NEON (aarch64) where the
+/// CPU has them.
 fn conv_part(a: &mut ConvArgs<'_>, part: usize, parts: usize) {
     #[cfg(target_arch = "x86_64")]
     if avx2::available() {
         // SAFETY: the CPU has AVX2 and FMA (checked just above).
         unsafe { avx2::conv(a, part, parts) };
+        return;
+    }
+    #[cfg(target_arch = "aarch64")]
+    if neon::available() {
+        // SAFETY: the CPU has NEON (checked just above).
+        unsafe { neon::conv(a, part, parts) };
         return;
     }
     conv_portable_body(a, part, parts);

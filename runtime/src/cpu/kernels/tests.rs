@@ -56,15 +56,16 @@ impl Rng {
 }
 
 /// The kernel tables under test, named: the portable one always, and the detected one (the
-/// AVX2 one where the CPU has it). Never empty, so no test can pass by skipping.
+/// AVX2 one where the CPU has it, the NEON one on aarch64). Never empty, so no test can pass by
+/// skipping.
 fn tables() -> Vec<(&'static str, [usize; abi::KERNEL_COUNT])> {
     let portable = portable_kernel_table();
     let detected = kernel_table();
     if detected == portable {
-        eprintln!("note: no AVX2+FMA on this CPU: only the portable kernels run");
+        eprintln!("note: no AVX2+FMA or NEON kernels on this CPU: only the portable kernels run");
         vec![("portable", portable)]
     } else {
-        vec![("portable", portable), ("avx2", detected)]
+        vec![("portable", portable), (kernel_variant(), detected)]
     }
 }
 
