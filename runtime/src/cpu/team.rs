@@ -16,7 +16,9 @@
 //! Under contention (another process on the cores, so a worker is descheduled for a
 //! scheduler time slice inside a part) the caller measures what helping costs: a job in
 //! which it waited for a worker's part longer than it worked itself would have been as fast
-//! on the caller alone, so the team runs the next jobs on the caller alone (64, doubling each
+//! on the caller alone, and so would a job during which the caller itself was descheduled for
+//! long (its worker spinning or running beside it makes one thread too many for the cores
+//! left), so the team runs the next jobs on the caller alone (64, doubling each
 //! time it happens again, up to 4096, shrinking by one per job the workers helped with)
 //! before it offers parts to its workers again.
 //!
@@ -55,6 +57,21 @@ const SOLO_MAX: u32 = 4096;
 /// Waiting this long (or less) for workers never counts against them: a worker that is
 /// running finishes its part within about that much of the caller.
 const WAIT_SLACK: Duration = Duration::from_micros(20);
+
+/// Time the caller may lose to the scheduler in one job (beyond a quarter of the job) before
+/// the job counts as contended.
+const LOST_SLACK: Duration = Duration::from_micros(200);
+
+/// The calling thread's CPU time, if the OS reports it.
+fn thread_cpu_time() -> Option<Duration> {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid, writable timespec; the clock id is a constant the OS knows.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    (rc == 0).then(|| Duration::new(t.tv_sec as u64, t.tv_nsec as u32))
+}
 
 /// Worker threads of every team in the process.
 static WORKERS_IN_USE: AtomicUsize = AtomicUsize::new(0);
@@ -336,6 +353,7 @@ impl Team {
             t.unpark();
         }
         let started = Instant::now();
+        let cpu_started = thread_cpu_time();
         let mut mine = 0usize;
         let result = catch_unwind(AssertUnwindSafe(|| {
             while let Some(part) = claim(&s.claims, 0, s.members) {
@@ -360,8 +378,15 @@ impl Team {
                 thread::yield_now();
             }
         }
-        let waited = started.elapsed().saturating_sub(worked);
-        if waited > worked + WAIT_SLACK {
+        let wall = started.elapsed();
+        let waited = wall.saturating_sub(worked);
+        // Time the caller was descheduled during the job: with a worker spinning or running
+        // beside it, the threads outnumber the cores left to us, and the caller alone is faster.
+        let lost = match (cpu_started, thread_cpu_time()) {
+            (Some(a), Some(b)) => wall.saturating_sub(b.saturating_sub(a)),
+            _ => Duration::ZERO,
+        };
+        if waited > worked + WAIT_SLACK || lost > wall / 4 + LOST_SLACK {
             // Alone, the caller would have finished the workers' parts sooner than it waited.
             let next = self.solo_next.load(Ordering::Relaxed);
             self.solo_left.store(next, Ordering::Relaxed);
