@@ -67,16 +67,23 @@ pub fn read(path: &Path) -> Result<Array, TensorIoError> {
         path: p.clone(),
         reason,
     };
+    parse(kind, &bytes).map_err(fail)
+}
+
+/// The array a tensor file's bytes hold (`kind` as [`read`] picks it): the reason it cannot be
+/// read otherwise. Untrusted bytes (fuzzed: `tests/src/fuzz_entry.rs`) give an error, never a
+/// panic or an allocation beyond what they hold.
+pub fn parse(kind: FileKind, bytes: &[u8]) -> Result<Array, String> {
     if kind == FileKind::Npy {
-        return read_npy(&bytes).map_err(fail);
+        return read_npy(bytes);
     }
-    let tensors = crate::weights::load_tensors(&bytes).map_err(|e| fail(e.to_string()))?;
+    let tensors = crate::weights::load_tensors(bytes).map_err(|e| e.to_string())?;
     let chosen = match tensors.iter().find(|t| t.0 == "input") {
         Some(t) => t,
         None if tensors.len() == 1 => &tensors[0],
         None => {
             let names: Vec<&str> = tensors.iter().map(|t| t.0.as_str()).collect();
-            return Err(fail(format!("no tensor named `input` among {names:?}")));
+            return Err(format!("no tensor named `input` among {names:?}"));
         }
     };
     Ok(Array {
@@ -318,7 +325,8 @@ impl Cursor<'_> {
     }
 }
 
-fn write_npy(array: &Array) -> Vec<u8> {
+/// An array as `.npy` bytes (version 1.0, little-endian float32, C order).
+pub fn write_npy(array: &Array) -> Vec<u8> {
     let dims: Vec<String> = array.shape.iter().map(|d| d.to_string()).collect();
     let shape = if dims.len() == 1 {
         format!("({},)", dims[0])

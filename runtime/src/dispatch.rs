@@ -178,13 +178,22 @@ impl Model {
             .collect()
     }
 
-    /// A session: one caller's working memory. On the CPU it runs on every core
-    /// ([`crate::default_threads`]). Cheap: threads and memory come with the first `run`.
+    /// A session: one caller's working memory. On the CPU it runs on up to
+    /// [`crate::default_threads`] threads: the caller's, plus as many of its own as the
+    /// process-wide budget (the cores, less one) leaves free when it first runs, so sessions
+    /// side by side share the cores rather than each taking all of them. Cheap: threads and
+    /// memory come with the first `run`.
     pub fn session(&self) -> Session<'_> {
-        self.session_with_threads(crate::default_threads())
+        Session {
+            inner: match &self.inner {
+                Inner::Cpu(m) => SessionInner::Cpu(m.session_within_budget()),
+                Inner::Cuda(m) => SessionInner::Cuda(m.session()),
+            },
+        }
     }
 
-    /// A session running on `threads` CPU threads (the caller's plus `threads - 1` of its own).
+    /// A session running on `threads` CPU threads (the caller's plus `threads - 1` of its own),
+    /// whatever other sessions use (they count against the budget of [`Model::session`]).
     /// A CUDA model ignores `threads`.
     pub fn session_with_threads(&self, threads: usize) -> Session<'_> {
         Session {

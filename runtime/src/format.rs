@@ -627,8 +627,10 @@ fn assemble(manifest: &[u8], data: &[u8]) -> Vec<u8> {
 
 /// Recomputes and stores the checksum of a buffer of at least [`HEADER_BYTES`] bytes (does
 /// nothing to a shorter one): over the sealed bytes, i.e. all but the trailer its header
-/// declares (all of it if that length is larger than the buffer).
-pub(crate) fn seal(bytes: &mut [u8]) {
+/// declares (all of it if that length is larger than the buffer). Public because the checksum
+/// is no secret: anyone can reseal an edited file (the fuzz targets and the trust tests do),
+/// so it catches accidents, never attacks.
+pub fn seal(bytes: &mut [u8]) {
     let trailer = bytes
         .first_chunk::<HEADER_BYTES>()
         .map_or(0, |h| le_u32(h, AT_TRAILER_LEN) as usize);

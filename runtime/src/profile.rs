@@ -11,7 +11,7 @@ use crate::cpu::exec::Session;
 use crate::cpu::schedule::{Kernels, Operands};
 use crate::error::RunError;
 use crate::format::{Manifest, StepDesc, StepKind};
-use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::time::Instant;
 
 /// What a step is, for reports.
@@ -199,12 +199,11 @@ impl Session<'_> {
             }
             1.0
         } else {
-            let next = AtomicUsize::new(0);
             let in_at = in_buf.offset_per_image as usize;
-            let ok = team.run(&|member| {
-                loop {
-                    let image = next.fetch_add(1, Ordering::Relaxed);
-                    if image >= batch || failed.load(Ordering::Relaxed) != abi::STATUS_OK {
+            let parts = batch.min(crate::cpu::team::MAX_PARTS);
+            let ok = team.run(parts, &|member, part| {
+                for image in part * batch / parts..(part + 1) * batch / parts {
+                    if failed.load(Ordering::Relaxed) != abi::STATUS_OK {
                         break;
                     }
                     let arena = team.arena(member);

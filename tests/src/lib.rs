@@ -3,6 +3,8 @@
 //!
 //! Must not hold assertions of its own: the suites decide what they check.
 
+pub mod fuzz_entry;
+
 use anyhow::{Result, ensure};
 use ir::interp::{self, Tensor};
 

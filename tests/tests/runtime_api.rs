@@ -217,3 +217,27 @@ proptest! {
         prop_assert!(Model::from_bytes(&bytes).is_err());
     }
 }
+
+/// Default sessions share one process-wide budget of worker threads (the cores less one): a
+/// second session beside a running one gets only the workers left, and the results are the
+/// same bits. (Other tests' sessions may hold workers too, so only the sum is bounded.)
+#[test]
+fn default_sessions_share_the_process_thread_budget() {
+    let model = Model::from_bytes(model_bytes()).expect("loads");
+    let x = input(1);
+    let mut a = model.session();
+    let want = a.run(&x, 1).expect("runs").to_vec();
+    let mut b = model.session();
+    let got = b.run(&x, 1).expect("runs").to_vec();
+    assert_eq!(want, got);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert!(
+        a.threads() + b.threads() <= cores + 1,
+        "{} + {} threads on {cores} cores",
+        a.threads(),
+        b.threads()
+    );
+    drop(a);
+    let mut c = model.session();
+    assert_eq!(c.run(&x, 1).expect("runs"), &want[..]);
+}

@@ -12,10 +12,10 @@ use crate::aligned::AlignedBytes;
 use crate::cpu::code::ExecutableCode;
 use crate::cpu::kernels;
 use crate::cpu::schedule::{Kernels, Operands, Schedule};
-use crate::cpu::team::Team;
+use crate::cpu::team::{MAX_PARTS, Team};
 use crate::error::{LoadError, RunError};
 use crate::format::{self, Backend, Manifest, ModelFile, StepDesc, TensorSpec};
-use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI32, Ordering};
 
 /// A loaded model: validated manifest, weights and constants in aligned memory, and either the
 /// generated code mapped read+execute (only when the caller allowed it, [`crate::LoadOptions`]) or
@@ -176,7 +176,18 @@ impl Model {
             arena: AlignedBytes::zeroed(0),
             output: Vec::new(),
             threads: threads.max(1),
+            within_budget: false,
             team: None,
+        }
+    }
+
+    /// A session on up to [`default_threads`] threads: the caller's plus as many of its own as
+    /// the process-wide worker budget leaves free when it starts (`cpu::team`), so sessions
+    /// side by side share the cores rather than each taking all of them.
+    pub fn session_within_budget(&self) -> Session<'_> {
+        Session {
+            within_budget: true,
+            ..self.session_with_threads(default_threads())
         }
     }
 }
@@ -267,8 +278,8 @@ pub fn default_threads() -> usize {
 /// One caller's working memory for a [`Model`]: a [`Team`] of threads, each with a one-image
 /// arena and kernel scratch, a batch arena and the output.
 ///
-/// A batch of at least as many images as threads is tiled by images: each thread takes the
-/// next image, copies it into its own one-image arena, runs the whole forward pass on it
+/// A batch of at least as many images as threads is tiled by images: each thread claims the
+/// next range of images (`Team::run`), copies each into its own one-image arena, runs the whole forward pass on it
 /// (its activations stay in that core's cache) and copies the output out. The plan may reuse
 /// bytes between buffers that are not live at the same step, so two images at different steps
 /// must never share an arena. A smaller batch runs in the batch arena, each convolution split
@@ -278,6 +289,8 @@ pub struct Session<'m> {
     pub(crate) arena: AlignedBytes,
     output: Vec<f32>,
     threads: usize,
+    /// Take the threads beyond the caller's from the process-wide budget (up to `threads`).
+    within_budget: bool,
     pub(crate) team: Option<Team>,
 }
 
@@ -323,7 +336,12 @@ impl Session<'_> {
     pub(crate) fn start_team(&mut self) -> Result<(), RunError> {
         if self.team.is_none() {
             let m = &self.model.manifest;
-            let team = Team::new(
+            let new: fn(usize, usize, usize) -> std::io::Result<Team> = if self.within_budget {
+                Team::within_budget
+            } else {
+                Team::new
+            };
+            let team = new(
                 self.threads,
                 m.arena_bytes_per_image as usize,
                 m.scratch_bytes as usize,
@@ -341,9 +359,10 @@ impl Session<'_> {
         Ok(())
     }
 
-    /// The threads this session runs on.
+    /// The threads this session runs on: once it has run, its team's; before, the most it
+    /// will take.
     pub fn threads(&self) -> usize {
-        self.threads
+        self.team.as_ref().map_or(self.threads, Team::size)
     }
 
     /// Runs a batch: `input` holds `batch` images in NCHW order (`batch * C * H * W` floats).
@@ -477,9 +496,10 @@ impl Session<'_> {
             in_buf.offset_per_image as usize,
             out_buf.offset_per_image as usize,
         );
-        let next = AtomicUsize::new(0);
         let failed = AtomicI32::new(abi::STATUS_OK);
-        let ok = team.run(&|member| {
+        // Contiguous image ranges, claimed by whichever member is free.
+        let parts = batch.min(MAX_PARTS);
+        let ok = team.run(parts, &|member, part| {
             let arena = team.arena(member);
             let args = args.map(|args| ForwardArgs {
                 arena: arena as usize,
@@ -489,9 +509,8 @@ impl Session<'_> {
                 weights: weights_at as *const u8,
                 consts: consts_at as *const u8,
             };
-            loop {
-                let image = next.fetch_add(1, Ordering::Relaxed);
-                if image >= batch || failed.load(Ordering::Relaxed) != abi::STATUS_OK {
+            for image in part * batch / parts..(part + 1) * batch / parts {
+                if failed.load(Ordering::Relaxed) != abi::STATUS_OK {
                     break;
                 }
                 let src = &input[image * per_image..][..per_image];

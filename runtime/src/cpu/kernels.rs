@@ -56,9 +56,9 @@
 //! the group's weights stay in L1 and a tile's input is read from L2 once per group.
 
 use crate::abi::{self, ConvDesc, LinearDesc, Piece, PoolDesc};
-use crate::cpu::team::Team;
+use crate::cpu::team::{MAX_PARTS, Team};
 use std::slice;
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, Ordering};
 
 mod winograd;
 

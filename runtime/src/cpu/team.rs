@@ -1,28 +1,46 @@
-//! [`Team`]: the threads of one session, for fork-join parallelism without allocation.
+//! [`Team`]: the threads of one session, for fork-join parallelism without allocation, and
+//! the process-wide budget of worker threads that every session's team draws from.
 //!
 //! A team of `n` members is the calling thread (member 0) plus `n - 1` persistent worker
 //! threads, each member with its own memory: an arena for one image and kernel scratch.
-//! [`Team::run`] offers one job to every member and returns when the caller has run it and
-//! every worker that joined has finished; the job is borrowed, never boxed, so running
-//! allocates nothing. A worker that has not joined by the time the caller finishes never does
-//! (the job is closed), so a worker descheduled by another process costs the caller nothing:
-//! jobs must hand out their work dynamically (members claim parts from a counter), so that the
-//! caller alone can do all of it. Between jobs a worker spins briefly (a batch-1 forward pass forks once per
-//! convolution, microseconds apart) and then parks, so an idle session costs no CPU.
+//! [`Team::run`] splits a job into at most [`MAX_PARTS`] parts; the caller and the workers
+//! alike claim parts (each member its own parts first, so the same member runs the same part
+//! in every layer and its activations stay in its core's cache, then anyone's from the end).
+//! The caller returns once every part is done, and it waits only for parts that a worker has
+//! claimed and is running: a worker that has not started yet when the caller runs out of
+//! parts never holds it up, and the parts it would have run are the caller's. The job is
+//! borrowed, never boxed, so running allocates nothing. Between jobs a worker spins briefly
+//! (a batch-1 forward pass forks once per convolution, microseconds apart) and then parks, so
+//! an idle session costs no CPU.
 //!
-//! Must not know about models or kernels: the session decides what the members do (disjoint
+//! Under contention (another process on the cores, so a worker is descheduled for a
+//! scheduler time slice inside a part) the caller measures what helping costs: a job in
+//! which it waited for a worker's part longer than it worked itself would have been as fast
+//! on the caller alone, and so would a job during which the caller itself was descheduled for
+//! long (its worker spinning or running beside it makes one thread too many for the cores
+//! left), so the team runs the next jobs on the caller alone (64, doubling each
+//! time it happens again, up to 4096, shrinking by one per job the workers helped with)
+//! before it offers parts to its workers again.
+//!
+//! Worker threads are counted process-wide ([`WorkerLease`]): a session that takes the default
+//! thread count gets at most the cores not already taken by other sessions' workers.
+//!
+//! Must not know about models or kernels: the session decides what the parts are (disjoint
 //! image ranges, or disjoint parts of one kernel's output).
 
 use crate::aligned::AlignedBytes;
 use std::cell::UnsafeCell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::thread::{self, JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
-/// Spin iterations the caller waits for joined workers before it yields.
-const SPINS: u32 = 1 << 15;
+/// The most parts one job has (one claim bit each in a 32-bit mask).
+pub const MAX_PARTS: usize = 32;
+
+/// Spin iterations the caller waits for a running part before it yields.
+const SPINS: u32 = 1 << 12;
 
 /// How long a worker spins for the next job before it parks. A batch-1 forward pass offers a
 /// job per convolution, with a pool or a small layer on the caller alone in between (tens of
@@ -30,38 +48,156 @@ const SPINS: u32 = 1 << 15;
 /// misses the next layers' jobs.
 const SPIN_TIME: Duration = Duration::from_millis(2);
 
+/// Jobs the caller runs alone after one in which waiting for workers cost more than their
+/// help, the first time; doubled each time it happens again, up to [`SOLO_MAX`], and one job
+/// shorter after each job the workers helped with.
+const SOLO_MIN: u32 = 64;
+const SOLO_MAX: u32 = 4096;
+
+/// Waiting this long (or less) for workers never counts against them: a worker that is
+/// running finishes its part within about that much of the caller.
+const WAIT_SLACK: Duration = Duration::from_micros(20);
+
+/// Time the caller may lose to the scheduler in one job (beyond a quarter of the job) before
+/// the job counts as contended.
+const LOST_SLACK: Duration = Duration::from_micros(200);
+
+/// The calling thread's CPU time, if the OS reports it.
+fn thread_cpu_time() -> Option<Duration> {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid, writable timespec; the clock id is a constant the OS knows.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    (rc == 0).then(|| Duration::new(t.tv_sec as u64, t.tv_nsec as u32))
+}
+
+/// Worker threads of every team in the process.
+static WORKERS_IN_USE: AtomicUsize = AtomicUsize::new(0);
+
+/// Worker threads all sessions that take the default thread count may share: the cores
+/// `available_parallelism` reports, less one (every session's caller runs too).
+pub fn worker_budget() -> usize {
+    thread::available_parallelism().map_or(1, |n| n.get()) - 1
+}
+
+/// Worker threads in use by every team of the process now.
+#[cfg(test)]
+fn workers_in_use() -> usize {
+    WORKERS_IN_USE.load(Ordering::Relaxed)
+}
+
+/// A count of worker threads taken from the process-wide count; given back on drop.
+#[derive(Debug)]
+pub struct WorkerLease {
+    workers: usize,
+}
+
+impl WorkerLease {
+    /// Exactly `workers`, whatever the budget says (an explicit thread count).
+    pub fn exact(workers: usize) -> WorkerLease {
+        WORKERS_IN_USE.fetch_add(workers, Ordering::Relaxed);
+        WorkerLease { workers }
+    }
+
+    /// Up to `workers`, as many as `budget` leaves free (perhaps none).
+    pub fn within(workers: usize, budget: usize) -> WorkerLease {
+        let mut taken = 0;
+        let _ = WORKERS_IN_USE.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+            taken = workers.min(budget.saturating_sub(used));
+            Some(used + taken)
+        });
+        WorkerLease { workers: taken }
+    }
+
+    /// The worker threads this lease allows.
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+}
+
+impl Drop for WorkerLease {
+    fn drop(&mut self) {
+        WORKERS_IN_USE.fetch_sub(self.workers, Ordering::Relaxed);
+    }
+}
+
 /// A job as two thin pointers: the closure and a function that calls it.
 #[derive(Clone, Copy)]
 struct Job {
     data: *const (),
-    call: unsafe fn(*const (), usize),
+    call: unsafe fn(*const (), usize, usize),
 }
 
 /// # Safety
 /// `data` points to a live `F`.
-unsafe fn call_job<F: Fn(usize) + Sync>(data: *const (), member: usize) {
-    // SAFETY: `Team::run` stores a pointer to an `F` it borrows until every member is done.
+unsafe fn call_job<F: Fn(usize, usize) + Sync>(data: *const (), member: usize, part: usize) {
+    // SAFETY: `Team::run` stores a pointer to an `F` it borrows until every part is done.
     let f = unsafe { &*data.cast::<F>() };
-    f(member);
+    f(member, part);
+}
+
+/// The claim word: bits 0..32 the parts claimed (bits at and above the part count are set
+/// when a job is offered), bits 32..40 the part count. No bit clear: nothing to claim.
+const MASK_BITS: u64 = (1 << MAX_PARTS) - 1;
+
+fn parts_of(word: u64) -> usize {
+    ((word >> 32) & 0xff) as usize
+}
+
+/// The order in which member `member` of `members` claims the `parts` of a job: its own
+/// parts `member * per .. (member + 1) * per` first (`per = parts / members`, the rest to the
+/// last member), then everyone's from the end.
+fn preferred(member: usize, members: usize, parts: usize) -> impl Iterator<Item = usize> {
+    let per = (parts / members.max(1)).max(1);
+    let first = (member * per).min(parts);
+    let last = if member + 1 >= members {
+        parts
+    } else {
+        ((member + 1) * per).min(parts)
+    };
+    (first..last).chain((0..parts).rev())
+}
+
+/// Claims the first free part of the current job in `member`'s order, or `None` when every
+/// part is claimed. A successful claim is a part of the job offered at that moment.
+fn claim(claims: &AtomicU64, member: usize, members: usize) -> Option<usize> {
+    let mut word = claims.load(Ordering::Acquire);
+    loop {
+        if word & MASK_BITS == MASK_BITS {
+            return None;
+        }
+        let part = preferred(member, members, parts_of(word)).find(|&p| word & (1 << p) == 0)?;
+        match claims.compare_exchange_weak(
+            word,
+            word | (1 << part),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => return Some(part),
+            Err(now) => word = now,
+        }
+    }
 }
 
 struct Shared {
-    /// The current job; written by `run` before it bumps `epoch`, read by workers after they
-    /// see the new epoch.
+    /// The current job; written by `run` while no part can be claimed (every bit of `claims`
+    /// set, every claimed part done), read by a worker after it claimed a part.
     job: UnsafeCell<Option<Job>>,
-    epoch: AtomicU64,
-    /// The epoch workers may still join (0: closed).
-    open: AtomicU64,
-    /// Workers inside the current job.
-    active: AtomicUsize,
-    /// A worker's job panicked (kernels never do; a bug, reported rather than hung on).
+    /// The claim word (see [`MASK_BITS`]).
+    claims: AtomicU64,
+    /// Parts of the current job done (by anyone).
+    done: AtomicUsize,
+    members: usize,
+    /// A worker's part panicked (kernels never do; a bug, reported rather than hung on).
     panicked: AtomicBool,
     stop: AtomicBool,
 }
 
-// SAFETY: `job` is written only by `Team::run` while no worker reads it (the previous job was
-// closed and `active` was 0) and read by workers only after joining the open epoch that `run`
-// released after the write. The job's closure is `Sync`.
+// SAFETY: `job` is written only by `Team::run` while no part can be claimed and no claimed
+// part is running, and read by workers only after a successful claim, which acquires the
+// release store that offered the job after the write. The job's closure is `Sync`.
 unsafe impl Sync for Shared {}
 // SAFETY: the raw pointers in `job` refer to a `Sync` closure (see above).
 unsafe impl Send for Shared {}
@@ -73,24 +209,56 @@ pub struct Team {
     /// Per member: `arena_bytes` (rounded up to 64) of arena, then `scratch_bytes` of scratch.
     memory: Vec<UnsafeCell<AlignedBytes>>,
     scratch_at: usize,
+    /// Jobs left to run on the caller alone, and the next such stretch (see the module doc).
+    solo_left: AtomicU32,
+    solo_next: AtomicU32,
+    _lease: WorkerLease,
 }
 
 // SAFETY: a member touches only its own memory cell (`arena(member)` and `scratch(member)` are
 // handed out to the member that runs with that index); everything else is atomics or immutable
-// after `new`.
+// after `new`. One job at a time: only the session that owns the team calls `run` (`cpu/mod.rs`).
 unsafe impl Sync for Team {}
 
 impl Team {
     /// A team of `members` (at least 1), each with an arena of `arena_bytes` and
-    /// `scratch_bytes` of scratch, both 64-byte aligned. Spawns `members - 1` threads.
+    /// `scratch_bytes` of scratch, both 64-byte aligned. Spawns `members - 1` threads, counted
+    /// in the process-wide count whatever the budget says.
     pub fn new(members: usize, arena_bytes: usize, scratch_bytes: usize) -> std::io::Result<Team> {
-        let members = members.max(1);
+        Team::with_lease(
+            WorkerLease::exact(members.max(1) - 1),
+            arena_bytes,
+            scratch_bytes,
+        )
+    }
+
+    /// A team of up to `members`: the caller plus as many workers as the process-wide budget
+    /// ([`worker_budget`]) leaves free, so that sessions side by side do not oversubscribe
+    /// the cores.
+    pub fn within_budget(
+        members: usize,
+        arena_bytes: usize,
+        scratch_bytes: usize,
+    ) -> std::io::Result<Team> {
+        Team::with_lease(
+            WorkerLease::within(members.max(1) - 1, worker_budget()),
+            arena_bytes,
+            scratch_bytes,
+        )
+    }
+
+    fn with_lease(
+        lease: WorkerLease,
+        arena_bytes: usize,
+        scratch_bytes: usize,
+    ) -> std::io::Result<Team> {
+        let members = lease.workers() + 1;
         let scratch_at = arena_bytes.div_ceil(64) * 64;
         let shared = Arc::new(Shared {
             job: UnsafeCell::new(None),
-            epoch: AtomicU64::new(0),
-            open: AtomicU64::new(0),
-            active: AtomicUsize::new(0),
+            claims: AtomicU64::new(u64::MAX),
+            done: AtomicUsize::new(0),
+            members,
             panicked: AtomicBool::new(false),
             stop: AtomicBool::new(false),
         });
@@ -114,6 +282,9 @@ impl Team {
                 })
                 .collect::<std::io::Result<_>>()?,
             scratch_at,
+            solo_left: AtomicU32::new(0),
+            solo_next: AtomicU32::new(SOLO_MIN),
+            _lease: lease,
         };
         for member in 1..members {
             let shared = Arc::clone(&shared);
@@ -145,36 +316,61 @@ impl Team {
         self.arena(member).wrapping_add(self.scratch_at)
     }
 
-    /// Offers `job(member)` to every member (member 0, the calling thread, always runs it) and
-    /// returns when the caller's call and every joined worker's call are done. Workers that
-    /// have not joined when the caller's call returns skip this job, so `job` must let any
-    /// subset of members do all the work. Returns false if a worker's job panicked.
-    pub fn run<F: Fn(usize) + Sync>(&self, job: &F) -> bool {
-        let workers = self.workers.len();
-        if workers == 0 {
-            job(0);
+    /// Runs `job(member, part)` once for every part `0..parts` (at most [`MAX_PARTS`]; more
+    /// are clamped) and returns when all are done. The caller (member 0) claims and runs parts
+    /// like the workers; it waits only for parts a worker claimed and is still running, so the
+    /// parts must be independent and any member may run any part. Returns false if a worker's
+    /// part panicked (a panic in the caller's part is resumed here, after the workers' parts
+    /// are done).
+    pub fn run<F: Fn(usize, usize) + Sync>(&self, parts: usize, job: &F) -> bool {
+        let parts = parts.min(MAX_PARTS);
+        if parts == 0 {
+            return true;
+        }
+        let solo = self.solo_left.load(Ordering::Relaxed);
+        if self.workers.is_empty() || parts == 1 || solo > 0 {
+            self.solo_left
+                .store(solo.saturating_sub(1), Ordering::Relaxed);
+            for part in 0..parts {
+                job(0, part);
+            }
             return true;
         }
         let s = &*self.shared;
-        // SAFETY: no worker reads `job` now: the previous `run` closed its job and waited for
-        // `active == 0`, and no worker joins a closed job.
+        // SAFETY: no part of a previous job can be claimed (every bit set) or is running (the
+        // previous `run` waited for `done`), so no worker reads `job` now.
         unsafe {
             *s.job.get() = Some(Job {
                 data: (job as *const F).cast(),
                 call: call_job::<F>,
             });
         }
-        let epoch = s.epoch.load(Ordering::Relaxed) + 1;
-        s.open.store(epoch, Ordering::SeqCst);
-        s.epoch.store(epoch, Ordering::Release);
+        s.done.store(0, Ordering::Relaxed);
+        let open = ((parts as u64) << 32) | (MASK_BITS & !((1u64 << parts) - 1));
+        // Offers the job: a worker's successful claim acquires this store (and so the job).
+        s.claims.store(open, Ordering::Release);
         for (_, t) in &self.workers {
             t.unpark();
         }
-        let mine = catch_unwind(AssertUnwindSafe(|| job(0)));
-        // Close the job, then wait for the workers inside it: it borrows from our caller.
-        s.open.store(0, Ordering::SeqCst);
+        let started = Instant::now();
+        let cpu_started = thread_cpu_time();
+        let mut mine = 0usize;
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            while let Some(part) = claim(&s.claims, 0, s.members) {
+                mine += 1; // counted first: a panicking part is done too
+                job(0, part);
+            }
+        }));
+        if result.is_err() {
+            // Claim what is left so that nobody starts it, and count it done.
+            while claim(&s.claims, 0, s.members).is_some() {
+                mine += 1;
+            }
+        }
+        let worked = started.elapsed();
+        // Wait for the parts workers claimed: the job borrows from our caller.
         let mut spins = 0u32;
-        while s.active.load(Ordering::SeqCst) != 0 {
+        while s.done.load(Ordering::Acquire) + mine < parts {
             if spins < SPINS {
                 std::hint::spin_loop();
                 spins += 1;
@@ -182,7 +378,28 @@ impl Team {
                 thread::yield_now();
             }
         }
-        if let Err(p) = mine {
+        let wall = started.elapsed();
+        let waited = wall.saturating_sub(worked);
+        // Time the caller was descheduled during the job: with a worker spinning or running
+        // beside it, the threads outnumber the cores left to us, and the caller alone is faster.
+        let lost = match (cpu_started, thread_cpu_time()) {
+            (Some(a), Some(b)) => wall.saturating_sub(b.saturating_sub(a)),
+            _ => Duration::ZERO,
+        };
+        if waited > worked + WAIT_SLACK || lost > wall / 4 + LOST_SLACK {
+            // Alone, the caller would have finished the workers' parts sooner than it waited.
+            let next = self.solo_next.load(Ordering::Relaxed);
+            self.solo_left.store(next, Ordering::Relaxed);
+            self.solo_next
+                .store((next * 2).min(SOLO_MAX), Ordering::Relaxed);
+        } else {
+            // A job the workers helped with: the next stretch alone shrinks again, slowly (a
+            // probe between stretches that happens to go well says little).
+            let next = self.solo_next.load(Ordering::Relaxed);
+            self.solo_next
+                .store(next.saturating_sub(1).max(SOLO_MIN), Ordering::Relaxed);
+        }
+        if let Err(p) = result {
             std::panic::resume_unwind(p);
         }
         !s.panicked.swap(false, Ordering::Relaxed)
@@ -190,42 +407,37 @@ impl Team {
 }
 
 fn worker(s: &Shared, member: usize) {
-    let mut seen = 0u64;
     loop {
         let mut spins = 0u32;
         let idle = Instant::now();
-        loop {
+        let part = loop {
             if s.stop.load(Ordering::Acquire) {
                 return;
             }
-            let e = s.epoch.load(Ordering::Acquire);
-            if e != seen {
-                seen = e;
-                break;
+            if let Some(part) = claim(&s.claims, member, s.members) {
+                break part;
             }
             spins += 1;
             if !spins.is_multiple_of(256) || idle.elapsed() < SPIN_TIME {
                 std::hint::spin_loop();
             } else {
-                // An unpark between the epoch check and here makes `park` return at once.
+                // An unpark between the claim attempt and here makes `park` return at once.
                 thread::park();
             }
-        }
-        // Join, then check the job is still open: `run` closes it before it waits for
-        // `active` to reach 0, so either it sees us or we see it closed.
-        s.active.fetch_add(1, Ordering::SeqCst);
-        if s.open.load(Ordering::SeqCst) == seen {
-            // SAFETY: written by `run` before the epoch we acquired; unchanged until `run`
-            // has seen `active` reach 0 after closing, which waits for us.
-            if let Some(job) = unsafe { *s.job.get() } {
-                // SAFETY: `run` keeps the closure alive until `active` reaches 0.
-                let r = catch_unwind(AssertUnwindSafe(|| unsafe { (job.call)(job.data, member) }));
-                if r.is_err() {
-                    s.panicked.store(true, Ordering::Relaxed);
-                }
+        };
+        // SAFETY: we claimed a part of the job offered when we claimed it; `run` wrote `job`
+        // before offering it (the claim acquired that) and does not return, nor write `job`
+        // again, before our part is counted done below.
+        if let Some(job) = unsafe { *s.job.get() } {
+            // SAFETY: `run` keeps the closure alive until every part is done.
+            let r = catch_unwind(AssertUnwindSafe(|| unsafe {
+                (job.call)(job.data, member, part)
+            }));
+            if r.is_err() {
+                s.panicked.store(true, Ordering::Relaxed);
             }
         }
-        s.active.fetch_sub(1, Ordering::SeqCst);
+        s.done.fetch_add(1, Ordering::Release);
     }
 }
 
@@ -244,105 +456,142 @@ mod tests {
     use super::*;
 
     #[test]
-    fn members_share_dynamically_handed_out_work_exactly_once() {
+    fn every_part_runs_exactly_once_on_any_member() {
         let team = Team::new(3, 100, 64).expect("spawn");
         assert_eq!(team.size(), 3);
-        let done: Vec<AtomicUsize> = (0..100).map(|_| AtomicUsize::new(0)).collect();
-        let joined: Vec<AtomicUsize> = (0..3).map(|_| AtomicUsize::new(0)).collect();
-        for _ in 0..1000 {
-            let next = AtomicUsize::new(0);
-            assert!(team.run(&|m| {
-                joined[m].fetch_add(1, Ordering::Relaxed);
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= done.len() {
-                        break;
-                    }
-                    done[i].fetch_add(1, Ordering::Relaxed);
-                }
-            }));
+        for parts in 0..=MAX_PARTS {
+            for _ in 0..50 {
+                let done: Vec<AtomicUsize> = (0..parts).map(|_| AtomicUsize::new(0)).collect();
+                assert!(team.run(parts, &|m, p| {
+                    assert!(m < 3);
+                    done[p].fetch_add(1, Ordering::Relaxed);
+                }));
+                assert!(done.iter().all(|d| d.load(Ordering::Relaxed) == 1));
+            }
         }
-        for d in &done {
-            assert_eq!(d.load(Ordering::Relaxed), 1000);
-        }
-        assert_eq!(
-            joined[0].load(Ordering::Relaxed),
-            1000,
-            "the caller always runs"
-        );
     }
 
     #[test]
-    fn a_worker_joins_while_the_caller_waits_for_it() {
-        let team = Team::new(2, 0, 0).expect("spawn");
-        let seen = AtomicBool::new(false);
-        assert!(team.run(&|m| {
-            if m == 1 {
-                seen.store(true, Ordering::SeqCst);
-            } else {
-                let start = std::time::Instant::now();
-                while !seen.load(Ordering::SeqCst) && start.elapsed().as_secs() < 10 {
-                    std::hint::spin_loop();
+    fn claims_give_each_part_once_owners_first() {
+        // Member 0 of 2 owns 0..3 and member 1 owns 3..7 (the last takes the rest).
+        let order: Vec<usize> = preferred(0, 2, 7).take(4).collect();
+        assert_eq!(order, [0, 1, 2, 6]);
+        let c = AtomicU64::new((7 << 32) | (MASK_BITS & !((1 << 7) - 1)));
+        assert_eq!(claim(&c, 1, 2), Some(3));
+        assert_eq!(claim(&c, 0, 2), Some(0));
+        assert_eq!(claim(&c, 0, 2), Some(1));
+        assert_eq!(claim(&c, 0, 2), Some(2));
+        // Member 0's own parts are done: it takes member 1's from the end.
+        assert_eq!(claim(&c, 0, 2), Some(6));
+        assert_eq!(claim(&c, 1, 2), Some(4));
+        assert_eq!(claim(&c, 1, 2), Some(5));
+        assert_eq!(claim(&c, 1, 2), None);
+        assert_eq!(claim(&c, 0, 2), None);
+        // Any number of members, claiming in any interleaving, covers every part once.
+        for parts in 1..=MAX_PARTS {
+            for members in 1..=5 {
+                let c = AtomicU64::new(((parts as u64) << 32) | (MASK_BITS & !((1 << parts) - 1)));
+                let mut seen = vec![0; parts];
+                let mut m = 0;
+                while let Some(p) = claim(&c, m % members, members) {
+                    seen[p] += 1;
+                    m = (m * 7 + 3) % 101;
                 }
+                assert!(
+                    seen.iter().all(|&n| n == 1),
+                    "{parts} parts, {members} members"
+                );
             }
-        }));
-        assert!(seen.load(Ordering::SeqCst), "the worker ran the job");
+        }
+    }
+
+    #[test]
+    fn a_caller_kept_waiting_by_a_worker_runs_the_next_jobs_alone() {
+        let team = Team::new(2, 0, 0).expect("spawn");
+        // Parts a worker runs take 5 ms, the caller's are instant: once a worker has run one,
+        // the caller waited longer than it worked and runs the next jobs alone.
+        let mut helped = false;
+        let start = Instant::now();
+        while !helped && start.elapsed() < Duration::from_secs(20) {
+            let by_worker = AtomicBool::new(false);
+            assert!(team.run(2, &|m, _| {
+                if m != 0 {
+                    by_worker.store(true, Ordering::Relaxed);
+                    thread::sleep(Duration::from_millis(5));
+                }
+            }));
+            helped = by_worker.load(Ordering::Relaxed);
+        }
+        assert!(helped, "the worker never ran a part");
+        for _ in 0..SOLO_MIN {
+            assert!(team.run(MAX_PARTS, &|m, _| assert_eq!(m, 0)));
+        }
     }
 
     #[test]
     fn a_job_sees_the_callers_borrows_and_scratch_is_per_member() {
         let team = Team::new(2, 64, 128).expect("spawn");
         let data: Vec<u64> = (0..1000).collect();
-        let sums = [AtomicU64::new(0), AtomicU64::new(0)];
-        let joined = AtomicBool::new(false);
-        team.run(&|m| {
-            if m == 1 {
-                joined.store(true, Ordering::SeqCst);
-            } else {
-                let start = std::time::Instant::now();
-                while !joined.load(Ordering::SeqCst) && start.elapsed().as_secs() < 10 {
-                    std::hint::spin_loop();
-                }
-            }
-            let half = &data[m * 500..(m + 1) * 500];
-            sums[m].store(half.iter().sum(), Ordering::Relaxed);
+        let sums: Vec<AtomicU64> = (0..10).map(|_| AtomicU64::new(0)).collect();
+        assert!(team.run(10, &|m, p| {
+            let chunk = &data[p * 100..(p + 1) * 100];
+            sums[p].store(chunk.iter().sum(), Ordering::Relaxed);
             // SAFETY: member m's own scratch, 128 bytes.
             unsafe { *team.scratch(m) = m as u8 + 1 };
-        });
+        }));
         let total: u64 = sums.iter().map(|s| s.load(Ordering::Relaxed)).sum();
         assert_eq!(total, 499_500);
         assert_ne!(team.scratch(0), team.scratch(1));
         assert_eq!(team.scratch(0) as usize - team.arena(0) as usize, 64);
         assert_eq!(team.arena(1) as usize % 64, 0);
         // SAFETY: no job is running.
-        assert_eq!(unsafe { (*team.scratch(0), *team.scratch(1)) }, (1, 2));
+        assert_eq!(unsafe { *team.scratch(0) }, 1);
     }
 
     #[test]
     fn a_panicking_worker_is_reported_not_hung_on() {
         let team = Team::new(2, 0, 0).expect("spawn");
-        let joined = AtomicBool::new(false);
-        let ok = team.run(&|m| {
-            if m == 1 {
-                joined.store(true, Ordering::SeqCst);
-                panic!("worker bug");
-            }
-            let start = std::time::Instant::now();
-            while !joined.load(Ordering::SeqCst) && start.elapsed().as_secs() < 10 {
-                std::hint::spin_loop();
-            }
-        });
-        assert!(!ok);
-        assert!(team.run(&|_| {}), "the team keeps working");
+        let start = Instant::now();
+        let mut reported = false;
+        while !reported && start.elapsed() < Duration::from_secs(20) {
+            reported = !team.run(2, &|m, _| {
+                if m == 1 {
+                    panic!("worker bug");
+                }
+                thread::sleep(Duration::from_micros(200));
+            });
+        }
+        assert!(reported, "the worker never ran a part");
+        assert!(team.run(2, &|_, _| {}), "the team keeps working");
     }
 
     #[test]
     fn a_team_of_one_runs_on_the_caller() {
         let team = Team::new(1, 16, 16).expect("spawn");
         let me = thread::current().id();
-        team.run(&|m| {
+        assert!(team.run(5, &|m, _| {
             assert_eq!(m, 0);
             assert_eq!(thread::current().id(), me);
-        });
+        }));
+    }
+
+    #[test]
+    fn sessions_within_the_budget_share_it() {
+        // Other tests' teams come and go in this process: lease against what is in use now.
+        let used = workers_in_use();
+        let a = WorkerLease::within(3, used + 2);
+        assert!(a.workers() <= 2);
+        let b = WorkerLease::within(3, used + 2);
+        assert!(
+            a.workers() + b.workers() <= 2,
+            "{} + {}",
+            a.workers(),
+            b.workers()
+        );
+        let exact = WorkerLease::exact(3);
+        assert_eq!(exact.workers(), 3);
+        assert_eq!(WorkerLease::within(1, 0).workers(), 0);
+        let team = Team::within_budget(64, 0, 0).expect("spawn");
+        assert!(team.size() <= worker_budget() + 1);
     }
 }

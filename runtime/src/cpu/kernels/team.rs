@@ -1,6 +1,6 @@
-//! The team kernels: each convolution split into parts across a session's threads (parts
-//! owned per member and claimed first, then others' unclaimed parts from the end:
-//! [`PartClaims`]); pools and the linear layer run on the caller alone.
+//! The team kernels: each convolution split into parts across a session's threads (claimed
+//! by whichever member is free, each member's own parts first: [`Team::run`]); pools and the
+//! linear layer run on the caller alone.
 //!
 //! Must not hold the numbers of a step: it only splits the work of the parent's kernels.
 
@@ -20,49 +20,10 @@ pub fn kernel_table_team() -> [usize; abi::KERNEL_COUNT] {
 /// fork-join (about a microsecond) costs more than the second core saves.
 const SPLIT_MIN_MACS: usize = 1 << 17;
 
-/// Parts of a split convolution per member of the team.
+/// Parts of a split convolution per member of the team (1-4 tried: each part packs its own
+/// input, and more parts were slower, docs/benchmarks.md). A member that starts late leaves
+/// its part to the others (`Team::run`).
 const PARTS_PER_MEMBER: usize = 1;
-
-/// Which parts of a split kernel have been claimed. Member `m` owns parts `m * per ..
-/// (m + 1) * per` (`per = parts / members`, the rest to the last member) and claims them first,
-/// in order; then it takes any other member's unclaimed parts from the end. Owning the same
-/// parts in every layer keeps each member's share of the activations in its own core's cache
-/// (a part of one layer reads mostly what the same part of the layer before wrote); taking the
-/// rest lets a member that starts late, or never, cost no more than its own share.
-pub(super) struct PartClaims {
-    claimed: AtomicU64,
-    parts: usize,
-}
-
-impl PartClaims {
-    /// At most 64 parts.
-    pub(super) fn new(parts: usize) -> PartClaims {
-        PartClaims {
-            claimed: AtomicU64::new(0),
-            parts: parts.min(64),
-        }
-    }
-
-    /// Tries to claim `part`.
-    fn claim(&self, part: usize) -> bool {
-        let bit = 1u64 << part;
-        self.claimed.fetch_or(bit, Ordering::Relaxed) & bit == 0
-    }
-
-    /// The next part member `member` of `members` runs, or `None` when all are claimed.
-    pub(super) fn next(&self, member: usize, members: usize) -> Option<usize> {
-        let per = (self.parts / members.max(1)).max(1);
-        let first = (member * per).min(self.parts);
-        let last = if member + 1 >= members {
-            self.parts
-        } else {
-            ((member + 1) * per).min(self.parts)
-        };
-        (first..last)
-            .chain((0..self.parts).rev())
-            .find(|&part| self.claim(part))
-    }
-}
 
 /// The pooling kernel for this CPU (the AVX2 entry falls back to portable code by itself).
 fn best_pool() -> abi::PoolKernel {
@@ -153,7 +114,7 @@ pub unsafe extern "C" fn conv2d_team(
     };
     let members = team.size();
     // Parts of whole output rows (tile rows for Winograd, 16-pixel tiles when flat), a few per
-    // member (`PartClaims`).
+    // member.
     let units = if g.winograd != 0 {
         winograd::units(&g)
     } else if g.flat {
@@ -161,16 +122,11 @@ pub unsafe extern "C" fn conv2d_team(
     } else {
         g.oh
     };
-    let parts = (PARTS_PER_MEMBER * members).min(units).min(64);
+    let parts = (PARTS_PER_MEMBER * members).min(units).min(MAX_PARTS);
     if members == 1 || parts < 2 || g.macs() < SPLIT_MIN_MACS {
         run_part(0, 0, 1);
     } else {
-        let claims = PartClaims::new(parts);
-        let ok = team.run(&|member| {
-            while let Some(part) = claims.next(member, members) {
-                run_part(member, part, parts);
-            }
-        });
+        let ok = team.run(parts, &|member, part| run_part(member, part, parts));
         if !ok {
             return abi::STATUS_BAD_DESCRIPTOR;
         }

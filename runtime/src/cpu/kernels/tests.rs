@@ -2,7 +2,6 @@
 //! shapes, the descriptor checks, packing, and the throughput measurements docs/benchmarks
 //! quotes (`conv_throughput`).
 
-use super::team::PartClaims;
 use super::*;
 use std::time::Instant;
 
@@ -1002,38 +1001,6 @@ fn packing_places_each_weight_once() {
     }
     let zeros = p.len() - w.len();
     assert_eq!(p.iter().filter(|&&v| v == 0.0).count(), zeros);
-}
-
-#[test]
-fn part_claims_give_each_part_once_owners_first() {
-    // Member 0 of 2 owns 0..3 and member 1 owns 3..7 (the last takes the rest).
-    let c = PartClaims::new(7);
-    assert_eq!(c.next(1, 2), Some(3));
-    assert_eq!(c.next(0, 2), Some(0));
-    assert_eq!(c.next(0, 2), Some(1));
-    assert_eq!(c.next(0, 2), Some(2));
-    // Member 0's own parts are done: it takes member 1's from the end.
-    assert_eq!(c.next(0, 2), Some(6));
-    assert_eq!(c.next(1, 2), Some(4));
-    assert_eq!(c.next(1, 2), Some(5));
-    assert_eq!(c.next(1, 2), None);
-    assert_eq!(c.next(0, 2), None);
-    // Any number of members, claiming in any interleaving, covers every part exactly once.
-    for parts in 1..=64 {
-        for members in 1..=5 {
-            let c = PartClaims::new(parts);
-            let mut seen = vec![0; parts];
-            let mut m = 0;
-            while let Some(p) = c.next(m % members, members) {
-                seen[p] += 1;
-                m = (m * 7 + 3) % 101;
-            }
-            assert!(
-                seen.iter().all(|&n| n == 1),
-                "{parts} parts, {members} members"
-            );
-        }
-    }
 }
 
 /// Not an assertion: GFLOP/s of the detected convolution on typical layers (run with

@@ -1,0 +1,7 @@
+//! Fuzz target: an ONNX file through the importer (`sparsec_tests::fuzz_entry::onnx`, shared with the corpus regression test).
+//!
+//! Must not hold logic of its own: the entry function is the target.
+
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| sparsec_tests::fuzz_entry::onnx(data));
