@@ -14,7 +14,7 @@ use pyo3::exceptions::{PyFileNotFoundError, PyOSError, PyRuntimeError, PyTypeErr
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use sparsec::backend::cpu::Winograd;
-use sparsec::driver::{self, CompileOptions, DriverError, Target, WeightsSource};
+use sparsec::driver::{self, CompileOptions, CpuArch, DriverError, Target, WeightsSource};
 use sparsec::kernel_select::KernelPolicy;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -153,6 +153,15 @@ fn compile<'py>(
     let calibration = calibration.map(|c| c.as_array().iter().copied().collect());
     let target = match target {
         "cpu" => Target::Cpu(kernel_policy(winograd, tolerance, calibration)?),
+        // Cross compilation (docs/aarch64.md): the kernel choice is measured on this machine.
+        "cpu-x86_64" => Target::CpuFor(
+            CpuArch::X86_64,
+            kernel_policy(winograd, tolerance, calibration)?,
+        ),
+        "cpu-aarch64" => Target::CpuFor(
+            CpuArch::Aarch64,
+            kernel_policy(winograd, tolerance, calibration)?,
+        ),
         "cuda" => Target::Cuda {
             archs: cuda_archs,
             ptx,
@@ -160,7 +169,7 @@ fn compile<'py>(
         },
         other => {
             return Err(PyValueError::new_err(format!(
-                "target must be \"cpu\" or \"cuda\", got {other:?}"
+                "target must be \"cpu\", \"cpu-x86_64\", \"cpu-aarch64\" or \"cuda\", got {other:?}"
             )));
         }
     };

@@ -107,7 +107,7 @@ def test_bad_compile_arguments(tmp_path):
         sparsec.compile(str(tmp_path / "nope.snet"), random_weights=0)
     with pytest.raises(ValueError, match='winograd must be "auto", "4x4", "2x2" or "off", got "5x5"'):
         sparsec.compile(SNET, random_weights=0, winograd="5x5")
-    with pytest.raises(ValueError, match='target must be "cpu" or "cuda", got "tpu"'):
+    with pytest.raises(ValueError, match='target must be "cpu", "cpu-x86_64", "cpu-aarch64" or "cuda", got "tpu"'):
         sparsec.compile(SNET, random_weights=0, target="tpu")
     with pytest.raises(ValueError, match="max_batch must be a positive int, got 0"):
         sparsec.compile(SNET, random_weights=0, max_batch=0)

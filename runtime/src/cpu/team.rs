@@ -13,14 +13,12 @@
 //! (a batch-1 forward pass forks once per convolution, microseconds apart) and then parks, so
 //! an idle session costs no CPU.
 //!
-//! Under contention (another process on the cores, so a worker is descheduled for a
-//! scheduler time slice inside a part) the caller measures what helping costs: a job in
-//! which it waited for a worker's part longer than it worked itself would have been as fast
-//! on the caller alone, and so would a job during which the caller itself was descheduled for
-//! long (its worker spinning or running beside it makes one thread too many for the cores
-//! left), so the team runs the next jobs on the caller alone (64, doubling each
-//! time it happens again, up to 4096, shrinking by one per job the workers helped with)
-//! before it offers parts to its workers again.
+//! Under contention (another process on the cores) a descheduled worker that has not claimed
+//! a part costs nothing: the caller runs that part. A worker descheduled *inside* a part still
+//! holds the caller up for the rest of its time slice. A fallback that ran the next jobs on the
+//! caller alone after such a job was tried and dropped: on a nearly idle machine one late
+//! worker sent whole forward passes onto one thread (2x slower in 3 of 18 quiet measurements;
+//! docs/benchmarks.md, "Threads under contention").
 //!
 //! Worker threads are counted process-wide ([`WorkerLease`]): a session that takes the default
 //! thread count gets at most the cores not already taken by other sessions' workers.
@@ -32,7 +30,7 @@ use crate::aligned::AlignedBytes;
 use std::cell::UnsafeCell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread::{self, JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
@@ -47,31 +45,6 @@ const SPINS: u32 = 1 << 12;
 /// microseconds): waking a parked thread takes about as long, so a worker that parks sooner
 /// misses the next layers' jobs.
 const SPIN_TIME: Duration = Duration::from_millis(2);
-
-/// Jobs the caller runs alone after one in which waiting for workers cost more than their
-/// help, the first time; doubled each time it happens again, up to [`SOLO_MAX`], and one job
-/// shorter after each job the workers helped with.
-const SOLO_MIN: u32 = 64;
-const SOLO_MAX: u32 = 4096;
-
-/// Waiting this long (or less) for workers never counts against them: a worker that is
-/// running finishes its part within about that much of the caller.
-const WAIT_SLACK: Duration = Duration::from_micros(20);
-
-/// Time the caller may lose to the scheduler in one job (beyond a quarter of the job) before
-/// the job counts as contended.
-const LOST_SLACK: Duration = Duration::from_micros(200);
-
-/// The calling thread's CPU time, if the OS reports it.
-fn thread_cpu_time() -> Option<Duration> {
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `t` is a valid, writable timespec; the clock id is a constant the OS knows.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
-    (rc == 0).then(|| Duration::new(t.tv_sec as u64, t.tv_nsec as u32))
-}
 
 /// Worker threads of every team in the process.
 static WORKERS_IN_USE: AtomicUsize = AtomicUsize::new(0);
@@ -209,9 +182,6 @@ pub struct Team {
     /// Per member: `arena_bytes` (rounded up to 64) of arena, then `scratch_bytes` of scratch.
     memory: Vec<UnsafeCell<AlignedBytes>>,
     scratch_at: usize,
-    /// Jobs left to run on the caller alone, and the next such stretch (see the module doc).
-    solo_left: AtomicU32,
-    solo_next: AtomicU32,
     _lease: WorkerLease,
 }
 
@@ -282,8 +252,6 @@ impl Team {
                 })
                 .collect::<std::io::Result<_>>()?,
             scratch_at,
-            solo_left: AtomicU32::new(0),
-            solo_next: AtomicU32::new(SOLO_MIN),
             _lease: lease,
         };
         for member in 1..members {
@@ -327,10 +295,7 @@ impl Team {
         if parts == 0 {
             return true;
         }
-        let solo = self.solo_left.load(Ordering::Relaxed);
-        if self.workers.is_empty() || parts == 1 || solo > 0 {
-            self.solo_left
-                .store(solo.saturating_sub(1), Ordering::Relaxed);
+        if self.workers.is_empty() || parts == 1 {
             for part in 0..parts {
                 job(0, part);
             }
@@ -352,8 +317,6 @@ impl Team {
         for (_, t) in &self.workers {
             t.unpark();
         }
-        let started = Instant::now();
-        let cpu_started = thread_cpu_time();
         let mut mine = 0usize;
         let result = catch_unwind(AssertUnwindSafe(|| {
             while let Some(part) = claim(&s.claims, 0, s.members) {
@@ -367,7 +330,6 @@ impl Team {
                 mine += 1;
             }
         }
-        let worked = started.elapsed();
         // Wait for the parts workers claimed: the job borrows from our caller.
         let mut spins = 0u32;
         while s.done.load(Ordering::Acquire) + mine < parts {
@@ -377,27 +339,6 @@ impl Team {
             } else {
                 thread::yield_now();
             }
-        }
-        let wall = started.elapsed();
-        let waited = wall.saturating_sub(worked);
-        // Time the caller was descheduled during the job: with a worker spinning or running
-        // beside it, the threads outnumber the cores left to us, and the caller alone is faster.
-        let lost = match (cpu_started, thread_cpu_time()) {
-            (Some(a), Some(b)) => wall.saturating_sub(b.saturating_sub(a)),
-            _ => Duration::ZERO,
-        };
-        if waited > worked + WAIT_SLACK || lost > wall / 4 + LOST_SLACK {
-            // Alone, the caller would have finished the workers' parts sooner than it waited.
-            let next = self.solo_next.load(Ordering::Relaxed);
-            self.solo_left.store(next, Ordering::Relaxed);
-            self.solo_next
-                .store((next * 2).min(SOLO_MAX), Ordering::Relaxed);
-        } else {
-            // A job the workers helped with: the next stretch alone shrinks again, slowly (a
-            // probe between stretches that happens to go well says little).
-            let next = self.solo_next.load(Ordering::Relaxed);
-            self.solo_next
-                .store(next.saturating_sub(1).max(SOLO_MIN), Ordering::Relaxed);
         }
         if let Err(p) = result {
             std::panic::resume_unwind(p);
@@ -502,29 +443,6 @@ mod tests {
                     "{parts} parts, {members} members"
                 );
             }
-        }
-    }
-
-    #[test]
-    fn a_caller_kept_waiting_by_a_worker_runs_the_next_jobs_alone() {
-        let team = Team::new(2, 0, 0).expect("spawn");
-        // Parts a worker runs take 5 ms, the caller's are instant: once a worker has run one,
-        // the caller waited longer than it worked and runs the next jobs alone.
-        let mut helped = false;
-        let start = Instant::now();
-        while !helped && start.elapsed() < Duration::from_secs(20) {
-            let by_worker = AtomicBool::new(false);
-            assert!(team.run(2, &|m, _| {
-                if m != 0 {
-                    by_worker.store(true, Ordering::Relaxed);
-                    thread::sleep(Duration::from_millis(5));
-                }
-            }));
-            helped = by_worker.load(Ordering::Relaxed);
-        }
-        assert!(helped, "the worker never ran a part");
-        for _ in 0..SOLO_MIN {
-            assert!(team.run(MAX_PARTS, &|m, _| assert_eq!(m, 0)));
         }
     }
 
