@@ -405,6 +405,23 @@ impl StepDesc {
 }
 
 impl Manifest {
+    /// The executors (CPU and CUDA) run models with exactly one input and one output.
+    pub fn check_one_input_one_output(&self) -> Result<(), LoadError> {
+        if self.inputs.len() != 1 || self.outputs.len() != 1 {
+            return Err(LoadError::Tensor {
+                role: "input",
+                index: 0,
+                name: self.model_name.clone(),
+                reason: format!(
+                    "this runtime runs models with one input and one output; this one has {} and {}",
+                    self.inputs.len(),
+                    self.outputs.len()
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// Checks a run's input (`input_len` floats for `batch` images) against the model, for
     /// every executor; returns the floats per image.
     pub fn check_input(&self, input_len: usize, batch: usize) -> Result<usize, crate::RunError> {

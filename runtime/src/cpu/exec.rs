@@ -111,18 +111,7 @@ impl Model {
                     m.arena_bytes_per_image, m.max_batch
                 ))
             })?;
-        if m.inputs.len() != 1 || m.outputs.len() != 1 {
-            return Err(LoadError::Tensor {
-                role: "input",
-                index: 0,
-                name: m.model_name.clone(),
-                reason: format!(
-                    "this runtime runs models with one input and one output; this one has {} and {}",
-                    m.inputs.len(),
-                    m.outputs.len()
-                ),
-            });
-        }
+        m.check_one_input_one_output()?;
         let weights = AlignedBytes::from_slice(file.weights());
         let consts = AlignedBytes::from_slice(file.consts());
         let native = if native {

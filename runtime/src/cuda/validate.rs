@@ -48,18 +48,7 @@ pub fn step_table(file: &ModelFile<'_>) -> Result<StepTable, LoadError> {
             });
         }
     }
-    if m.inputs.len() != 1 || m.outputs.len() != 1 {
-        return Err(LoadError::Tensor {
-            role: "input",
-            index: 0,
-            name: m.model_name.clone(),
-            reason: format!(
-                "this runtime runs models with one input and one output; this one has {} and {}",
-                m.inputs.len(),
-                m.outputs.len()
-            ),
-        });
-    }
+    m.check_one_input_one_output()?;
     let weights_len = file.weights().len() as u64;
     let mut descs = Vec::with_capacity(m.steps.len());
     for index in 0..m.steps.len() {
