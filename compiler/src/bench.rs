@@ -61,6 +61,10 @@ pub struct BenchReport {
     pub peak_gflops: Option<f64>,
     /// `gflops / peak_gflops`.
     pub fraction_of_peak: Option<f64>,
+    /// Timed runs that used the whole team of threads, and runs on the calling thread alone
+    /// (a CPU session chooses by measured time; see `runtime::cpu::tuner`).
+    pub runs_on_all_threads: u64,
+    pub runs_on_one_thread: u64,
     /// Set when the peak shows the cores are shared (see `profile_report::contention_warning`).
     pub contention_warning: Option<String>,
 }
@@ -114,6 +118,7 @@ pub fn bench(model: &Path, o: BenchOptions) -> Result<BenchReport, BenchError> {
     for _ in 0..o.warmup {
         session.run(&x, o.batch)?;
     }
+    let before = session.thread_use();
     let mut times = Vec::with_capacity(o.iters);
     for _ in 0..o.iters {
         let start = Instant::now();
@@ -121,6 +126,7 @@ pub fn bench(model: &Path, o: BenchOptions) -> Result<BenchReport, BenchError> {
         times.push(start.elapsed().as_secs_f64());
     }
     let latency_ms = latency(&times);
+    let after = session.thread_use();
     let threads = session.threads();
     let peak1 = crate::peak::fma_peak(1, 0.2);
     let peak = crate::peak::fma_peak(threads, 0.2);
@@ -154,6 +160,8 @@ pub fn bench(model: &Path, o: BenchOptions) -> Result<BenchReport, BenchError> {
         peak_gflops_one_thread: peak1,
         peak_gflops: peak,
         fraction_of_peak: peak.filter(|&p| p > 0.0).map(|p| gflops / p),
+        runs_on_all_threads: after.team - before.team,
+        runs_on_one_thread: after.caller - before.caller,
         contention_warning: contention_warning(threads, peak1, peak),
     })
 }
@@ -187,6 +195,13 @@ pub fn render(r: &BenchReport) -> String {
         "throughput: {:.1} images/s (batch / median latency)",
         r.images_per_second
     );
+    if r.threads > 1 {
+        let _ = writeln!(
+            out,
+            "threads: {} timed runs on all {} threads, {} on one (chosen run by run from measured times)",
+            r.runs_on_all_threads, r.threads, r.runs_on_one_thread
+        );
+    }
     let show = |x: Option<f64>| x.map_or_else(|| "not measured".into(), |v| format!("{v:.1}"));
     let pct = r
         .fraction_of_peak

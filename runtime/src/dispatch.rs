@@ -224,6 +224,18 @@ impl Session<'_> {
         }
     }
 
+    /// How many of this session's passes ran on its whole team of threads and how many on
+    /// the calling thread alone: a CPU session chooses pass by pass, by measured time, so that
+    /// a machine whose cores are busy with other work never makes many threads slower than one
+    /// (`cpu::tuner`; `SPARSEC_ADAPTIVE_THREADS=0` keeps the whole team). A CUDA session
+    /// counts nothing.
+    pub fn thread_use(&self) -> crate::cpu::tuner::ThreadUse {
+        match &self.inner {
+            SessionInner::Cpu(s) => s.thread_use(),
+            SessionInner::Cuda(_) => crate::cpu::tuner::ThreadUse::default(),
+        }
+    }
+
     /// Runs a batch like [`Session::run`], timing every kernel call (see [`crate::profile`]);
     /// a CUDA session times each step alone over 20 launches between CUDA events.
     pub fn profile(

@@ -132,6 +132,8 @@ impl Session<'_> {
         let Some(team) = self.team.as_ref() else {
             return Err(RunError::Backend("the session has no threads".into()));
         };
+        // A profile times the whole team (the tuner's choice is for runs).
+        team.set_active(false);
         let members = team.size();
         let in_buf = m.buffers[m.inputs[0].buffer as usize];
         // As integers, so that the closure below is `Sync`; the model outlives the batch.

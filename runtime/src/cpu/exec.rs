@@ -13,9 +13,11 @@ use crate::cpu::code::ExecutableCode;
 use crate::cpu::kernels;
 use crate::cpu::schedule::{Kernels, Operands, Schedule};
 use crate::cpu::team::{MAX_PARTS, Team};
+use crate::cpu::tuner::{Arm, Path, ThreadTuner, ThreadUse};
 use crate::error::{LoadError, RunError};
 use crate::format::{self, Backend, Manifest, ModelFile, StepDesc, TensorSpec};
 use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::Instant;
 
 /// A loaded model: validated manifest, weights and constants in aligned memory, and either the
 /// generated code mapped read+execute (only when the caller allowed it, [`crate::LoadOptions`]) or
@@ -167,6 +169,7 @@ impl Model {
             threads: threads.max(1),
             within_budget: false,
             team: None,
+            tuner: Box::new(ThreadTuner::new(adaptive_threads())),
         }
     }
 
@@ -281,6 +284,23 @@ pub struct Session<'m> {
     /// Take the threads beyond the caller's from the process-wide budget (up to `threads`).
     within_budget: bool,
     pub(crate) team: Option<Team>,
+    /// Chooses, pass by pass, the whole team or the caller alone (`cpu::tuner`).
+    tuner: Box<ThreadTuner>,
+}
+
+/// Where a pass left its output.
+enum Output {
+    /// In the batch arena, from this byte offset.
+    Arena(usize),
+    /// In the session's output vector.
+    Vector,
+}
+
+/// Whether sessions choose their thread use by measurement (`cpu::tuner`): yes, unless
+/// `SPARSEC_ADAPTIVE_THREADS=0` pins every pass to the whole team (for measuring the team
+/// itself).
+pub fn adaptive_threads() -> bool {
+    std::env::var("SPARSEC_ADAPTIVE_THREADS").map_or(true, |v| v.trim() != "0")
 }
 
 /// The pointers every thread of a run passes to the forward function, as integers (`Sync`).
@@ -359,6 +379,46 @@ impl Session<'_> {
     /// NaN and infinity propagate as in PyTorch; they never crash. The first call starts the
     /// session's threads and sizes its arena; later calls with no larger batch allocate nothing.
     pub fn run(&mut self, input: &[f32], batch: usize) -> Result<&[f32], RunError> {
+        self.start_team()?;
+        let team_size = self.team.as_ref().map_or(1, Team::size);
+        let choice = (team_size > 1).then(|| {
+            let path = if batch < team_size {
+                Path::SplitLayers
+            } else {
+                Path::TileImages
+            };
+            self.tuner.choose(path)
+        });
+        if let (Some(team), Some(c)) = (self.team.as_ref(), choice) {
+            team.set_active(c.arm == Arm::Caller);
+        }
+        let start = Instant::now();
+        let output = self.forward(input, batch)?;
+        if let Some(c) = choice {
+            self.tuner.record(c, start.elapsed().as_nanos(), batch);
+        }
+        let m = &self.model.manifest;
+        let out_per_image = m.buffers[m.outputs[0].buffer as usize].bytes_per_image as usize / 4;
+        let floats = out_per_image * batch;
+        Ok(match output {
+            Output::Vector => &self.output[..floats],
+            Output::Arena(at) => {
+                let bytes = &self.arena.as_mut_slice()[at..at + floats * 4];
+                // SAFETY: the arena is 64-byte aligned and `at` is a multiple of 64 (plan
+                // offsets are), so the bytes are f32-aligned; they lie inside the arena; f32
+                // has no invalid bit patterns.
+                unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<f32>(), floats) }
+            }
+        })
+    }
+
+    /// How many passes ran on the whole team and how many on the caller alone.
+    pub fn thread_use(&self) -> ThreadUse {
+        self.tuner.thread_use()
+    }
+
+    /// One forward pass on the team as set for it; says where the output is.
+    fn forward(&mut self, input: &[f32], batch: usize) -> Result<Output, RunError> {
         let model = self.model;
         let m = &model.manifest;
         let per_image = self.check_input(input, batch)?;
@@ -448,14 +508,7 @@ impl Session<'_> {
                 }
             };
             check(m, status)?;
-            let at = (out_buf.offset_per_image * b) as usize;
-            let bytes = &self.arena.as_mut_slice()[at..at + out_per_image * batch * 4];
-            // SAFETY: the arena is 64-byte aligned and `at` is a multiple of 64 (plan offsets
-            // are), so the bytes are f32-aligned; they lie inside the arena; f32 has no invalid
-            // bit patterns.
-            return Ok(unsafe {
-                std::slice::from_raw_parts(bytes.as_ptr().cast::<f32>(), out_per_image * batch)
-            });
+            return Ok(Output::Arena((out_buf.offset_per_image * b) as usize));
         }
         if self.output.len() < out_per_image * batch {
             let mut output = Vec::new();
@@ -557,7 +610,7 @@ impl Session<'_> {
             return Err(RunError::Backend("a session thread panicked".into()));
         }
         check(m, failed.load(Ordering::Relaxed))?;
-        Ok(&self.output[..out_per_image * batch])
+        Ok(Output::Vector)
     }
 }
 

@@ -1,7 +1,8 @@
 //! The CPU executor: the model and session (`exec`, beside `cuda/exec.rs`), executable memory
 //! for generated code (`code`), the kernels it calls
 //! (`kernels`), the data-only step loop that runs a schedule without generated code
-//! (`schedule`) and the threads of a session (`team`).
+//! (`schedule`), the threads of a session (`team`) and the choice, pass by pass, of how many
+//! of them run (`tuner`).
 
 pub mod code;
 pub(crate) mod exec;
@@ -10,3 +11,4 @@ pub(crate) mod schedule;
 // Crate-private: a `Team` runs one job at a time from `&self`, which only a session (that
 // owns its team and is `!Sync` through `&mut self` runs) can guarantee.
 pub(crate) mod team;
+pub mod tuner;

@@ -20,6 +20,10 @@
 //! worker sent whole forward passes onto one thread (2x slower in 3 of 18 quiet measurements;
 //! docs/benchmarks.md, "Threads under contention").
 //!
+//! What remains, a worker descheduled mid-part, is handled one level up: the session's
+//! `ThreadTuner` (`cpu::tuner`) measures each forward pass and runs the next ones on the
+//! caller alone ([`Team::set_active`]) while that is faster, probing the team now and then.
+//!
 //! Worker threads are counted process-wide ([`WorkerLease`]): a session that takes the default
 //! thread count gets at most the cores not already taken by other sessions' workers.
 //!
@@ -182,6 +186,9 @@ pub struct Team {
     /// Per member: `arena_bytes` (rounded up to 64) of arena, then `scratch_bytes` of scratch.
     memory: Vec<UnsafeCell<AlignedBytes>>,
     scratch_at: usize,
+    /// Members a job uses now: all of them, or 1 (the caller alone), as the session's
+    /// `ThreadTuner` decided for this forward pass (`set_active`).
+    active: AtomicUsize,
     _lease: WorkerLease,
 }
 
@@ -252,6 +259,7 @@ impl Team {
                 })
                 .collect::<std::io::Result<_>>()?,
             scratch_at,
+            active: AtomicUsize::new(members),
             _lease: lease,
         };
         for member in 1..members {
@@ -270,6 +278,18 @@ impl Team {
         self.memory.len()
     }
 
+    /// Members the next jobs use: the whole team or the caller alone (see
+    /// `cpu::tuner`). Jobs already running are not affected.
+    pub fn set_active(&self, caller_alone: bool) {
+        let n = if caller_alone { 1 } else { self.size() };
+        self.active.store(n, Ordering::Relaxed);
+    }
+
+    /// Members a job uses now: [`Team::size`], or 1 after `set_active(true)`.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
     /// Member `member`'s arena (`arena_bytes` of `new`). Only that member may use it while a
     /// job runs.
     pub fn arena(&self, member: usize) -> *mut u8 {
@@ -285,7 +305,8 @@ impl Team {
     }
 
     /// Runs `job(member, part)` once for every part `0..parts` (at most [`MAX_PARTS`]; more
-    /// are clamped) and returns when all are done. The caller (member 0) claims and runs parts
+    /// are clamped) and returns when all are done; all on the caller while the team is set to
+    /// the caller alone ([`Team::set_active`]). The caller (member 0) claims and runs parts
     /// like the workers; it waits only for parts a worker claimed and is still running, so the
     /// parts must be independent and any member may run any part. Returns false if a worker's
     /// part panicked (a panic in the caller's part is resumed here, after the workers' parts
@@ -295,7 +316,7 @@ impl Team {
         if parts == 0 {
             return true;
         }
-        if self.workers.is_empty() || parts == 1 {
+        if self.workers.is_empty() || parts == 1 || self.active() == 1 {
             for part in 0..parts {
                 job(0, part);
             }
@@ -491,6 +512,32 @@ mod tests {
             assert_eq!(m, 0);
             assert_eq!(thread::current().id(), me);
         }));
+    }
+
+    #[test]
+    fn a_team_set_to_the_caller_alone_runs_every_part_on_it() {
+        let team = Team::new(3, 16, 16).expect("spawn");
+        let me = thread::current().id();
+        team.set_active(true);
+        assert_eq!(team.active(), 1);
+        assert!(team.run(7, &|m, _| {
+            assert_eq!(m, 0);
+            assert_eq!(thread::current().id(), me);
+        }));
+        team.set_active(false);
+        assert_eq!(team.active(), 3);
+        let others = AtomicUsize::new(0);
+        // The workers take part again (given time: they may be parked).
+        let start = Instant::now();
+        while others.load(Ordering::Relaxed) == 0 && start.elapsed() < Duration::from_secs(20) {
+            assert!(team.run(MAX_PARTS, &|m, _| {
+                if m != 0 {
+                    others.fetch_add(1, Ordering::Relaxed);
+                }
+                thread::sleep(Duration::from_micros(50));
+            }));
+        }
+        assert!(others.load(Ordering::Relaxed) > 0);
     }
 
     #[test]

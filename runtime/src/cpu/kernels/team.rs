@@ -112,7 +112,7 @@ pub unsafe extern "C" fn conv2d_team(
             None => status.store(abi::STATUS_BAD_DESCRIPTOR, Ordering::Relaxed),
         }
     };
-    let members = team.size();
+    let members = team.active();
     // Parts of whole output rows (tile rows for Winograd, 16-pixel tiles when flat), a few per
     // member.
     let units = if g.winograd != 0 {
