@@ -413,6 +413,21 @@ impl Session {
             .map_err(|_| PyRuntimeError::new_err("a previous run on this session panicked"))?;
         Ok(session.threads())
     }
+
+    /// How many runs used all of the session's threads and how many only the calling thread:
+    /// a session chooses run by run from measured times, so that cores busy with other work
+    /// never make more threads slower than one (`SPARSEC_ADAPTIVE_THREADS=0` keeps all).
+    /// Returns `{"all_threads": n, "one_thread": m}`.
+    fn thread_use(&self) -> PyResult<std::collections::BTreeMap<&'static str, u64>> {
+        let session = self
+            .inner
+            .lock()
+            .map_err(|_| PyRuntimeError::new_err("a previous run on this session panicked"))?;
+        let u = session.thread_use();
+        Ok([("all_threads", u.team), ("one_thread", u.caller)]
+            .into_iter()
+            .collect())
+    }
 }
 
 #[pymodule]

@@ -161,6 +161,17 @@ def test_non_contiguous_input_equals_contiguous(model, golden):
     assert np.array_equal(x, golden["input"]), "run must not modify its input"
 
 
+def test_thread_use_counts_every_run(model, golden):
+    s = model.session(threads=2)
+    assert s.thread_use() == {"all_threads": 0, "one_thread": 0}
+    for _ in range(12):
+        s.run(golden["input"])
+    use = s.thread_use()
+    assert sorted(use) == ["all_threads", "one_thread"]
+    assert use["all_threads"] + use["one_thread"] == 12
+    assert use["all_threads"] >= 1, "the first run is on all threads"
+
+
 def test_four_threads_bit_identical_to_one(model, golden):
     rng = np.random.default_rng(0)
     inputs = [rng.standard_normal((1 + i % 3, 3, 32, 32), dtype=np.float32) for i in range(8)]

@@ -297,6 +297,11 @@ impl OwnedSession {
     pub fn run(&mut self, input: &[f32], batch: usize) -> Result<&[f32], RunError> {
         self.0.with_dependent_mut(|_, s| s.run(input, batch))
     }
+
+    /// See [`Session::thread_use`].
+    pub fn thread_use(&self) -> crate::cpu::tuner::ThreadUse {
+        self.0.borrow_dependent().thread_use()
+    }
 }
 
 impl std::fmt::Debug for OwnedSession {
