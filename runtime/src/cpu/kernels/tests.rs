@@ -978,21 +978,25 @@ fn neon_winograd_split_and_input_transforms_match_portable() {
         let mut want = vec![0.5f32; l.row];
         let mut got = want.clone();
         winograd::split_portable(m, &row, &mut want);
-        // SAFETY (both): the CPU has NEON (asserted above).
-        if m == 2 {
-            unsafe { winograd::neon::split2(&row, &mut got) };
-        } else {
-            unsafe { winograd::neon::split4(&row, &mut got) };
+        // SAFETY: the CPU has NEON (asserted above).
+        unsafe {
+            if m == 2 {
+                winograd::neon::split2(&row, &mut got);
+            } else {
+                winograd::neon::split4(&row, &mut got);
+            }
         }
         assert_eq!(got, want, "split, m = {m}, width {w}");
         let mut want = rng.vec(l.scratch_len);
         let mut got = want.clone();
         winograd::transform_input(&mut want, &l, ic, l.rows);
-        // SAFETY (both): the CPU has NEON (asserted above).
-        if m == 2 {
-            unsafe { winograd::neon::transform_input2(&mut got, &l, ic, l.rows) };
-        } else {
-            unsafe { winograd::neon::transform_input4(&mut got, &l, ic, l.rows) };
+        // SAFETY: the CPU has NEON (asserted above).
+        unsafe {
+            if m == 2 {
+                winograd::neon::transform_input2(&mut got, &l, ic, l.rows);
+            } else {
+                winograd::neon::transform_input4(&mut got, &l, ic, l.rows);
+            }
         }
         let want: Vec<f64> = want.iter().map(|&v| f64::from(v)).collect();
         let err = rel_err(&got, &want);
