@@ -1161,6 +1161,13 @@ fn pack_band(a: &mut ConvArgs<'_>, band: Band) {
                 unsafe { src.load(y * g.iw, mid, &pro, c) };
             } else {
                 row.fill(0.0);
+                #[cfg(target_arch = "aarch64")]
+                if pro.neon && g.sw == 2 {
+                    // SAFETY: row `y < ih` of a plane of `ih * iw` floats; `neon` is set only by
+                    // the NEON kernels, which run only where the CPU has NEON.
+                    unsafe { neon::pack_row2(src, y * g.iw, (g.iw, g.pw, g.wq), row, &pro, c) };
+                    continue;
+                }
                 for x in 0..g.iw {
                     // SAFETY: `y * iw + x < ih * iw`.
                     let v = pro.one(c, unsafe { src.get(y * g.iw + x) });

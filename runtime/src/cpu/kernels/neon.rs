@@ -3,7 +3,7 @@
 //! validated: the 6x16 register-tile convolution (direct 1x1, 3x3 and strided windows) and the
 //! products of the Winograd F(2x2) and F(4x4) convolutions; the BN-ReLU prologue with the
 //! combining of summed pieces, which every kernel's input packing runs through ([`map`],
-//! [`add`]); pooling ([`pool`]: the transitions' 2x2 windows, the global pool, the identity);
+//! [`add`]), and the phase split of a stride-2 convolution's packed rows ([`pack_row2`]); pooling ([`pool`]: the transitions' 2x2 windows, the global pool, the identity);
 //! and the head ([`linear`]: global average and the fully connected layer). The Winograd data
 //! movement and transforms are `winograd::neon`.
 //!
@@ -22,7 +22,7 @@
 //! change what a kernel computes: `ir::interp` and the portable kernels define that.
 
 use super::{
-    CONV_OC_BLOCK, ConvArgs, ConvGeom, LANES, LinearArgs, PoolArgs, Prologue, forced_portable,
+    CONV_OC_BLOCK, ConvArgs, ConvGeom, LANES, LinearArgs, PoolArgs, Prologue, Src, forced_portable,
     nan_max, pack_band, pool_body, relu, winograd,
 };
 use std::arch::aarch64::*;
@@ -438,6 +438,55 @@ pub(super) fn add(dst: &mut [f32], src: &[f32]) {
     }
     for (x, &y) in dst[i..n].iter_mut().zip(&src[i..n]) {
         *x += y;
+    }
+}
+
+/// One padded input row of a stride-2 convolution's packing (`pack_band`, which zeroed `row`):
+/// the prologued values `at..at + iw` of `src` to padded columns `pw ..`, column `x` at phase
+/// `x % 2`, `x / 2` (phases `wq` floats apart): prologued in runs of 64 on the stack, then
+/// split into the two phases by one deinterleaving load (`ld2`) per 8 floats.
+///
+/// # Safety
+/// As `Src::load` for the floats `at..at + iw` of a plane.
+#[target_feature(enable = "neon")]
+pub(super) unsafe fn pack_row2(
+    src: Src<'_>,
+    at: usize,
+    (iw, pw, wq): (usize, usize, usize),
+    row: &mut [f32],
+    pro: &Prologue<'_>,
+    c: usize,
+) {
+    // Every column `pw + x < pw + iw <= 2 wq` has its place `(x % 2) wq + x / 2 < 2 wq`.
+    assert!(pw + iw <= 2 * wq && row.len() >= 2 * wq);
+    let mut run = [0.0f32; 64];
+    let p = row.as_mut_ptr();
+    for x0 in (0..iw).step_by(run.len()) {
+        let n = (iw - x0).min(run.len());
+        // SAFETY: `x0 + n <= iw` (function doc).
+        unsafe { src.load(at + x0, &mut run[..n], pro, c) };
+        // `run[i]` goes to column `first + i`: the even `i` to one phase from `first / 2`, the
+        // odd ones to the other from `(first + 1) / 2`.
+        let first = pw + x0;
+        let (even, odd) = if first.is_multiple_of(2) {
+            (first / 2, wq + (first + 1) / 2)
+        } else {
+            (wq + first / 2, (first + 1) / 2)
+        };
+        let whole = n / 8;
+        for k in 0..whole {
+            // SAFETY: `8 k + 8 <= n` floats of `run`; the 4 stores of each phase are the places
+            // of columns `first + 8 k ..= first + 8 k + 7`, inside the row (assert above).
+            unsafe {
+                let v = vld2q_f32(run.as_ptr().add(8 * k));
+                vst1q_f32(p.add(even + 4 * k), v.0);
+                vst1q_f32(p.add(odd + 4 * k), v.1);
+            }
+        }
+        for (i, &v) in run[..n].iter().enumerate().skip(8 * whole) {
+            let x = first + i;
+            row[(x % 2) * wq + x / 2] = v;
+        }
     }
 }
 

@@ -805,7 +805,7 @@ fn compare(what: &str, name: &str, got: &[f32], base: &[f32], want: &[f64]) -> R
 /// The layers of the example models through every kernel table (NEON on aarch64, AVX2 on
 /// x86-64, portable), each against the f64 reference and against the portable kernels, the
 /// errors printed: the input packing with the BN-ReLU prologue (concatenated and summed
-/// pieces), 1x1 and 3x3 convolutions direct and Winograd, the transitions' 2x2 pools, the
+/// pieces, stride 1 and 2), 1x1 and 3x3 convolutions direct and Winograd, the transitions' 2x2 pools, the
 /// global pool, the identity and a stem's 3x3 maximum, and the head.
 #[test]
 fn detected_kernels_match_portable_on_model_layers() -> Result<(), String> {
@@ -841,6 +841,10 @@ fn detected_kernels_match_portable_on_model_layers() -> Result<(), String> {
         (
             "conv 3x3 48->12 8x8 direct",
             (48, (8, 8), 12, 3, 1, 1, 2, false, bn),
+        ),
+        (
+            "conv 3x3/2 24->12 31x31",
+            (24, (31, 31), 12, 3, 2, 1, 2, false, bn),
         ),
     ]
     .map(|(what, (ic, hw, oc, k, s, p, n, sum, flags))| {
