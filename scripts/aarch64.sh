@@ -19,6 +19,14 @@
 #                                        files of the host half (CI's test step wrote the subset
 #                                        SPARSEC_AARCH64_GOLDEN names), then the golden files again
 #                                        with the portable kernels.
+#   bash scripts/aarch64.sh python [--release]
+#                                        the Python extension (python/: PyO3 abi3-py39,
+#                                        extension-module, so nothing of Python is linked) built
+#                                        for aarch64, checked to be an AArch64 ELF shared object
+#                                        exporting PyInit__sparsec; then, with
+#                                        SPARSEC_AARCH64_PYTHON=1, imported and run under qemu by
+#                                        Debian's arm64 python3.11 and numpy, unpacked (apt-get
+#                                        download, dpkg -x) into target/aarch64/python-sysroot
 #   bash scripts/aarch64.sh env          prints the environment the commands run with
 #   bash scripts/aarch64.sh cargo ARGS   any cargo command in that environment
 #
@@ -113,6 +121,54 @@ golden | ci)
             --features golden-files --test golden_files -- --nocapture
     done
     ;;
+python)
+    install
+    setup_env
+    profile=debug
+    if [ "${1:-}" = --release ]; then profile=release; fi
+    # abi3 + extension-module: PyO3 needs no interpreter or libpython of the target to build;
+    # these say which one the wheel is for (the abi3 floor, CPython on Linux).
+    PYO3_CROSS=1 PYO3_CROSS_PYTHON_VERSION=3.9 PYO3_CROSS_PYTHON_IMPLEMENTATION=CPython \
+        "$CARGO" build -p sparsec-python --target "$TRIPLE" "$@"
+    so="$CARGO_TARGET_DIR/$TRIPLE/$profile/lib_sparsec.so"
+    readelf -h "$so" | grep -q 'Machine:.*AArch64' || { echo "$so: not AArch64" >&2; exit 1; }
+    readelf -h "$so" | grep -q 'Type:.*DYN' || { echo "$so: not a shared object" >&2; exit 1; }
+    nm -D --defined-only "$so" | grep -qw PyInit__sparsec ||
+        { echo "$so: no PyInit__sparsec" >&2; exit 1; }
+    if readelf -d "$so" | grep -q 'NEEDED.*libpython'; then
+        echo "$so: links libpython (extension-module missing)" >&2
+        exit 1
+    fi
+    echo "aarch64 python: $so is an AArch64 ELF shared object exporting PyInit__sparsec" \
+        "($(du -h "$so" | cut -f1))"
+    [ "${SPARSEC_AARCH64_PYTHON:-}" = 1 ] || exit 0
+    # An arm64 CPython and numpy from Debian, unpacked into a private sysroot that qemu
+    # searches first (-L); what it lacks (libc, ld.so) comes from the host's multiarch
+    # libc6:arm64, the same libc the test binaries load. The sysroot holds no libc of its own,
+    # so the loader and libc never mix (../shared/FACTS.md: the cross libc under -L hangs
+    # threads).
+    sysroot="$CARGO_TARGET_DIR/python-sysroot"
+    if [ ! -x "$sysroot/usr/bin/python3.11" ]; then
+        mkdir -p "$sysroot/debs"
+        (cd "$sysroot/debs" && apt-get download python3.11-minimal:arm64 \
+            libpython3.11-minimal:arm64 libpython3.11-stdlib:arm64 python3-numpy:arm64 \
+            libblas3:arm64 liblapack3:arm64 libgfortran5:arm64 libffi8:arm64 \
+            libexpat1:arm64 zlib1g:arm64)
+        for deb in "$sysroot"/debs/*.deb; do dpkg -x "$deb" "$sysroot"; done
+        # What update-alternatives would link: the reference BLAS and LAPACK.
+        lib="$sysroot/usr/lib/aarch64-linux-gnu"
+        ln -sf blas/libblas.so.3 "$lib/libblas.so.3"
+        ln -sf lapack/liblapack.so.3 "$lib/liblapack.so.3"
+    fi
+    pkg="$CARGO_TARGET_DIR/python-aarch64/sparsec"
+    rm -rf "$pkg"
+    mkdir -p "$pkg"
+    cp python/sparsec/*.py "$pkg/"
+    cp "$so" "$pkg/_sparsec.abi3.so"
+    model=examples/models/sparsenet-40-24.snet
+    PYTHONPATH="$(dirname "$pkg")" qemu-aarch64 -L "$sysroot" "$sysroot/usr/bin/python3.11" \
+        scripts/aarch64-python-check.py "$model"
+    ;;
 test)
     install
     setup_env
@@ -121,7 +177,7 @@ test)
     "$CARGO" test -p runtime --target "$TRIPLE" "$@"
     ;;
 *)
-    echo "usage: scripts/aarch64.sh [install|test [ARGS]|golden|ci|env|cargo ARGS]" >&2
+    echo "usage: scripts/aarch64.sh [install|test [ARGS]|golden|ci|python [--release]|env|cargo ARGS]" >&2
     exit 2
     ;;
 esac

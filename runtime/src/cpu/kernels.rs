@@ -100,14 +100,15 @@ pub fn kernel_variant() -> &'static str {
 }
 
 /// The kernel table for this CPU: AVX2+FMA variants when `is_x86_feature_detected!` says so,
-/// NEON convolutions on aarch64 (pooling and the linear layer are the portable code, which is
-/// NEON code there), else portable ones. Function pointers as `usize`, in `abi::KERNEL_*`
-/// order.
+/// NEON ones on aarch64 when `is_aarch64_feature_detected!` does, else portable ones. Function
+/// pointers as `usize`, in `abi::KERNEL_*` order.
 pub fn kernel_table() -> [usize; abi::KERNEL_COUNT] {
     #[cfg(target_arch = "aarch64")]
     if neon::available() {
-        let mut t = portable_kernel_table();
+        let mut t = [0; abi::KERNEL_COUNT];
         t[abi::KERNEL_CONV] = conv2d_neon as abi::ConvKernel as usize;
+        t[abi::KERNEL_POOL] = pool_neon as abi::PoolKernel as usize;
+        t[abi::KERNEL_LINEAR] = linear_neon as abi::LinearKernel as usize;
         return t;
     }
     #[cfg(target_arch = "x86_64")]
@@ -694,6 +695,13 @@ impl Src<'_> {
                     if i == 0 {
                         dst.copy_from_slice(src);
                     } else {
+                        #[cfg(target_arch = "aarch64")]
+                        if pro.neon {
+                            // SAFETY: `neon` is set only by the NEON kernels, which run only
+                            // where the CPU has NEON.
+                            unsafe { neon::add(dst, src) };
+                            continue;
+                        }
                         for (d, &s) in dst.iter_mut().zip(src) {
                             *d += s;
                         }
@@ -773,6 +781,15 @@ impl<'a> Input<'a> {
 struct Prologue<'a> {
     affine: Option<(&'a [f32], &'a [f32])>,
     relu: bool,
+    /// Run [`Prologue::map`] and [`Prologue::apply`] as the hand-written NEON loops
+    /// (`neon::map`): set by the NEON kernels only, after checking the CPU, so that the portable
+    /// kernels stay portable for comparison (`SPARSEC_KERNELS=portable`). Always false off
+    /// aarch64.
+    #[cfg_attr(
+        not(target_arch = "aarch64"),
+        expect(dead_code, reason = "read by the NEON loops only")
+    )]
+    neon: bool,
 }
 
 /// ReLU that propagates NaN (as PyTorch and `ir::interp`).
@@ -785,6 +802,13 @@ impl Prologue<'_> {
     /// `dst = prologue_c(src)`, element by element.
     #[inline(always)]
     fn map(&self, c: usize, src: &[f32], dst: &mut [f32]) {
+        #[cfg(target_arch = "aarch64")]
+        if self.neon {
+            // SAFETY: `neon` is set only by the NEON kernels, which run only where the CPU
+            // has NEON.
+            unsafe { neon::map(self, c, Some(src), dst) };
+            return;
+        }
         let pairs = dst.iter_mut().zip(src);
         match (self.affine, self.relu) {
             (Some((scale, shift)), true) => {
@@ -803,6 +827,13 @@ impl Prologue<'_> {
     /// Applies channel `c`'s prologue to `row` in place.
     #[inline(always)]
     fn apply(&self, c: usize, row: &mut [f32]) {
+        #[cfg(target_arch = "aarch64")]
+        if self.neon {
+            // SAFETY: `neon` is set only by the NEON kernels, which run only where the CPU
+            // has NEON.
+            unsafe { neon::map(self, c, None, row) };
+            return;
+        }
         match (self.affine, self.relu) {
             (Some((scale, shift)), true) => {
                 let (s, t) = (scale[c], shift[c]);
@@ -918,6 +949,7 @@ unsafe fn prologue<'a>(
     Some(Prologue {
         affine,
         relu: flags & abi::FLAG_PROLOGUE_RELU != 0,
+        neon: false,
     })
 }
 
@@ -1129,6 +1161,13 @@ fn pack_band(a: &mut ConvArgs<'_>, band: Band) {
                 unsafe { src.load(y * g.iw, mid, &pro, c) };
             } else {
                 row.fill(0.0);
+                #[cfg(target_arch = "aarch64")]
+                if pro.neon && g.sw == 2 {
+                    // SAFETY: row `y < ih` of a plane of `ih * iw` floats; `neon` is set only by
+                    // the NEON kernels, which run only where the CPU has NEON.
+                    unsafe { neon::pack_row2(src, y * g.iw, (g.iw, g.pw, g.wq), row, &pro, c) };
+                    continue;
+                }
                 for x in 0..g.iw {
                     // SAFETY: `y * iw + x < ih * iw`.
                     let v = pro.one(c, unsafe { src.get(y * g.iw + x) });
@@ -1480,7 +1519,7 @@ pub unsafe extern "C" fn linear_avx2(
 }
 
 // ---------------------------------------------------------------------------------------------
-// NEON entry point (aarch64). Checks the CPU itself and falls back to the portable kernel.
+// NEON entry points (aarch64). Each checks the CPU itself and falls back to the portable kernel.
 // ---------------------------------------------------------------------------------------------
 
 /// NEON convolution ([`abi::ConvKernel`]); the portable one on a CPU without NEON (or with
@@ -1505,6 +1544,58 @@ pub unsafe extern "C" fn conv2d_neon(
         unsafe { neon::conv(&mut a, 0, 1) };
     } else {
         conv_portable_body(&mut a, 0, 1);
+    }
+    abi::STATUS_OK
+}
+
+/// NEON pooling ([`abi::PoolKernel`]); the portable one on a CPU without NEON (or with
+/// `SPARSEC_KERNELS=portable`).
+///
+/// # Safety
+/// The kernel contract (module doc).
+#[cfg(target_arch = "aarch64")]
+pub unsafe extern "C" fn pool_neon(
+    desc: *const PoolDesc,
+    pieces: *const Piece,
+    out: *mut f32,
+    weights: *const u8,
+    scratch: *mut u8,
+) -> i32 {
+    // SAFETY: the kernel contract, forwarded.
+    let Some(mut a) = (unsafe { pool_args(desc, pieces, out, weights, scratch) }) else {
+        return abi::STATUS_BAD_DESCRIPTOR;
+    };
+    if neon::available() {
+        // SAFETY: the CPU has NEON (checked just above).
+        unsafe { neon::pool(&mut a) };
+    } else {
+        pool_body(&mut a);
+    }
+    abi::STATUS_OK
+}
+
+/// NEON linear layer, the head's global average and classifier ([`abi::LinearKernel`]); the
+/// portable one on a CPU without NEON (or with `SPARSEC_KERNELS=portable`).
+///
+/// # Safety
+/// The kernel contract (module doc).
+#[cfg(target_arch = "aarch64")]
+pub unsafe extern "C" fn linear_neon(
+    desc: *const LinearDesc,
+    pieces: *const Piece,
+    out: *mut f32,
+    weights: *const u8,
+    scratch: *mut u8,
+) -> i32 {
+    // SAFETY: the kernel contract, forwarded.
+    let Some(mut a) = (unsafe { linear_args(desc, pieces, out, weights, scratch) }) else {
+        return abi::STATUS_BAD_DESCRIPTOR;
+    };
+    if neon::available() {
+        // SAFETY: the CPU has NEON (checked just above).
+        unsafe { neon::linear(&mut a) };
+    } else {
+        linear_body(&mut a);
     }
     abi::STATUS_OK
 }

@@ -25,11 +25,14 @@ const SPLIT_MIN_MACS: usize = 1 << 17;
 /// its part to the others (`Team::run`).
 const PARTS_PER_MEMBER: usize = 1;
 
-/// The pooling kernel for this CPU (the AVX2 entry falls back to portable code by itself).
+/// The pooling kernel for this CPU (the AVX2 and NEON entries fall back to portable code by
+/// themselves).
 fn best_pool() -> abi::PoolKernel {
     #[cfg(target_arch = "x86_64")]
     return pool_avx2;
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(target_arch = "aarch64")]
+    return pool_neon;
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     return pool_portable;
 }
 
@@ -37,7 +40,9 @@ fn best_pool() -> abi::PoolKernel {
 fn best_linear() -> abi::LinearKernel {
     #[cfg(target_arch = "x86_64")]
     return linear_avx2;
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(target_arch = "aarch64")]
+    return linear_neon;
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     return linear_portable;
 }
 

@@ -1,6 +1,7 @@
-//! Kernel tests: every kernel (portable, AVX2, team) against an f64 reference on random
-//! shapes, the descriptor checks, packing, and the throughput measurements docs/benchmarks
-//! quotes (`conv_throughput`).
+//! Kernel tests: every kernel (portable, AVX2 or NEON, team) against an f64 reference on random
+//! shapes and on the example models' layers, the detected kernels against the portable ones,
+//! the descriptor checks, packing, and the throughput measurements docs/benchmarks quotes
+//! (`conv_throughput`).
 
 use super::*;
 use std::time::Instant;
@@ -514,7 +515,24 @@ fn random_pool(rng: &mut Rng) -> PoolCase {
         rng,
         abi::FLAG_PROLOGUE | abi::FLAG_PROLOGUE_RELU | abi::FLAG_RELU,
     ) | if global { abi::FLAG_GLOBAL } else { 0 };
-    let (k, s, p) = (k as usize, stride as usize, pad as usize);
+    let window = (k as usize, stride as usize, pad as usize);
+    pool_case(rng, c, (ih, iw), window, max, n_pieces, sum, flags)
+}
+
+/// A pool of this shape (window, stride, padding; `FLAG_GLOBAL` in `flags` for a global one)
+/// on random input, and its f64 reference output.
+#[expect(clippy::too_many_arguments, reason = "a test's shape, spelled out")]
+fn pool_case(
+    rng: &mut Rng,
+    c: usize,
+    (ih, iw): (usize, usize),
+    (k, s, p): (usize, usize, usize),
+    max: bool,
+    n_pieces: usize,
+    sum: bool,
+    flags: u32,
+) -> PoolCase {
+    let global = flags & abi::FLAG_GLOBAL != 0;
     let (oh, ow) = if global {
         (1, 1)
     } else {
@@ -655,6 +673,20 @@ fn random_linear(rng: &mut Rng) -> LinearCase {
         rng,
         abi::FLAG_PROLOGUE | abi::FLAG_PROLOGUE_RELU | abi::FLAG_BIAS | abi::FLAG_RELU,
     ) | if global { abi::FLAG_GLOBAL } else { 0 };
+    linear_case(rng, ic, (ih, iw), out, n_pieces, sum, flags)
+}
+
+/// A linear layer of this shape on random input (`FLAG_GLOBAL` in `flags` averages an `ih x
+/// iw` input first), and its f64 reference output.
+fn linear_case(
+    rng: &mut Rng,
+    ic: usize,
+    (ih, iw): (usize, usize),
+    out: usize,
+    n_pieces: usize,
+    sum: bool,
+    flags: u32,
+) -> LinearCase {
     let mut desc = LinearDesc {
         in_channels: ic as u32,
         in_h: ih as u32,
@@ -753,6 +785,227 @@ fn linear_matches_the_f64_reference() -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// One comparison of [`detected_kernels_match_portable_on_model_layers`]: `got` (kernels
+/// `name`) against the f64 reference and against the portable kernels' `base`.
+fn compare(what: &str, name: &str, got: &[f32], base: &[f32], want: &[f64]) -> Result<(), String> {
+    let err = rel_err(got, want);
+    let base64: Vec<f64> = base.iter().map(|&v| f64::from(v)).collect();
+    let vs = rel_err(got, &base64);
+    eprintln!("{what}, {name}: vs f64 {err:.2e}, vs portable {vs:.2e}");
+    if !within_tolerance(err) || !within_tolerance(vs) {
+        return Err(format!(
+            "{what}, {name}: relative error {err:e} (vs portable {vs:e})"
+        ));
+    }
+    Ok(())
+}
+
+/// The layers of the example models through every kernel table (NEON on aarch64, AVX2 on
+/// x86-64, portable), each against the f64 reference and against the portable kernels, the
+/// errors printed: the input packing with the BN-ReLU prologue (concatenated and summed
+/// pieces, stride 1 and 2), 1x1 and 3x3 convolutions direct and Winograd, the transitions' 2x2 pools, the
+/// global pool, the identity and a stem's 3x3 maximum, and the head.
+#[test]
+fn detected_kernels_match_portable_on_model_layers() -> Result<(), String> {
+    let mut rng = Rng(0xa76);
+    let bn = abi::FLAG_PROLOGUE | abi::FLAG_PROLOGUE_RELU;
+    let (bias, relu, global) = (abi::FLAG_BIAS, abi::FLAG_RELU, abi::FLAG_GLOBAL);
+    let (w2, w4) = (abi::FLAG_WINOGRAD, abi::FLAG_WINOGRAD4);
+    let convs = [
+        (
+            "conv 1x1 120->48 16x16, 5 pieces",
+            (120, (16, 16), 48, 1, 1, 0, 5, false, bn | bias),
+        ),
+        (
+            "conv 1x1 24->12 32x32, sum of 3",
+            (24, (32, 32), 12, 1, 1, 0, 3, true, bn),
+        ),
+        (
+            "conv 3x3 stem 3->24 32x32",
+            (3, (32, 32), 24, 3, 1, 1, 1, false, bias | relu),
+        ),
+        (
+            "conv 3x3 48->12 32x32 F(2x2)",
+            (48, (32, 32), 12, 3, 1, 1, 2, false, bn | w2),
+        ),
+        (
+            "conv 3x3 48->12 16x16 F(4x4)",
+            (48, (16, 16), 12, 3, 1, 1, 3, false, bn | w4),
+        ),
+        (
+            "conv 3x3 48->12 32x32 F(4x4)",
+            (48, (32, 32), 12, 3, 1, 1, 1, true, bn | w4),
+        ),
+        (
+            "conv 3x3 48->12 8x8 direct",
+            (48, (8, 8), 12, 3, 1, 1, 2, false, bn),
+        ),
+        (
+            "conv 3x3/2 24->12 31x31",
+            (24, (31, 31), 12, 3, 2, 1, 2, false, bn),
+        ),
+    ]
+    .map(|(what, (ic, hw, oc, k, s, p, n, sum, flags))| {
+        (
+            what,
+            conv_case(&mut rng, ic, hw, oc, k, s, p, n, sum, flags),
+        )
+    });
+    let pools = [
+        (
+            "avg 2x2 32x32, 4 pieces",
+            (60, (32, 32), (2, 2, 0), false, 4, false, bn),
+        ),
+        (
+            "max 2x2 16x16",
+            (30, (16, 16), (2, 2, 0), true, 2, false, bn),
+        ),
+        (
+            "avg 2x2 17x15, sum",
+            (13, (17, 15), (2, 2, 0), false, 2, true, bn | relu),
+        ),
+        (
+            "global avg 8x8",
+            (90, (8, 8), (1, 1, 0), false, 3, false, bn | global),
+        ),
+        (
+            "global max 7x9",
+            (20, (7, 9), (1, 1, 0), true, 1, false, bn | global),
+        ),
+        ("identity 8x8", (20, (8, 8), (1, 1, 0), false, 2, false, bn)),
+        (
+            "max 3x3/2 15x15",
+            (8, (15, 15), (3, 2, 1), true, 1, false, bn),
+        ),
+    ]
+    .map(|(what, (c, hw, window, max, n, sum, flags))| {
+        (what, pool_case(&mut rng, c, hw, window, max, n, sum, flags))
+    });
+    let heads = [
+        (
+            "head 342x8x8->10",
+            (342, (8, 8), 10, 4, false, bn | bias | global),
+        ),
+        (
+            "head 100x9x9->100, sum",
+            (100, (9, 9), 100, 2, true, bn | bias | global),
+        ),
+        ("linear 37->13", (37, (1, 1), 13, 1, false, bias | relu)),
+    ]
+    .map(|(what, (ic, hw, out, n, sum, flags))| {
+        (what, linear_case(&mut rng, ic, hw, out, n, sum, flags))
+    });
+    let portable = portable_kernel_table();
+    for (name, table) in tables() {
+        for (what, case) in &convs {
+            let got = run_conv(conv_kernel(&table), case)?;
+            let base = run_conv(conv_kernel(&portable), case)?;
+            compare(what, name, &got, &base, &case.want)?;
+        }
+        for (what, case) in &pools {
+            let got = run_pool(pool_kernel(&table), case)?;
+            let base = run_pool(pool_kernel(&portable), case)?;
+            compare(what, name, &got, &base, &case.want)?;
+        }
+        for (what, case) in &heads {
+            let got = run_linear(linear_kernel(&table), case)?;
+            let base = run_linear(linear_kernel(&portable), case)?;
+            compare(what, name, &got, &base, &case.want)?;
+        }
+    }
+    Ok(())
+}
+
+/// Where the detected pooling kernels do the portable arithmetic (the prologue, the 2x2 and
+/// other windows, the identity, the global maximum: all but the global average, summed in
+/// another order), they give its values bit for bit.
+#[test]
+fn detected_pools_equal_portable_bit_for_bit() -> Result<(), String> {
+    let mut rng = Rng(0xb17_b17);
+    let portable = portable_kernel_table();
+    let mut compared = 0;
+    for _ in 0..120 {
+        let case = random_pool(&mut rng);
+        if case.desc.flags & abi::FLAG_GLOBAL != 0 && case.desc.kind == abi::POOL_AVG {
+            continue;
+        }
+        let base = run_pool(pool_kernel(&portable), &case)?;
+        for (name, table) in tables() {
+            let got = run_pool(pool_kernel(&table), &case)?;
+            if got != base {
+                return Err(format!("{name}: {:?}: {got:?} != {base:?}", case.desc));
+            }
+        }
+        compared += 1;
+    }
+    assert!(compared > 60, "only {compared} cases");
+    Ok(())
+}
+
+#[test]
+fn nan_propagates_through_max_pools() -> Result<(), String> {
+    let mut rng = Rng(11);
+    for flags in [0, abi::FLAG_GLOBAL] {
+        let mut case = pool_case(&mut rng, 2, (8, 8), (2, 2, 0), true, 1, false, flags);
+        // Channel 1, row 2, column 5: the 2x2 output (1, 2) of channel 1.
+        case.pieces.data[0][64 + 2 * 8 + 5] = f32::NAN;
+        let at = if flags == 0 { 16 + 4 + 2 } else { 1 };
+        for (name, table) in tables() {
+            let got = run_pool(pool_kernel(&table), &case)?;
+            assert!(got[at].is_nan(), "{name}: {got:?}");
+            assert_eq!(got.iter().filter(|v| v.is_nan()).count(), 1, "{name}");
+        }
+    }
+    Ok(())
+}
+
+/// The NEON Winograd phase split (`ld2`/`ld4`) places every value where the portable one does,
+/// and the NEON input transforms compute the portable ones' `V` (to rounding), on every kind
+/// of layout: one or several bands, F(4x4) with two tile rows per vector of 8 (16x16).
+#[cfg(target_arch = "aarch64")]
+#[test]
+fn neon_winograd_split_and_input_transforms_match_portable() {
+    assert!(std::arch::is_aarch64_feature_detected!("neon"));
+    let mut rng = Rng(0x4e45_4f4e);
+    for (m, ic, (h, w)) in [
+        (2, 8, (4, 32)),
+        (2, 9, (6, 48)),
+        (2, 300, (32, 32)),
+        (4, 8, (8, 32)),
+        (4, 10, (16, 16)),
+        (4, 8, (8, 64)),
+    ] {
+        let l = winograd::layout(m, ic, 6, h, h, w);
+        let row = rng.vec(w);
+        let mut want = vec![0.5f32; l.row];
+        let mut got = want.clone();
+        winograd::split_portable(m, &row, &mut want);
+        // SAFETY: the CPU has NEON (asserted above).
+        unsafe {
+            if m == 2 {
+                winograd::neon::split2(&row, &mut got);
+            } else {
+                winograd::neon::split4(&row, &mut got);
+            }
+        }
+        assert_eq!(got, want, "split, m = {m}, width {w}");
+        let mut want = rng.vec(l.scratch_len);
+        let mut got = want.clone();
+        winograd::transform_input(&mut want, &l, ic, l.rows);
+        // SAFETY: the CPU has NEON (asserted above).
+        unsafe {
+            if m == 2 {
+                winograd::neon::transform_input2(&mut got, &l, ic, l.rows);
+            } else {
+                winograd::neon::transform_input4(&mut got, &l, ic, l.rows);
+            }
+        }
+        let want: Vec<f64> = want.iter().map(|&v| f64::from(v)).collect();
+        let err = rel_err(&got, &want);
+        assert!(err < 1e-6, "input transform, m = {m}, {h}x{w}: {err:e}");
+    }
 }
 
 #[test]

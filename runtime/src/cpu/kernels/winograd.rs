@@ -22,7 +22,8 @@
 //! loader validates the shape.
 //!
 //! The portable functions here are the reference for any m (scalar, driven by the transform
-//! matrices); `avx2` has the fast data movement and transforms for each m.
+//! matrices); `avx2` (8 tiles per vector) and `neon` (4 tiles per vector) have the fast data
+//! movement and transforms for each m.
 
 use super::{CONV_OC_BLOCK, ConvArgs, ConvGeom, LANES, Src, plane_stride};
 
@@ -859,6 +860,325 @@ pub(super) mod avx2 {
                                     _mm256_storeu_ps(p.add(8), hi);
                                 }
                             }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// NEON versions of the data movement and the transforms, per tile size (the portable ones
+/// above are the reference), 4 tiles per `float32x4_t`. A tile row holds a multiple of 4 tiles
+/// (`tw` is a multiple of 8, or 4 with `pair`), so a vector never spans two tile rows and
+/// `pair` needs no special case; the deinterleaving loads and interleaving stores (`ld2`,
+/// `ld4`, `st2`, `st4`) do the phase split and the tiles-to-pixels transpose.
+#[cfg(target_arch = "aarch64")]
+pub(super) mod neon {
+    use super::super::ConvArgs;
+    use super::Layout;
+    use std::arch::aarch64::*;
+
+    /// Tiles per vector.
+    const TL: usize = 4;
+
+    /// [`super::split_portable`] for m = 2: `row[i]` goes to padded column `i + 1`, the even
+    /// `i` to phase 1 at `i / 2`, the odd ones to phase 0 at `(i + 1) / 2`.
+    #[inline]
+    #[target_feature(enable = "neon")]
+    pub(in super::super) fn split2(row: &[f32], packed: &mut [f32]) {
+        let wq = row.len() / 2 + 1;
+        assert!(packed.len() >= 2 * wq);
+        let whole = row.len() / 8;
+        let p = packed.as_mut_ptr();
+        for j in 0..whole {
+            // SAFETY: `8 j + 8 <= row.len()`; the stores end at `wq + 4 j + 4 <= 2 wq` and
+            // `4 j + 5 <= wq` (asserted above).
+            unsafe {
+                let v = vld2q_f32(row.as_ptr().add(8 * j));
+                vst1q_f32(p.add(wq + 4 * j), v.0);
+                vst1q_f32(p.add(4 * j + 1), v.1);
+            }
+        }
+        for (i, &v) in row.iter().enumerate().skip(8 * whole) {
+            let x = i + 1;
+            packed[(x % 2) * wq + x / 2] = v;
+        }
+    }
+
+    /// [`super::split_portable`] for m = 4: `row[16 j + 4 q + k]` (element k of group q) goes
+    /// to padded column `16 j + 4 q + k + 1`, phase `(k + 1) % 4` at `4 j + q + (k + 1) / 4`.
+    #[inline]
+    #[target_feature(enable = "neon")]
+    pub(in super::super) fn split4(row: &[f32], packed: &mut [f32]) {
+        let wq = row.len() / 4 + 1;
+        assert!(packed.len() >= 4 * wq);
+        let whole = row.len() / 16;
+        let p = packed.as_mut_ptr();
+        for j in 0..whole {
+            // SAFETY: `16 j + 16 <= row.len()`; phase q's stores end at `q wq + 4 j + 5 <=
+            // 4 wq` (asserted above).
+            unsafe {
+                let v = vld4q_f32(row.as_ptr().add(16 * j));
+                vst1q_f32(p.add(wq + 4 * j), v.0);
+                vst1q_f32(p.add(2 * wq + 4 * j), v.1);
+                vst1q_f32(p.add(3 * wq + 4 * j), v.2);
+                vst1q_f32(p.add(4 * j + 1), v.3);
+            }
+        }
+        for (i, &v) in row.iter().enumerate().skip(16 * whole) {
+            let x = i + 1;
+            packed[(x % 4) * wq + x / 4] = v;
+        }
+    }
+
+    /// Checks shared by the input transforms: the packed planes and `V` lie inside the scratch,
+    /// the tile rows are whole vectors.
+    fn check_input(scratch: &[f32], l: &Layout, ic: usize, rows: usize) {
+        assert!(l.v_at + l.xis * l.v_xi <= scratch.len() && ic * l.plane <= l.v_at);
+        assert!(ic * l.tiles <= l.v_xi && l.tw.is_multiple_of(TL));
+        assert!(rows <= l.rows && (l.m * rows + 2) * l.row <= l.plane);
+    }
+
+    /// [`super::transform_input`] for m = 2, 4 tiles at a time.
+    #[target_feature(enable = "neon")]
+    pub(in super::super) fn transform_input2(
+        scratch: &mut [f32],
+        l: &Layout,
+        ic: usize,
+        rows: usize,
+    ) {
+        check_input(scratch, l, ic, rows);
+        assert!(l.m == 2);
+        let wq = l.wq();
+        let base = scratch.as_mut_ptr();
+        for c in 0..ic {
+            let plane = base.wrapping_add(c * l.plane).cast_const();
+            for r in 0..rows {
+                for t in (0..l.tw).step_by(TL) {
+                    // Rows `2 r .. 2 r + 4 <= 2 rows + 2` of plane `c`, columns up to
+                    // `wq + t + 1 + 4 <= 2 wq` of a row: inside the packed planes.
+                    let d: [[float32x4_t; 4]; 4] = std::array::from_fn(|i| {
+                        let row = plane.wrapping_add((2 * r + i) * l.row + t);
+                        // SAFETY: in bounds as above (`check_input`).
+                        unsafe {
+                            [
+                                vld1q_f32(row),
+                                vld1q_f32(row.add(wq)),
+                                vld1q_f32(row.add(1)),
+                                vld1q_f32(row.add(wq + 1)),
+                            ]
+                        }
+                    });
+                    // Bᵀ d per column k, then (Bᵀ d) B per row i (the rows of `super::BT2`).
+                    let cols: [[float32x4_t; 4]; 4] = std::array::from_fn(|k| {
+                        [
+                            vsubq_f32(d[0][k], d[2][k]),
+                            vaddq_f32(d[1][k], d[2][k]),
+                            vsubq_f32(d[2][k], d[1][k]),
+                            vsubq_f32(d[1][k], d[3][k]),
+                        ]
+                    });
+                    let v = base.wrapping_add(l.v_at + c * l.tiles + r * l.tw + t);
+                    #[expect(clippy::needless_range_loop, reason = "i indexes the inner arrays")]
+                    for i in 0..4 {
+                        let out = [
+                            vsubq_f32(cols[0][i], cols[2][i]),
+                            vaddq_f32(cols[1][i], cols[2][i]),
+                            vsubq_f32(cols[2][i], cols[1][i]),
+                            vsubq_f32(cols[1][i], cols[3][i]),
+                        ];
+                        for (j, o) in out.iter().enumerate() {
+                            // SAFETY: `V_ξ[c][tile..tile + 4]` inside `V` (`check_input`).
+                            unsafe { vst1q_f32(v.add((4 * i + j) * l.v_xi), *o) };
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// `Bᵀ x` of F(4x4, 3x3), unrolled (the rows of `super::BT4`).
+    #[inline]
+    #[target_feature(enable = "neon")]
+    fn bt4(x: [float32x4_t; 6]) -> [float32x4_t; 6] {
+        let t1 = vfmsq_n_f32(x[4], x[2], 0.25);
+        let t2 = vfmsq_n_f32(x[3], x[1], 0.25);
+        let t3 = vsubq_f32(x[4], x[2]);
+        let t4 = vmulq_n_f32(vsubq_f32(x[3], x[1]), 0.5);
+        [
+            vfmaq_n_f32(vfmsq_n_f32(x[4], x[2], 1.25), x[0], 0.25),
+            vaddq_f32(t1, t2),
+            vsubq_f32(t1, t2),
+            vaddq_f32(t3, t4),
+            vsubq_f32(t3, t4),
+            vfmaq_n_f32(vfmsq_n_f32(x[5], x[3], 1.25), x[1], 0.25),
+        ]
+    }
+
+    /// `Aᵀ x` of F(4x4, 3x3), unrolled (the rows of `super::AT4`).
+    #[inline]
+    #[target_feature(enable = "neon")]
+    fn at4(x: [float32x4_t; 6]) -> [float32x4_t; 4] {
+        let a = vaddq_f32(x[1], x[2]);
+        let b = vsubq_f32(x[1], x[2]);
+        let c = vaddq_f32(x[3], x[4]);
+        let d = vsubq_f32(x[3], x[4]);
+        [
+            vaddq_f32(vaddq_f32(x[0], a), c),
+            vfmaq_n_f32(b, d, 0.5),
+            vfmaq_n_f32(a, c, 0.25),
+            vaddq_f32(vfmaq_n_f32(b, d, 0.125), x[5]),
+        ]
+    }
+
+    /// [`super::transform_input`] for m = 4, 4 tiles at a time.
+    #[target_feature(enable = "neon")]
+    pub(in super::super) fn transform_input4(
+        scratch: &mut [f32],
+        l: &Layout,
+        ic: usize,
+        rows: usize,
+    ) {
+        check_input(scratch, l, ic, rows);
+        assert!(l.m == 4);
+        let wq = l.wq();
+        let base = scratch.as_mut_ptr();
+        for c in 0..ic {
+            let plane = base.wrapping_add(c * l.plane).cast_const();
+            for r in 0..rows {
+                for t in (0..l.tw).step_by(TL) {
+                    // Bᵀ d per column k (padded column 4 tile + k: phase k % 4 at tile + k / 4),
+                    // rows `4 r .. 4 r + 6 <= 4 rows + 2`, columns up to `3 wq + t + 1 + 4 <=
+                    // 4 wq`: inside the packed planes.
+                    let cols: [[float32x4_t; 6]; 6] = std::array::from_fn(|k| {
+                        let at = (k % 4) * wq + t + k / 4;
+                        bt4(std::array::from_fn(|i| {
+                            let p = plane.wrapping_add((4 * r + i) * l.row + at);
+                            // SAFETY: in bounds as above (`check_input`).
+                            unsafe { vld1q_f32(p) }
+                        }))
+                    });
+                    let v = base.wrapping_add(l.v_at + c * l.tiles + r * l.tw + t);
+                    #[expect(clippy::needless_range_loop, reason = "i indexes the inner arrays")]
+                    for i in 0..6 {
+                        let out = bt4(std::array::from_fn(|k| cols[k][i]));
+                        for (j, o) in out.iter().enumerate() {
+                            // SAFETY: `V_ξ[c][tile..tile + 4]` inside `V` (`check_input`).
+                            unsafe { vst1q_f32(v.add((6 * i + j) * l.v_xi), *o) };
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Bias, then ReLU if asked (NaN-propagating, as the reference's), of one vector.
+    #[inline]
+    #[target_feature(enable = "neon")]
+    fn finish(v: float32x4_t, bias: float32x4_t, relu: bool) -> float32x4_t {
+        let v = vaddq_f32(v, bias);
+        if relu {
+            vmaxq_f32(vdupq_n_f32(0.0), v)
+        } else {
+            v
+        }
+    }
+
+    /// Checks shared by the output transforms: `M` lies inside the scratch.
+    fn check_output(a: &ConvArgs<'_>, l: &Layout, rows: usize) {
+        assert!(l.m_at + l.xis * l.m_xi <= a.scratch.len());
+        assert!(a.g.oc * l.tiles <= l.m_xi && rows <= l.rows && l.tw.is_multiple_of(TL));
+    }
+
+    /// [`super::transform_output`] for m = 2, 4 tiles at a time: the 2 x 2 outputs of 4 tiles
+    /// as two runs of 8 pixels, interleaved by `st2`.
+    ///
+    /// # Safety
+    /// As [`super::transform_output`].
+    #[target_feature(enable = "neon")]
+    pub(in super::super) unsafe fn transform_output2(
+        a: &mut ConvArgs<'_>,
+        l: &Layout,
+        y0: usize,
+        rows: usize,
+    ) {
+        check_output(a, l, rows);
+        assert!(l.m == 2);
+        let g = a.g;
+        let m = a.scratch[l.m_at..].as_ptr();
+        for o in 0..g.oc {
+            let bias = vdupq_n_f32(a.bias.map_or(0.0, |b| b[o]));
+            for r in 0..rows {
+                for t in (0..l.tw).step_by(TL) {
+                    let tile = o * l.tiles + r * l.tw + t;
+                    // SAFETY: `M_ξ[o][tile..tile + 4]` inside `M` (`check_output`).
+                    let mv: [float32x4_t; 16] =
+                        std::array::from_fn(|xi| unsafe { vld1q_f32(m.add(xi * l.m_xi + tile)) });
+                    // Aᵀ M: 2 x 4 (the rows of `super::AT2`).
+                    let s: [[float32x4_t; 4]; 2] = [
+                        std::array::from_fn(|k| vaddq_f32(vaddq_f32(mv[k], mv[4 + k]), mv[8 + k])),
+                        std::array::from_fn(|k| {
+                            vsubq_f32(vsubq_f32(mv[4 + k], mv[8 + k]), mv[12 + k])
+                        }),
+                    ];
+                    for (dy, sr) in s.iter().enumerate() {
+                        let y0v = vaddq_f32(vaddq_f32(sr[0], sr[1]), sr[2]);
+                        let y1v = vsubq_f32(vsubq_f32(sr[1], sr[2]), sr[3]);
+                        let y = float32x4x2_t(finish(y0v, bias, a.relu), finish(y1v, bias, a.relu));
+                        let at = o * g.oh * g.ow + (y0 + 2 * r + dy) * g.ow + 2 * t;
+                        // SAFETY: this band's rows of channel `o`, written by this call only.
+                        if let Some(dst) = unsafe { a.out.run(at, 2 * TL) } {
+                            // SAFETY: 8 floats of `dst`; pixel 2 i + dx is tile i's column dx.
+                            unsafe { vst2q_f32(dst.as_mut_ptr(), y) };
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// [`super::transform_output`] for m = 4, 4 tiles at a time: the 4 x 4 outputs of 4 tiles
+    /// as four runs of 16 pixels, interleaved by `st4`.
+    ///
+    /// # Safety
+    /// As [`super::transform_output`].
+    #[target_feature(enable = "neon")]
+    pub(in super::super) unsafe fn transform_output4(
+        a: &mut ConvArgs<'_>,
+        l: &Layout,
+        y0: usize,
+        rows: usize,
+    ) {
+        check_output(a, l, rows);
+        assert!(l.m == 4);
+        let g = a.g;
+        let m = a.scratch[l.m_at..].as_ptr();
+        for o in 0..g.oc {
+            let bias = vdupq_n_f32(a.bias.map_or(0.0, |b| b[o]));
+            for r in 0..rows {
+                for t in (0..l.tw).step_by(TL) {
+                    let tile = o * l.tiles + r * l.tw + t;
+                    // Aᵀ M per column k: s[k][dy].
+                    let s: [[float32x4_t; 4]; 6] = std::array::from_fn(|k| {
+                        at4(std::array::from_fn(|i| {
+                            // SAFETY: `M_ξ[o][tile..tile + 4]` inside `M` (`check_output`).
+                            unsafe { vld1q_f32(m.add((6 * i + k) * l.m_xi + tile)) }
+                        }))
+                    });
+                    for dy in 0..4 {
+                        let y = at4(std::array::from_fn(|k| s[k][dy]));
+                        let y = float32x4x4_t(
+                            finish(y[0], bias, a.relu),
+                            finish(y[1], bias, a.relu),
+                            finish(y[2], bias, a.relu),
+                            finish(y[3], bias, a.relu),
+                        );
+                        let at = o * g.oh * g.ow + (y0 + 4 * r + dy) * g.ow + 4 * t;
+                        // SAFETY: this band's rows of channel `o`, written by this call only.
+                        if let Some(dst) = unsafe { a.out.run(at, 4 * TL) } {
+                            // SAFETY: 16 floats of `dst`; pixel 4 i + dx is tile i's column dx.
+                            unsafe { vst4q_f32(dst.as_mut_ptr(), y) };
                         }
                     }
                 }
