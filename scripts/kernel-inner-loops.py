@@ -128,7 +128,7 @@ if name:
 
 if arm:
     wanted = re.compile(
-        r"kernels::neon::(map|add|pool|linear|conv)$|winograd::neon::(split|transform)"
+        r"kernels::neon::(map|add|pack_row2|pool|linear|conv)$|winograd::neon::(split|transform)"
     )
     is_vec = lambda op, args: re.search(r"\bv\d+\.(4s|2s|2d|s)\b|\bq\d+\b", args) is not None
     is_arith = lambda op: op.startswith(("fadd", "fsub", "fmul", "fmla", "fmls", "fmax", "fmin", "fcvt", "faddp"))
