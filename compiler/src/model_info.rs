@@ -52,6 +52,8 @@ pub struct ModelInfo {
     pub kernels: Vec<KernelCount>,
     /// CUDA models: the NVRTC version and the architectures of the blobs (`ptx` for PTX).
     pub cuda_archs: Vec<String>,
+    /// CUDA models: the bytes of each blob, in `cuda_archs` order (the code: cubins and PTX).
+    pub cuda_code_bytes: Vec<u64>,
     /// The signature as `sparsec run` would judge it with the same trusted keys.
     pub signature: SignatureInfo,
 }
@@ -184,6 +186,11 @@ pub fn read_with(
         .as_ref()
         .map(|c| c.blobs.iter().map(|(arch, _)| arch.clone()).collect())
         .unwrap_or_default();
+    let cuda_code_bytes = m
+        .cuda
+        .as_ref()
+        .map(|c| c.blobs.iter().map(|(_, s)| s.len).collect())
+        .unwrap_or_default();
     Ok(ModelInfo {
         name: m.model_name.clone(),
         format_version: format::FORMAT_VERSION,
@@ -212,6 +219,7 @@ pub fn read_with(
         flops_per_image: m.steps.iter().map(|s| s.flops_per_image).sum(),
         kernels,
         cuda_archs,
+        cuda_code_bytes,
         signature: SignatureInfo {
             state: match &signature {
                 SignatureState::Unsigned => "unsigned",
@@ -252,7 +260,19 @@ pub fn render(i: &ModelInfo) -> String {
         i.arch
     );
     if !i.cuda_archs.is_empty() {
-        let _ = writeln!(out, "cuda:     code for {}", i.cuda_archs.join(", "));
+        let blobs: Vec<String> = i
+            .cuda_archs
+            .iter()
+            .zip(&i.cuda_code_bytes)
+            .map(|(arch, bytes)| format!("{arch} ({})", g(*bytes)))
+            .collect();
+        let total: u64 = i.cuda_code_bytes.iter().sum();
+        let _ = writeln!(
+            out,
+            "cuda:     code for {}: {} bytes",
+            blobs.join(", "),
+            g(total)
+        );
     }
     let runs = if i.signature.state == "trusted" {
         "its native code runs"

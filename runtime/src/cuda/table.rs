@@ -127,8 +127,9 @@ fn record(
             r[PH] = d.pad_h.into();
             r[PW] = d.pad_w.into();
             r[WEIGHT] = floats(d.weight_off, "weights")?;
-            // Without a bias, BIAS points at the weights (checked non-empty): the kernels
-            // load it and discard it rather than branch on the flag.
+            // Without a bias, BIAS points at the weights (checked non-empty; at least
+            // out_channels floats): the kernels load w[BIAS + m] for every output channel m
+            // and mask it to zero rather than branch on the flag.
             r[BIAS] = if d.flags & abi::FLAG_BIAS != 0 {
                 floats(d.bias_off, "bias")?
             } else {

@@ -161,6 +161,25 @@ pub struct Conv<'a> {
 }
 
 impl Conv<'_> {
+    /// The convolution as `tile.rs`'s cost model sees it.
+    pub fn shape(&self) -> Result<ConvShape, String> {
+        let (c, s) = (self.conv, self.step);
+        let (oh, ow) = (s.output.height, s.output.width);
+        let (kh, kw) = (c.kernel[0], c.kernel[1]);
+        let p = u64::from(oh) * u64::from(ow);
+        let pointwise = kh == 1 && kw == 1 && c.stride == [1, 1] && c.pad == [0, 0];
+        Ok(ConvShape {
+            oc: c.out_channels,
+            pixels: u32::try_from(p).map_err(|_| format!("{p} output pixels per image"))?,
+            k: s.input.channels * kh * kw,
+            im2col: !pointwise,
+            cin: s.input.channels,
+            kernel: [kh, kw],
+            out: [oh, ow],
+            direct: c.stride == [1, 1] && kh * kw > 1,
+        })
+    }
+
     /// Records the step's kernels in `src`; its launch variants (`tile::variants`: a latency
     /// tile for small batches, then the throughput tile), or why the step cannot be launched.
     pub fn emit(&self, index: usize, src: &mut Source) -> Result<Vec<CudaLaunch>, String> {
@@ -169,19 +188,9 @@ impl Conv<'_> {
         let (oh, ow) = (s.output.height, s.output.width);
         let oc = c.out_channels;
         let (kh, kw) = (c.kernel[0], c.kernel[1]);
-        let p = u64::from(oh) * u64::from(ow);
-        let pointwise = kh == 1 && kw == 1 && c.stride == [1, 1] && c.pad == [0, 0];
+        let pointwise = !self.shape()?.im2col;
         let sum = c.access.combine == Combine::Sum;
-        let shape = ConvShape {
-            oc,
-            pixels: u32::try_from(p).map_err(|_| format!("{p} output pixels per image"))?,
-            k: s.input.channels * kh * kw,
-            im2col: !pointwise,
-            cin: s.input.channels,
-            kernel: [kh, kw],
-            out: [oh, ow],
-            direct: c.stride == [1, 1] && kh * kw > 1,
-        };
+        let shape = self.shape()?;
         let comment = format!(
             "{}: conv {kh}x{kw} stride {}x{} pad {}x{}, {} -> {oc} channels, {ih}x{iw} -> \
              {oh}x{ow}, {} piece(s){}{}",
@@ -296,6 +305,47 @@ mod tests {
             comment_text("x\\\nint y;\r\u{e9}"),
             "x<U+005C><U+000A>int y;<U+000D><U+00E9>"
         );
+    }
+
+    /// The cost model's total time of a golden model's convolutions, at batch 1 and 256, with
+    /// the tile menu and with the free per-layer choice it replaced: the menu costs at most 2%
+    /// (`cargo test -p sparsec --lib tile_menu -- --nocapture` prints the table).
+    #[test]
+    fn the_tile_menu_costs_the_golden_models_little() -> Result<(), String> {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/models");
+        for model in [
+            "sparsenet-40-24",
+            "densenet-bc-100-12",
+            "sparsenet-bc-100-24",
+            "sparsenet-bc-1000-12",
+        ] {
+            let source = std::fs::read_to_string(format!("{dir}/{model}.snet"))
+                .map_err(|e| e.to_string())?;
+            let (graph, diagnostics) = crate::compile_source(model, &source);
+            let graph = graph.ok_or_else(|| format!("{diagnostics:?}"))?;
+            let opt =
+                crate::driver::optimize(graph, &crate::driver::WeightsSource::Random(1), 1, false)
+                    .map_err(|e| e.to_string())?;
+            let plans =
+                crate::backend::steps::analyze(&opt.graph, &opt.plan).map_err(|e| e.to_string())?;
+            let mut line = format!("{model}:");
+            for batch in [1, tile::THROUGHPUT_BATCH] {
+                let (mut menu, mut free) = (0.0, 0.0);
+                for step in &plans {
+                    if let ir::Op::Conv2d(conv) = step.op {
+                        let s = Conv { step, conv }.shape()?;
+                        let cost = |t: ConvTile| t.cycles(&s, batch).unwrap_or(f64::INFINITY);
+                        menu += cost(tile::best(&s, batch));
+                        free += cost(tile::best_free(&s, batch));
+                    }
+                }
+                let ratio = menu / free;
+                line += &format!(" batch {batch}: {menu:.3e} / {free:.3e} cycles = {ratio:.4}");
+                assert!(ratio <= 1.02, "{line}");
+            }
+            println!("{line}");
+        }
+        Ok(())
     }
 
     /// A model name with a backslash, a carriage return and code in it: it stays on the

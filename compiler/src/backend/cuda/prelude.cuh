@@ -124,6 +124,46 @@ __device__ __forceinline__ float sparsec_pro(const sparsec_step& s, const float*
   return v;
 }
 
+// The prologue of input channel c as coefficients, looked up once per staged channel (row)
+// instead of once per staged value: v * scale + shift (1 and 0 without a prologue: exact,
+// but for the sign of a zero), then the ReLU when the prologue has one, chosen by a bit mask
+// (all ones: the ReLU's result): a branch or a select on the flag would make the compiler
+// copy the whole unrolled staging once per value of it.
+struct sparsec_coef {
+  float scale, shift;
+  unsigned relu;
+  __device__ __forceinline__ float apply(float v) const {
+    v = v * scale + shift;
+    const unsigned r = __float_as_uint(fmaxf(v, 0.0f)), x = __float_as_uint(v);
+    return __uint_as_float((r & relu) | (x & ~relu));
+  }
+};
+
+// c < the step's input channels (a convolution). Without a prologue the loads read the
+// step's weights (at least that many floats) and the masks turn them into 1 and 0: a branch
+// on the flag here made the compiler copy the whole unrolled staging once per value of it.
+__device__ __forceinline__ sparsec_coef sparsec_coef_of(const sparsec_step& s,
+                                                        const float* __restrict__ w, unsigned c) {
+  const unsigned keep = 0u - (s.flags / SPARSEC_F_PROLOGUE & 1u);
+  const sparsec_u64 keep64 = 0ull - (sparsec_u64)(s.flags / SPARSEC_F_PROLOGUE & 1u);
+  const sparsec_u64 sc = (s.scale & keep64) | (s.weight & ~keep64);
+  const sparsec_u64 sh = (s.shift & keep64) | (s.weight & ~keep64);
+  sparsec_coef p;
+  p.scale = __uint_as_float((__float_as_uint(w[sc + c]) & keep) | (0x3f800000u & ~keep));
+  p.shift = __uint_as_float(__float_as_uint(w[sh + c]) & keep);
+  p.relu = keep & (0u - (s.flags / SPARSEC_F_PROLOGUE_RELU & 1u));
+  return p;
+}
+
+// The bias of output channel m < oc as a bit mask away from zero: the record's BIAS points at
+// real weights (at least oc floats) even without a bias, so the load is unconditional, and
+// `mask` (all ones with a bias, else zero) keeps or clears it. Neither a branch nor a select
+// on the flag: either would make the compiler copy the whole unrolled epilogue per value.
+__device__ __forceinline__ float sparsec_bias(const sparsec_step& s, const float* __restrict__ w,
+                                              unsigned m, unsigned mask) {
+  return __uint_as_float(__float_as_uint(w[s.bias + m]) & mask);
+}
+
 // A convolution tile: each of the block's KS k-groups holds WM x WN threads; a thread owns TM
 // consecutive output channels x TN pixels strided by WN (so a warp reads 32 consecutive pixels
 // from shared memory and stores 32 consecutive ones). BK is the depth of the k-slice staged
@@ -151,9 +191,10 @@ __device__ __forceinline__ float sparsec_epilogue(const sparsec_step& s,
 // zero padding after it) while the block multiplies the current slice from shared memory.
 // KH x KW is the kernel size (the step's must match); POINTWISE: 1x1, stride 1, no padding;
 // SUM: the input is a sum of pieces. A thread's staging columns (pixels) are the same in
-// every slice: they are decomposed into image and position once per block, and its rows
-// (channels) find their piece once per slice, so the unrolled staging holds no division by a
-// run-time shape and no select over pieces.
+// every slice: they are decomposed into image and position once per block, and the rows
+// (channels) of a slice find their piece once, one row per thread, in a table in shared memory
+// that every thread reads, so the unrolled staging holds no division by a run-time shape, no
+// select over pieces and no walk of the piece table.
 template <class T, unsigned KH, unsigned KW, bool POINTWISE, bool SUM>
 __device__ __forceinline__ void sparsec_conv(float* __restrict__ a, const float* __restrict__ w,
                                              unsigned batch, const sparsec_u64* __restrict__ d) {
@@ -162,9 +203,16 @@ __device__ __forceinline__ void sparsec_conv(float* __restrict__ a, const float*
   constexpr unsigned BM = T::BM, BN = T::BN, TAPS = KH * KW;
   constexpr unsigned XN = (T::BK * BN + SPARSEC_THREADS - 1) / SPARSEC_THREADS;
   constexpr unsigned WNUM = (T::BK * BM + SPARSEC_THREADS - 1) / SPARSEC_THREADS;
-  constexpr unsigned STAGE = T::BK * (BM + BN), RED = T::KS > 1 ? T::KS * BM * BN : 0;
+  // The loop's shared memory: the staged slice, then (a concatenation) the row table; after
+  // the loop the split-K partial sums reuse it.
+  constexpr unsigned STAGE = T::BK * (BM + BN), ROWF = SUM ? 0 : 4 * T::BK;
+  constexpr unsigned LOOP = STAGE + ROWF, RED = T::KS > 1 ? T::KS * BM * BN : 0;
   static_assert(XN <= 64, "one validity bit per staged input");
-  __shared__ float smem[STAGE > RED ? STAGE : RED];
+  static_assert(STAGE % 2 == 0, "the row table is 8-byte aligned");
+  alignas(16) __shared__ float smem[LOOP > RED ? LOOP : RED];
+  // Per row of the slice being loaded (a concatenation): where its channel's plane starts and
+  // the piece's floats per image.
+  sparsec_u64* rows = reinterpret_cast<sparsec_u64*>(smem + STAGE);
   const sparsec_step S = sparsec_read_step(d);
   // A record this instance was not made for computes nothing (uniform: no barrier diverges).
   if (S.kh != KH || S.kw != KW || ((S.flags & SPARSEC_F_SUM) != 0) != SUM ||
@@ -208,6 +256,7 @@ __device__ __forceinline__ void sparsec_conv(float* __restrict__ a, const float*
   // Iteration s stores slice s - 1 (loaded into registers during the previous iteration),
   // loads slice s into registers and multiplies slice s - 1 while those loads are in flight.
   const unsigned SLICES = (K + T::BK - 1) / T::BK;
+  #pragma unroll 1
   for (unsigned s = 0; s <= SLICES; ++s) {
     if (s > 0) {
       #pragma unroll
@@ -216,11 +265,24 @@ __device__ __forceinline__ void sparsec_conv(float* __restrict__ a, const float*
         if (e < T::BK * BM) ws[e] = wr[i];
       }
       #pragma unroll
-      for (unsigned i = 0; i < XN; ++i) {
-        const unsigned e = tid + i * SPARSEC_THREADS, k = (s - 1) * T::BK + e / BN;
-        const unsigned c = POINTWISE ? k : k / TAPS;
-        if (e < T::BK * BN) xs[e] = (valid >> i & 1ull) ? sparsec_pro(S, w, c, xr[i]) : 0.0f;
+      for (unsigned rr = 0; rr < ROWS; ++rr) {
+        const unsigned row = tid / BN + rr * RSTEP, k = (s - 1) * T::BK + row;
+        const sparsec_coef pro = sparsec_coef_of(S, w, k < K ? (POINTWISE ? k : k / TAPS) : 0u);
+        #pragma unroll
+        for (unsigned j = 0; j < CPT; ++j) {
+          const unsigned i = rr * CPT + j;
+          if (i < XN && row < T::BK)
+            xs[row * BN + tid % BN + j * SPARSEC_THREADS] =
+                (valid >> i & 1ull) ? pro.apply(xr[i]) : 0.0f;
+        }
       }
+    }
+    if (!SUM && s < SLICES && tid < T::BK) {
+      const unsigned k = s * T::BK + tid;
+      size_t at = 0, stride = 0;
+      if (k < K) in.at(POINTWISE ? k : k / TAPS, at, stride);
+      rows[2 * tid] = at;
+      rows[2 * tid + 1] = stride;
     }
     __syncthreads();
     if (s < SLICES) {
@@ -237,7 +299,10 @@ __device__ __forceinline__ void sparsec_conv(float* __restrict__ a, const float*
         const bool real = row < T::BK && k < K;
         const unsigned c = POINTWISE ? k : k / TAPS, tap = POINTWISE ? 0u : k % TAPS;
         size_t base = 0, stride = 0;
-        if (!SUM && real) in.at(c, base, stride);
+        if (!SUM && real) {
+          base = rows[2 * row];
+          stride = rows[2 * row + 1];
+        }
         #pragma unroll
         for (unsigned j = 0; j < CPT; ++j) {
           const unsigned i = rr * CPT + j;
@@ -277,27 +342,27 @@ __device__ __forceinline__ void sparsec_conv(float* __restrict__ a, const float*
   // Bias and ReLU without branches (a branch on a flag would make the compiler copy the
   // whole unrolled epilogue once per combination of flags): the record's BIAS points at real
   // weights even without a bias (the table checks it), and the ReLU is a max with -inf.
-  const bool bias = (S.flags & SPARSEC_F_BIAS) != 0;
+  const unsigned bmask = 0u - (S.flags / SPARSEC_F_BIAS & 1u);  // arithmetic, not a select
   const float lo = (S.flags & SPARSEC_F_RELU) ? 0.0f : -INFINITY;
   if (T::KS == 1) {
     // Each pixel's place in the output, once; then per channel one bias load.
-    size_t at[T::TN];
+    float* at[T::TN];  // channel 0's output of each pixel; channel m is m * P further
     bool ok[T::TN];
     #pragma unroll
     for (unsigned j = 0; j < T::TN; ++j) {
       const unsigned q = q0 + tn + T::WN * j;
       ok[j] = q < Q;
-      at[j] = ok[j] ? (size_t)(q / P) * S.out_per_image + q % P : 0;
+      at[j] = out + (ok[j] ? (size_t)(q / P) * S.out_per_image + q % P : 0);
     }
     #pragma unroll
     for (unsigned i = 0; i < T::TM; ++i) {
       const unsigned m = m0 + tm * T::TM + i;
       if (m >= OC) continue;
-      const float bw = w[S.bias + (bias ? m : 0u)], b = bias ? bw : 0.0f;
-      float* o = out + (size_t)m * P;
+      const float b = sparsec_bias(S, w, m, bmask);
+      const size_t mp = (size_t)m * P;
       #pragma unroll
       for (unsigned j = 0; j < T::TN; ++j)
-        if (ok[j]) o[at[j]] = fmaxf(acc[i][j] + b, lo);
+        if (ok[j]) at[j][mp] = fmaxf(acc[i][j] + b, lo);
     }
   } else {
     float* red = smem;  // [KS][BM][BN], after the loop's last barrier
@@ -343,11 +408,15 @@ __device__ __forceinline__ void sparsec_conv_direct(float* __restrict__ a,
   static_assert(T::BN % T::TW == 0, "whole tile rows");
   constexpr unsigned RW = T::TW + KW - 1, RH = T::TH + KH - 1, PATCH = RH * RW;
   constexpr unsigned TAPS = KH * KW, KB = T::CB * TAPS, BM = T::BM;
-  constexpr unsigned XN = (T::CB * PATCH + SPARSEC_THREADS - 1) / SPARSEC_THREADS;
+  // A thread stages patch positions tid + j * 256 (j < PN) of each of the slice's CB channels.
+  constexpr unsigned PN = (PATCH + SPARSEC_THREADS - 1) / SPARSEC_THREADS, XN = T::CB * PN;
   constexpr unsigned WNUM = (KB * BM + SPARSEC_THREADS - 1) / SPARSEC_THREADS;
-  static_assert(XN <= 64, "one validity bit per staged input");
+  static_assert(PN <= 32, "one bit per staged patch position");
   __shared__ float xs[T::CB * PATCH];
   __shared__ float ws[KB * BM];
+  // Per channel of the slice being loaded (a concatenation), as in sparsec_conv: where its
+  // plane starts and the piece's floats per image.
+  __shared__ sparsec_u64 rows[SUM ? 1 : 2 * T::CB];
   const sparsec_step S = sparsec_read_step(d);
   sparsec_input in;
   in.init(S, batch);
@@ -364,7 +433,17 @@ __device__ __forceinline__ void sparsec_conv_direct(float* __restrict__ a,
   const unsigned m0 = blockIdx.y * BM;
   const size_t B = batch;
   float wr[WNUM], xr[XN];  // the next slice, raw; the prologue is applied when stored
-  unsigned long long valid = 0;
+  // The thread's patch positions, the same in every channel and slice: where each is in the
+  // input plane, and which are inside it (the others are zero padding, or past the patch).
+  unsigned hw[PN], inside = 0;
+  #pragma unroll
+  for (unsigned j = 0; j < PN; ++j) {
+    const unsigned pp = tid + j * SPARSEC_THREADS;
+    const int ih = oy0 + (int)(pp / RW) - (int)S.ph, iw = ox0 + (int)(pp % RW) - (int)S.pw;
+    const bool ok = pp < PATCH && ih >= 0 && ih < (int)S.ih && iw >= 0 && iw < (int)S.iw;
+    hw[j] = ok ? (unsigned)(ih * (int)S.iw + iw) : 0u;
+    inside |= (ok ? 1u : 0u) << j;
+  }
   unsigned base[T::TN];
   #pragma unroll
   for (unsigned j = 0; j < T::TN; ++j) {
@@ -378,6 +457,7 @@ __device__ __forceinline__ void sparsec_conv_direct(float* __restrict__ a,
     for (unsigned j = 0; j < T::TN; ++j) acc[i][j] = 0.0f;
   // As in sparsec_conv: iteration s stores slice s - 1, loads slice s, multiplies slice s - 1.
   const unsigned SLICES = (CIN + T::CB - 1) / T::CB;
+  #pragma unroll 1
   for (unsigned s = 0; s <= SLICES; ++s) {
     if (s > 0) {
       #pragma unroll
@@ -386,15 +466,27 @@ __device__ __forceinline__ void sparsec_conv_direct(float* __restrict__ a,
         if (e < KB * BM) ws[e] = wr[i];
       }
       #pragma unroll
-      for (unsigned i = 0; i < XN; ++i) {
-        const unsigned e = tid + i * SPARSEC_THREADS, c = (s - 1) * T::CB + e / PATCH;
-        if (e < T::CB * PATCH) xs[e] = (valid >> i & 1ull) ? sparsec_pro(S, w, c, xr[i]) : 0.0f;
+      for (unsigned cc = 0; cc < T::CB; ++cc) {
+        const unsigned c = (s - 1) * T::CB + cc;
+        const sparsec_coef pro = sparsec_coef_of(S, w, c < CIN ? c : 0u);
+        const unsigned real = inside & (0u - (c < CIN ? 1u : 0u));  // zero padding, or no channel
+        #pragma unroll
+        for (unsigned j = 0; j < PN; ++j) {
+          const unsigned pp = tid + j * SPARSEC_THREADS;
+          if (pp < PATCH) xs[cc * PATCH + pp] = (real >> j & 1u) ? pro.apply(xr[cc * PN + j]) : 0.0f;
+        }
       }
+    }
+    if (!SUM && s < SLICES && tid < T::CB) {
+      const unsigned c = s * T::CB + tid;
+      size_t at = 0, stride = 0;
+      if (c < CIN) in.at(c, at, stride);
+      rows[2 * tid] = at;
+      rows[2 * tid + 1] = stride;
     }
     __syncthreads();
     if (s < SLICES) {
       const unsigned c0 = s * T::CB;
-      valid = 0;
       #pragma unroll
       for (unsigned i = 0; i < WNUM; ++i) {
         const unsigned e = tid + i * SPARSEC_THREADS, kk = e / BM, m = m0 + e % BM;
@@ -403,17 +495,18 @@ __device__ __forceinline__ void sparsec_conv_direct(float* __restrict__ a,
                     ? w[S.weight + (size_t)(c * TAPS + kk % TAPS) * OC + m]
                     : 0.0f;
       }
+      // Per channel, its plane (a concatenation: from the table) read at the thread's
+      // positions.
       #pragma unroll
-      for (unsigned i = 0; i < XN; ++i) {
-        const unsigned e = tid + i * SPARSEC_THREADS, c = c0 + e / PATCH, pp = e % PATCH;
-        const int ih = oy0 + (int)(pp / RW) - (int)S.ph, iw = ox0 + (int)(pp % RW) - (int)S.pw;
-        float v = 0.0f;
-        if (e < T::CB * PATCH && c < CIN && ih >= 0 && ih < (int)S.ih && iw >= 0 &&
-            iw < (int)S.iw) {
-          v = in.raw<SUM>(a, n, c, (unsigned)(ih * (int)S.iw + iw));
-          valid |= 1ull << i;
+      for (unsigned cc = 0; cc < T::CB; ++cc) {
+        const unsigned c = c0 + cc;
+        const float* src = a + (SUM ? 0 : rows[2 * cc] + (size_t)n * rows[2 * cc + 1]);
+        #pragma unroll
+        for (unsigned j = 0; j < PN; ++j) {
+          float v = 0.0f;
+          if (c < CIN && (inside >> j & 1u)) v = SUM ? in.raw<true>(a, n, c, hw[j]) : src[hw[j]];
+          xr[cc * PN + j] = v;
         }
-        xr[i] = v;
       }
     }
     if (s > 0) {
@@ -438,26 +531,26 @@ __device__ __forceinline__ void sparsec_conv_direct(float* __restrict__ a,
   }
   float* out = a + S.out * B + (size_t)n * S.out_per_image;
   // As in sparsec_conv: bias and ReLU without branches.
-  const bool bias = (S.flags & SPARSEC_F_BIAS) != 0;
+  const unsigned bmask = 0u - (S.flags / SPARSEC_F_BIAS & 1u);  // arithmetic, not a select
   const float lo = (S.flags & SPARSEC_F_RELU) ? 0.0f : -INFINITY;
-  unsigned at[T::TN];  // each pixel's place in the output plane
+  float* at[T::TN];  // channel 0's output of each pixel; channel m is m * P further
   bool ok[T::TN];
   #pragma unroll
   for (unsigned j = 0; j < T::TN; ++j) {
     const unsigned t = tn + T::WN * j;
     const unsigned oy = (unsigned)oy0 + t / T::TW, ox = (unsigned)ox0 + t % T::TW;
     ok[j] = oy < S.oh && ox < S.ow;
-    at[j] = oy * S.ow + ox;
+    at[j] = out + (ok[j] ? oy * S.ow + ox : 0u);
   }
   #pragma unroll
   for (unsigned i = 0; i < T::TM; ++i) {
     const unsigned m = m0 + tm * T::TM + i;
     if (m >= OC) continue;
-    const float bw = w[S.bias + (bias ? m : 0u)], b = bias ? bw : 0.0f;
-    float* o = out + (size_t)m * P;
+    const float b = sparsec_bias(S, w, m, bmask);
+    const size_t mp = (size_t)m * P;
     #pragma unroll
     for (unsigned j = 0; j < T::TN; ++j)
-      if (ok[j]) o[at[j]] = fmaxf(acc[i][j] + b, lo);
+      if (ok[j]) at[j][mp] = fmaxf(acc[i][j] + b, lo);
   }
 }
 

@@ -41,6 +41,18 @@ static inline void __syncthreads() {
   __asm__ __volatile__("" ::: "memory");
 }
 
+// CUDA's bit casts between float and unsigned (the prelude masks the bias with them).
+static inline unsigned __float_as_uint(float f) {
+  unsigned u;
+  memcpy(&u, &f, sizeof u);
+  return u;
+}
+static inline float __uint_as_float(unsigned u) {
+  float f;
+  memcpy(&f, &u, sizeof f);
+  return f;
+}
+
 namespace sparsec_shim {
 
 typedef void (*Kernel)(float*, const float*, unsigned, const unsigned long long*);

@@ -97,6 +97,17 @@ pub struct DirectTile {
 }
 
 impl DirectTile {
+    const fn new(tm: u32, wm: u32, tn: u32, wn: u32, tw: u32, cb: u32) -> Self {
+        DirectTile {
+            tm,
+            wm,
+            tn,
+            wn,
+            tw,
+            cb,
+        }
+    }
+
     fn bm(&self) -> u32 {
         self.tm * self.wm
     }
@@ -124,10 +135,12 @@ impl DirectTile {
 
     fn cycles(&self, shape: &ConvShape, batch: u32) -> Option<f64> {
         let taps = shape.kernel[0] * shape.kernel[1];
-        let staged_x = (self.cb * self.patch(shape)).div_ceil(THREADS);
+        // A thread stages the same patch positions of each of the slice's channels.
+        let staged_x = self.cb * self.patch(shape).div_ceil(THREADS);
         let staged_w = (self.cb * taps * self.bm()).div_ceil(THREADS);
         let regs = self.tm * self.tn + self.tm + 2 * self.tn + staged_x + staged_w + 28;
-        let shared = (self.cb * self.patch(shape) + self.cb * taps * self.bm()) * 4;
+        // The patch, the weights and the row table (two u64 per channel).
+        let shared = (self.cb * self.patch(shape) + self.cb * taps * self.bm() + 4 * self.cb) * 4;
         if regs > 200 || shared > MAX_SHARED || staged_x > MAX_STAGED {
             return None;
         }
@@ -183,6 +196,17 @@ pub struct Tile {
 }
 
 impl Tile {
+    const fn new(tm: u32, wm: u32, tn: u32, wn: u32, ks: u32, bk: u32) -> Self {
+        Tile {
+            tm,
+            wm,
+            tn,
+            wn,
+            ks,
+            bk,
+        }
+    }
+
     /// Output channels per block.
     pub fn bm(&self) -> u32 {
         self.tm * self.wm
@@ -193,9 +217,10 @@ impl Tile {
         self.tn * self.wn
     }
 
-    /// Floats of shared memory: the staged slice, or the split-K partial sums.
+    /// Floats of shared memory: the staged slice and the row table (two u64 per row), or the
+    /// split-K partial sums.
     fn shared_floats(&self) -> u32 {
-        let stage = self.bk * (self.bm() + self.bn());
+        let stage = self.bk * (self.bm() + self.bn()) + 4 * self.bk;
         let reduce = if self.ks > 1 {
             self.ks * self.bm() * self.bn()
         } else {
@@ -245,8 +270,56 @@ impl Tile {
     }
 }
 
-/// Every direct tile the kernel template accepts for `shape` (none unless `shape.direct`).
-fn direct_candidates(shape: &ConvShape) -> impl Iterator<Item = DirectTile> + '_ {
+/// The implicit-GEMM tiles the backend instantiates: `best` chooses among these (and
+/// [`DIRECT_MENU`]) instead of the whole space the template accepts, so a model needs fewer
+/// kernels (issue 18: code size and NVRTC time grow with the kernels). Chosen offline by
+/// greedy selection over the free per-layer choices of every example model at batch 1 and
+/// 256, adding each time the tile that most reduced the cost model's total time of the golden
+/// models (first) and the other examples; the fallback (one channel, one pixel per thread)
+/// fits every shape. `the_tile_menu_costs_the_golden_models_little` checks the result.
+const GEMM_MENU: [Tile; 12] = [
+    Tile::new(1, 1, 1, 256, 1, 16),
+    Tile::new(12, 2, 4, 8, 16, 64),
+    Tile::new(8, 1, 1, 16, 16, 128),
+    Tile::new(12, 4, 8, 64, 1, 16),
+    Tile::new(12, 1, 1, 16, 16, 128),
+    Tile::new(4, 16, 8, 16, 1, 16),
+    Tile::new(4, 4, 8, 16, 4, 64),
+    Tile::new(4, 1, 1, 16, 16, 128),
+    Tile::new(12, 1, 2, 16, 16, 128),
+    Tile::new(6, 8, 8, 16, 2, 16),
+    Tile::new(12, 8, 8, 32, 1, 16),
+    Tile::new(8, 8, 8, 32, 1, 16),
+];
+
+/// The direct tiles the backend instantiates (see [`GEMM_MENU`]).
+const DIRECT_MENU: [DirectTile; 10] = [
+    DirectTile::new(6, 2, 8, 128, 32, 4),
+    DirectTile::new(4, 4, 4, 64, 16, 16),
+    DirectTile::new(6, 4, 4, 64, 16, 8),
+    DirectTile::new(12, 2, 8, 128, 32, 8),
+    DirectTile::new(8, 2, 8, 128, 32, 8),
+    DirectTile::new(3, 4, 4, 64, 16, 16),
+    DirectTile::new(4, 4, 1, 64, 8, 16),
+    DirectTile::new(3, 8, 2, 32, 8, 8),
+    DirectTile::new(8, 4, 4, 64, 16, 16),
+    DirectTile::new(3, 4, 1, 64, 8, 16),
+];
+
+/// The menu's tiles for `shape`: every GEMM tile, and the direct ones when the direct kernel
+/// applies. A tile too big for a layer wastes work, which its estimate counts.
+fn menu(shape: &ConvShape) -> impl Iterator<Item = ConvTile> + '_ {
+    let direct = if shape.direct { &DIRECT_MENU[..] } else { &[] };
+    GEMM_MENU
+        .into_iter()
+        .map(ConvTile::Gemm)
+        .chain(direct.iter().copied().map(ConvTile::Direct))
+}
+
+/// Every direct tile the kernel template accepts for `shape` (none unless `shape.direct`):
+/// the free choice the menu was chosen from.
+#[cfg(test)]
+pub(crate) fn direct_candidates(shape: &ConvShape) -> impl Iterator<Item = DirectTile> + '_ {
     const TMS: [u32; 8] = [1, 2, 3, 4, 6, 8, 12, 16];
     const POW2: [u32; 9] = [1, 2, 4, 8, 16, 32, 64, 128, 256];
     const TNS: [u32; 4] = [1, 2, 4, 8];
@@ -282,8 +355,10 @@ fn direct_candidates(shape: &ConvShape) -> impl Iterator<Item = DirectTile> + '_
     })
 }
 
-/// Every implicit-GEMM tile the kernel template accepts for `shape`.
-fn candidates(shape: &ConvShape) -> impl Iterator<Item = Tile> + '_ {
+/// Every implicit-GEMM tile the kernel template accepts for `shape`: the free choice the
+/// menu was chosen from.
+#[cfg(test)]
+pub(crate) fn candidates(shape: &ConvShape) -> impl Iterator<Item = Tile> + '_ {
     const TMS: [u32; 8] = [1, 2, 3, 4, 6, 8, 12, 16];
     const POW2: [u32; 9] = [1, 2, 4, 8, 16, 32, 64, 128, 256];
     const TNS: [u32; 4] = [1, 2, 4, 8];
@@ -319,14 +394,25 @@ fn candidates(shape: &ConvShape) -> impl Iterator<Item = Tile> + '_ {
     })
 }
 
-/// The fastest kernel and tile for `shape` at `batch` by the model (ties keep the first
-/// candidate).
+/// The fastest kernel and tile of the menu for `shape` at `batch` by the model (ties keep
+/// the first).
 pub fn best(shape: &ConvShape, batch: u32) -> ConvTile {
+    fastest(menu(shape), shape, batch)
+}
+
+/// The fastest of every tile the templates accept (the free per-layer choice the menu
+/// replaced), for tests that measure what the menu costs.
+#[cfg(test)]
+pub(crate) fn best_free(shape: &ConvShape, batch: u32) -> ConvTile {
     let all = candidates(shape)
         .map(ConvTile::Gemm)
         .chain(direct_candidates(shape).map(ConvTile::Direct));
+    fastest(all, shape, batch)
+}
+
+fn fastest(tiles: impl Iterator<Item = ConvTile>, shape: &ConvShape, batch: u32) -> ConvTile {
     let mut best: Option<(f64, ConvTile)> = None;
-    for tile in all {
+    for tile in tiles {
         if let Some(c) = tile.cycles(shape, batch)
             && best.is_none_or(|(b, _)| c < b)
         {
@@ -334,17 +420,7 @@ pub fn best(shape: &ConvShape, batch: u32) -> ConvTile {
         }
     }
     // The one-channel, one-pixel, no-split GEMM tile always fits, so a candidate exists.
-    best.map_or(
-        ConvTile::Gemm(Tile {
-            tm: 1,
-            wm: 1,
-            tn: 1,
-            wn: THREADS,
-            ks: 1,
-            bk: 16,
-        }),
-        |(_, t)| t,
-    )
+    best.map_or(ConvTile::Gemm(GEMM_MENU[0]), |(_, t)| t)
 }
 
 /// A convolution's variants: `(tile, up_to_batch)` ordered by batch, the last serving every
@@ -411,6 +487,30 @@ mod tests {
                 }
                 assert!(t.cycles(&s, 1).is_some(), "{t:?}");
             }
+        }
+    }
+
+    /// Every menu tile is one the kernel templates accept, and the first fits every shape.
+    #[test]
+    fn every_menu_tile_fits_its_kernel_template() {
+        for t in GEMM_MENU {
+            assert_eq!(t.wm * t.wn * t.ks, THREADS, "{t:?}");
+            assert!(t.bk.is_multiple_of(t.ks) && t.bk / t.ks >= 2, "{t:?}");
+            assert!(t.shared_floats() * 4 <= MAX_SHARED, "{t:?}");
+        }
+        for t in DIRECT_MENU {
+            assert_eq!(t.wm * t.wn, THREADS, "{t:?}");
+            assert!((t.tn * t.wn).is_multiple_of(t.tw), "{t:?}");
+        }
+        for s in [
+            shape(1, 1, 1, 1),
+            shape(1000, 1, 12288, 1),
+            shape(2048, 56, 2048, 7),
+        ] {
+            assert!(
+                ConvTile::Gemm(GEMM_MENU[0]).cycles(&s, 1).is_some(),
+                "{s:?}"
+            );
         }
     }
 
