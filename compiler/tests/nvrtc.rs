@@ -77,6 +77,39 @@ fn the_covering_models_compile() {
     });
 }
 
+/// The tensor-core kernels (`mma.cuh`, `--precision tf32|bf16`): sparsenet-bc-100-24's
+/// convolutions at TF32 and BF16 (pointwise 1x1 and im2col 3x3 instances of both) compiled to
+/// sm_80 cubins, so ptxas checks the inline `mma.sync` PTX (a PTX-only compile would pass it
+/// through unchecked); the two precisions in parallel.
+#[test]
+fn the_tensor_core_kernels_compile() {
+    use cuda::precision::Precision;
+    let graph = driver::load(&model("sparsenet-bc-100-24")).expect("example compiles");
+    let opt = driver::optimize(graph, &WeightsSource::None, 1, false).expect("optimises");
+    let one = |p: Precision| {
+        let program = cuda::generate_with(&opt.graph, &opt.plan, false, p).expect("generates");
+        let mma = program
+            .source
+            .matches("extern \"C\" __global__ void __launch_bounds__(256) k_mma")
+            .count();
+        assert!(mma >= 2, "{p}: {mma} tensor-core kernels");
+        let start = std::time::Instant::now();
+        let compiled = nvrtc::compile_for(&program.source, &["sm_80"], false)
+            .unwrap_or_else(|e| panic!("{p}: {e}"));
+        eprintln!(
+            "sparsenet-bc-100-24 at {p}: {} ({mma} tensor-core kernels), NVRTC sm_80 in {:.1} s",
+            program.precision_summary().unwrap_or_default(),
+            start.elapsed().as_secs_f64()
+        );
+        assert!(compiled.blobs[0].1.starts_with(b"\x7fELF"), "{p}");
+    };
+    std::thread::scope(|s| {
+        let tf32 = s.spawn(|| one(Precision::Tf32));
+        one(Precision::Bf16);
+        tf32.join().expect("tf32");
+    });
+}
+
 /// Every model of [`MODELS`] exists (a renamed example must not silently drop out).
 #[test]
 fn the_covering_models_exist() {
