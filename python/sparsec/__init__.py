@@ -109,8 +109,9 @@ def compile(
     model's parameter names (the official PyTorch names by default); or pass
     ``random_weights=SEED``. ``winograd="auto"`` measures the kernels against the reference
     under the accuracy budget (``tolerance``, ``calibration`` rows); ``"4x4"``, ``"2x2"``,
-    ``"off"`` force a tile. ``precision`` (CUDA): ``"fp32"``, or ``"tf32"``/``"bf16"`` to let each
-    convolution the cost model finds faster run on tensor cores. Returns the bytes (also written to ``out`` when given).
+    ``"off"`` force a tile. ``precision`` (CUDA): ``"fp32"``, or ``"tf32"``/``"bf16"`` to let
+    each convolution the cost model finds faster run on tensor cores. Returns the bytes (also
+    written to ``out`` when given).
     Raises ``CompileError`` with the CLI's diagnostics text.
     """
     text, is_path, model_name = _model_args(model, name)
