@@ -10,6 +10,13 @@
 #define SPARSEC_TF32 1u
 #define SPARSEC_BF16 2u
 
+#ifndef SPARSEC_SHIM
+// Bit casts under our own names (the shim defines them with memcpy: whether or not shim.h
+// also provides CUDA's __float_as_uint, the names never clash).
+__device__ __forceinline__ unsigned sparsec_f2u(float x) { return __float_as_uint(x); }
+__device__ __forceinline__ float sparsec_u2f(unsigned u) { return __uint_as_float(u); }
+#endif
+
 // Rounding an FP32 value to the precision's input format, in integer operations (the same
 // code runs on the GPU and in the shim, so the shim checks exactly what the GPU computes):
 // TF32 keeps 10 mantissa bits, to nearest with ties away from zero (PTX cvt.rna.tf32.f32);
@@ -17,14 +24,14 @@
 // through, a NaN stays a NaN. The result is an FP32 value whose dropped bits are zero, which
 // the tensor core reads exactly (mma itself would truncate the dropped bits of TF32 inputs).
 __device__ __forceinline__ float sparsec_round_tf32(float x) {
-  unsigned u = __float_as_uint(x);
+  unsigned u = sparsec_f2u(x);
   if ((u & 0x7f800000u) != 0x7f800000u) u = (u + 0x1000u) & 0xffffe000u;
-  return __uint_as_float(u);
+  return sparsec_u2f(u);
 }
 __device__ __forceinline__ float sparsec_round_bf16(float x) {
-  unsigned u = __float_as_uint(x);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return __uint_as_float((u | 0x00400000u) & 0xffff0000u);
-  return __uint_as_float((u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u);
+  unsigned u = sparsec_f2u(x);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return sparsec_u2f((u | 0x00400000u) & 0xffff0000u);
+  return sparsec_u2f((u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u);
 }
 template <unsigned PREC>
 __device__ __forceinline__ float sparsec_round(float x) {
@@ -34,7 +41,7 @@ __device__ __forceinline__ float sparsec_round(float x) {
 // Two BF16 values (FP32 values already rounded to BF16) as one 32-bit mma operand register:
 // the lower-indexed element in the low half.
 __device__ __forceinline__ unsigned sparsec_pack_bf16(float lo, float hi) {
-  return (__float_as_uint(lo) >> 16) | (__float_as_uint(hi) & 0xffff0000u);
+  return (sparsec_f2u(lo) >> 16) | (sparsec_f2u(hi) & 0xffff0000u);
 }
 
 #ifndef SPARSEC_SHIM
@@ -170,16 +177,16 @@ __device__ __forceinline__ void sparsec_conv_mma(float* __restrict__ a,
         #pragma unroll
         for (unsigned i = 0; i < T::MT; ++i) {
           const float* p = ws + (kk + t) * LDA + wm0 + i * 16u + g;
-          af[i][0] = __float_as_uint(p[0]);
-          af[i][1] = __float_as_uint(p[8]);
-          af[i][2] = __float_as_uint(p[4 * LDA]);
-          af[i][3] = __float_as_uint(p[4 * LDA + 8]);
+          af[i][0] = sparsec_f2u(p[0]);
+          af[i][1] = sparsec_f2u(p[8]);
+          af[i][2] = sparsec_f2u(p[4 * LDA]);
+          af[i][3] = sparsec_f2u(p[4 * LDA + 8]);
         }
         #pragma unroll
         for (unsigned j = 0; j < T::NT; ++j) {
           const float* p = xs + (kk + t) * LDB + wn0 + j * 8u + g;
-          bf[j][0] = __float_as_uint(p[0]);
-          bf[j][1] = __float_as_uint(p[4 * LDB]);
+          bf[j][0] = sparsec_f2u(p[0]);
+          bf[j][1] = sparsec_f2u(p[4 * LDB]);
         }
       } else {
         // A (16 x 16), two values per register: {A[g][2t], A[g][2t + 1]}, the same for row

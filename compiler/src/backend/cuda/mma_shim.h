@@ -1,6 +1,7 @@
 
 // ---- tensor-core emulation (mma_shim.h, appended to shim.h) --------------------------------
-// What `mma.cuh` needs beyond the shim: the bit casts, and `sparsec_warp_mma`, the warp's
+// What `mma.cuh` needs beyond the shim: the bit casts (`sparsec_f2u`, `sparsec_u2f`: our own
+// names, so they never clash with bit casts shim.h may define), and `sparsec_warp_mma`, the warp's
 // mma.sync products emulated from the lanes' fragments. A warp-collective operation needs the
 // fragments of all 32 lanes, so each lane stores its registers in an exchange slot and waits
 // at the block's barrier (every thread of a tensor-core kernel makes the same calls, so the
@@ -19,12 +20,12 @@
 #define SPARSEC_BF16 2u
 #endif
 
-static inline unsigned __float_as_uint(float x) {
+static inline unsigned sparsec_f2u(float x) {
   unsigned u;
   memcpy(&u, &x, sizeof u);
   return u;
 }
-static inline float __uint_as_float(unsigned u) {
+static inline float sparsec_u2f(unsigned u) {
   float x;
   memcpy(&x, &u, sizeof x);
   return x;
@@ -58,23 +59,23 @@ static inline void sparsec_warp_mma(float (&acc)[MT][NT][4], const unsigned (&af
     if (PREC == SPARSEC_TF32) {
       // a0: (g, t), a1: (g + 8, t), a2: (g, t + 4), a3: (g + 8, t + 4)
       const unsigned l = (row % 8u) * 4u + k % 4u, r = (row / 8u) + 2u * (k / 4u);
-      return __uint_as_float(mma_slots[set][warp0 + l][i * 4 + r] & 0xffffe000u);
+      return sparsec_u2f(mma_slots[set][warp0 + l][i * 4 + r] & 0xffffe000u);
     }
     // a0, a1: (g, 2t + {0, 1}); a2, a3: (g + 8, ...); a4..a7: the same at columns + 8
     const unsigned l = (row % 8u) * 4u + (k % 8u) / 2u, r = (row / 8u) + 2u * (k / 8u);
     const unsigned v = mma_slots[set][warp0 + l][i * 4 + r];
-    return __uint_as_float(((k % 2u) ? v >> 16 : v & 0xffffu) << 16);
+    return sparsec_u2f(((k % 2u) ? v >> 16 : v & 0xffffu) << 16);
   };
   auto b_at = [&](unsigned j, unsigned k, unsigned col) -> float {
     if (PREC == SPARSEC_TF32) {
       // b0: (t, g), b1: (t + 4, g)
       const unsigned l = col * 4u + k % 4u, r = k / 4u;
-      return __uint_as_float(mma_slots[set][warp0 + l][MT * 4 + j * 2 + r] & 0xffffe000u);
+      return sparsec_u2f(mma_slots[set][warp0 + l][MT * 4 + j * 2 + r] & 0xffffe000u);
     }
     // b0, b1: (2t + {0, 1}, g); b2, b3: (2t + 8 + {0, 1}, g)
     const unsigned l = col * 4u + (k % 8u) / 2u, r = k / 8u;
     const unsigned v = mma_slots[set][warp0 + l][MT * 4 + j * 2 + r];
-    return __uint_as_float(((k % 2u) ? v >> 16 : v & 0xffffu) << 16);
+    return sparsec_u2f(((k % 2u) ? v >> 16 : v & 0xffffu) << 16);
   };
   // This lane's accumulators: c0, c1 at (g, 2t + {0, 1}), c2, c3 at (g + 8, 2t + {0, 1}).
   for (unsigned i = 0; i < MT; ++i)
