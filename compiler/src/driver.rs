@@ -101,10 +101,13 @@ pub enum Target {
     /// CUDA kernels compiled by NVRTC: cubins for `archs` (e.g. `sm_90`), and the PTX
     /// fallback when `ptx` (at least one of the two must be asked for); through the user's
     /// on-disk kernel cache when `cache` (`backend::cuda::cache`).
+    /// `precision`: what the convolutions may run in (`backend::cuda::precision`: each
+    /// layer gets it or stays FP32).
     Cuda {
         archs: Vec<String>,
         ptx: bool,
         cache: bool,
+        precision: crate::backend::cuda::precision::Precision,
     },
 }
 
@@ -114,6 +117,8 @@ pub struct Compiled {
     pub opt: Optimized,
     pub bytes: Vec<u8>,
     pub selection: Option<KernelSelection>,
+    /// CUDA: how many convolutions got each precision (`convolutions: N tf32, M fp32`).
+    pub precisions: Option<String>,
 }
 
 /// Compiles a loaded graph: weights bound, optimised, planned at batch 1 (the runtime scales
@@ -133,6 +138,7 @@ pub fn compile(graph: Graph, options: &CompileOptions) -> Result<Compiled, Drive
         ));
     }
     let opt = optimize(graph, &options.weights, 1, options.verify)?;
+    let mut precisions = None;
     let (bytes, selection) = match &options.target {
         Target::Cpu(policy) | Target::CpuFor(_, policy) => {
             let (mut program, selection) = kernel_select::compile(&opt.graph, &opt.plan, policy)?;
@@ -143,9 +149,18 @@ pub fn compile(graph: Graph, options: &CompileOptions) -> Result<Compiled, Drive
                 crate::artifact::write_cpu(&opt.graph, &opt.plan, &program, options.max_batch)?;
             (bytes, selection)
         }
-        Target::Cuda { archs, ptx, cache } => {
+        Target::Cuda {
+            archs,
+            ptx,
+            cache,
+            precision,
+        } => {
             let archs: Vec<&str> = archs.iter().map(String::as_str).collect();
-            let program = crate::backend::cuda::generate(&opt.graph, &opt.plan, true)?;
+            let program =
+                crate::backend::cuda::generate_with(&opt.graph, &opt.plan, true, *precision)?;
+            if *precision != crate::backend::cuda::precision::Precision::Fp32 {
+                precisions = program.precision_summary();
+            }
             let cache = cache
                 .then(crate::backend::cuda::cache::KernelCache::user)
                 .flatten();
@@ -170,6 +185,7 @@ pub fn compile(graph: Graph, options: &CompileOptions) -> Result<Compiled, Drive
         opt,
         bytes,
         selection,
+        precisions,
     })
 }
 
@@ -234,6 +250,7 @@ pub fn compile_cuda_for(
             archs: archs.iter().map(|a| a.to_string()).collect(),
             ptx,
             cache: false,
+            precision: Default::default(),
         },
         max_batch,
         verify,

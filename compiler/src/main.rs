@@ -8,6 +8,7 @@
 use anyhow::{Context, Result};
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use sparsec::backend::cpu::Winograd;
+use sparsec::backend::cuda::precision::Precision;
 use sparsec::driver::{
     self, CompileOptions, Compiled, CpuArch, DriverError, Target, WeightsSource,
 };
@@ -78,6 +79,11 @@ struct CompileArgs {
     /// its output, and store nothing there.
     #[arg(long)]
     no_cache: bool,
+    /// With `--target cuda` (and `--emit cuda`): what the convolutions may run in. `tf32`
+    /// and `bf16` put each layer the cost model finds faster on tensor cores (inputs rounded
+    /// to TF32 or BF16, FP32 accumulate, FP32 activations); small layers stay `fp32`.
+    #[arg(long, default_value = "fp32", value_parser = ["fp32", "tf32", "bf16"])]
+    precision: String,
     /// With `--target cpu`: the 3x3 convolution kernels. `auto` measures the compiled
     /// model against the f64 reference interpreter on calibration input and picks, layer by
     /// layer, the fastest of Winograd F(4x4), F(2x2) and direct whose end-to-end error stays
@@ -514,6 +520,7 @@ fn run(cli: Cli) -> Result<()> {
                 archs: args.cuda_arch.clone(),
                 ptx: !args.no_ptx,
                 cache: !args.no_cache,
+                precision: precision(&args)?,
             },
         };
         let options = CompileOptions {
@@ -528,6 +535,7 @@ fn run(cli: Cli) -> Result<()> {
             opt,
             bytes,
             selection,
+            precisions,
         } = driver::compile(graph, &options)?;
         let (bytes, signed_by) = match &signing_key {
             Some(key) => (
@@ -548,6 +556,9 @@ fn run(cli: Cli) -> Result<()> {
                 );
             }
         }
+        if let Some(precisions) = &precisions {
+            eprintln!("{precisions}");
+        }
         std::fs::write(out, &bytes).with_context(|| format!("cannot write `{}`", out.display()))?;
         eprintln!(
             "wrote {} ({} bytes): {} steps, arena {} bytes per image, max batch {}{signed_by}",
@@ -563,7 +574,14 @@ fn run(cli: Cli) -> Result<()> {
         // Kernels address buffers at `offset_per_image * batch`: the plan is made at batch 1.
         let opt = driver::optimize(graph, &weights, 1, cfg!(debug_assertions))?;
         print_timings(args.timings, &opt.timings);
-        let program = sparsec::backend::cuda::generate(&opt.graph, &opt.plan, false)?;
+        let precision = precision(&args)?;
+        let program =
+            sparsec::backend::cuda::generate_with(&opt.graph, &opt.plan, false, precision)?;
+        if let (Precision::Tf32 | Precision::Bf16, Some(summary)) =
+            (precision, program.precision_summary())
+        {
+            eprintln!("{summary}");
+        }
         return out(&program.source);
     }
     let raw = graph.clone();
@@ -606,6 +624,11 @@ fn run(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The CUDA precision of the compile arguments.
+fn precision(args: &CompileArgs) -> Result<Precision> {
+    args.precision.parse().map_err(anyhow::Error::msg)
 }
 
 /// The CPU kernel policy of the compile arguments.

@@ -694,3 +694,29 @@ fn a_model_cross_compiled_for_aarch64_is_refused_here() {
         "{err}"
     );
 }
+
+/// `--precision`: `--emit cuda --precision tf32` says how many convolutions got tensor cores
+/// and marks them in the source; FP32 (the default) prints no such line; an unknown precision
+/// is a usage error naming the choices.
+#[test]
+fn precision_is_reported_per_layer() {
+    let model = "examples/models/sparsenet-bc-100-24.snet";
+    let o = sparsec(&[model, "--emit", "cuda", "--precision", "tf32"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("convolutions: 50 tf32, 49 fp32"),
+        "{}",
+        stderr(&o)
+    );
+    let source = stdout(&o);
+    assert!(
+        source.contains(", tf32\n//      -> k_mmatf32_1x1p_"),
+        "no tf32 step"
+    );
+    let o = sparsec(&[model, "--emit", "cuda"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("convolutions:"), "{}", stderr(&o));
+    assert!(!stdout(&o).contains("k_mma"));
+    let err = fails(&[model, "--emit", "cuda", "--precision", "fp16"], 2);
+    assert!(err.contains("fp32") && err.contains("bf16"), "{err}");
+}

@@ -67,3 +67,69 @@ fn the_source_does_not_depend_on_weight_values() {
     assert!(without.weights.iter().all(|&b| b == 0));
     assert!(with.weights.iter().any(|&b| b != 0));
 }
+
+/// Every example at TF32 and BF16 (`--precision`): every launched kernel exists and every
+/// kernel is launched, launches within limits, some convolutions on tensor cores (and only
+/// those launch `k_mma*` kernels); the FP32 source carries no tensor-core code.
+#[test]
+fn every_example_generates_at_every_precision() {
+    use cuda::precision::Precision;
+    insta::glob!("../../examples/models", "*.snet", |path| {
+        let graph = driver::load(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let opt = driver::optimize(graph, &WeightsSource::None, 1, false)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        for p in Precision::ALL {
+            let program = cuda::generate_with(&opt.graph, &opt.plan, false, p)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let kernels = program.source.matches("extern \"C\" __global__").count();
+            let launched: std::collections::BTreeSet<&str> = program
+                .launches
+                .iter()
+                .flatten()
+                .map(|l| l.kernel.as_str())
+                .collect();
+            assert_eq!(kernels, launched.len(), "{} {p}", path.display());
+            for l in program.launches.iter().flatten() {
+                assert!(
+                    program
+                        .source
+                        .contains(&format!("__launch_bounds__(256) {}(", l.kernel)),
+                    "{} {p}: no kernel {}",
+                    path.display(),
+                    l.kernel
+                );
+                l.check(256).unwrap_or_else(|e| panic!("{e}"));
+                assert_eq!(
+                    l.kernel.starts_with("k_mma"),
+                    program
+                        .precisions
+                        .contains_key(&launched_step(&program, &l.kernel)),
+                    "{} {p}: {}",
+                    path.display(),
+                    l.kernel
+                );
+            }
+            let mma = program.source.contains("sparsec_conv_mma<");
+            assert_eq!(mma, !program.precisions.is_empty(), "{}", path.display());
+            if p == Precision::Fp32 {
+                assert!(program.precisions.is_empty(), "{}", path.display());
+            } else {
+                assert!(
+                    program.precisions.values().all(|&q| q == p) && mma,
+                    "{} {p}: {:?}",
+                    path.display(),
+                    program.precisions
+                );
+            }
+        }
+    });
+}
+
+/// The first step launching `kernel`.
+fn launched_step(program: &cuda::CudaProgram, kernel: &str) -> usize {
+    program
+        .launches
+        .iter()
+        .position(|ls| ls.iter().any(|l| l.kernel == kernel))
+        .unwrap_or(usize::MAX)
+}

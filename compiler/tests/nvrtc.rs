@@ -77,6 +77,45 @@ fn the_covering_models_compile() {
     });
 }
 
+/// The tensor-core kernels (`mma.cuh`, `--precision tf32|bf16`): sparsenet-bc-100-24's
+/// convolutions at TF32 and BF16 compiled to sm_80 and sm_90 cubins and PTX, so ptxas checks
+/// the inline `mma.sync` PTX (a PTX-only compile would pass it through unchecked); with
+/// `--Ofast-compile=max` (`nvrtc::check_compiles`: a few seconds instead of about 50 s of CPU
+/// per precision at full optimisation, measured 2026-12-06), the two precisions in parallel.
+/// `sparsec --target cuda --precision tf32|bf16` compiles them at full optimisation: checked by
+/// hand for this model (sm_80, 16.5 s, 796 KB cubin at TF32).
+#[test]
+fn the_tensor_core_kernels_compile() {
+    use cuda::precision::Precision;
+    let graph = driver::load(&model("sparsenet-bc-100-24")).expect("example compiles");
+    let opt = driver::optimize(graph, &WeightsSource::None, 1, false).expect("optimises");
+    let one = |p: Precision| {
+        let program = cuda::generate_with(&opt.graph, &opt.plan, false, p).expect("generates");
+        let mma = program
+            .source
+            .matches("extern \"C\" __global__ void __launch_bounds__(256) k_mma")
+            .count();
+        assert!(mma >= 2, "{p}: {mma} tensor-core kernels");
+        let start = std::time::Instant::now();
+        let compiled = nvrtc::check_compiles(&program.source, &["sm_80", "sm_90"])
+            .unwrap_or_else(|e| panic!("{p}: {e}"));
+        eprintln!(
+            "sparsenet-bc-100-24 at {p}: {} ({mma} tensor-core kernels), NVRTC sm_80 + sm_90 + PTX (fast) in {:.1} s",
+            program.precision_summary().unwrap_or_default(),
+            start.elapsed().as_secs_f64()
+        );
+        assert_eq!(compiled.blobs.len(), 3, "{p}");
+        for (arch, bytes) in &compiled.blobs[..2] {
+            assert!(bytes.starts_with(b"\x7fELF"), "{p} {arch}");
+        }
+    };
+    std::thread::scope(|s| {
+        let tf32 = s.spawn(|| one(Precision::Tf32));
+        one(Precision::Bf16);
+        tf32.join().expect("tf32");
+    });
+}
+
 /// Every model of [`MODELS`] exists (a renamed example must not silently drop out).
 #[test]
 fn the_covering_models_exist() {

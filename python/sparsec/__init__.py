@@ -98,6 +98,7 @@ def compile(
     calibration: Optional[np.ndarray] = None,
     cuda_archs: tuple[str, ...] = ("sm_80", "sm_90"),
     ptx: bool = True,
+    precision: str = "fp32",
     name: Optional[str] = None,
     verify: bool = False,
 ) -> Compiled:
@@ -108,7 +109,9 @@ def compile(
     model's parameter names (the official PyTorch names by default); or pass
     ``random_weights=SEED``. ``winograd="auto"`` measures the kernels against the reference
     under the accuracy budget (``tolerance``, ``calibration`` rows); ``"4x4"``, ``"2x2"``,
-    ``"off"`` force a tile. Returns the bytes (also written to ``out`` when given).
+    ``"off"`` force a tile. ``precision`` (CUDA): ``"fp32"``, or ``"tf32"``/``"bf16"`` to let
+    each convolution the cost model finds faster run on tensor cores. Returns the bytes (also
+    written to ``out`` when given).
     Raises ``CompileError`` with the CLI's diagnostics text.
     """
     text, is_path, model_name = _model_args(model, name)
@@ -130,7 +133,8 @@ def compile(
         raise ValueError(f"max_batch must be a positive int, got {max_batch!r}")
     data, report = _sparsec.compile(
         text, is_path, model_name, weights_path, tensors, random_weights, target, max_batch,
-        winograd, tolerance, calibration, list(cuda_archs), ptx, verify,
+        winograd, tolerance, calibration, list(cuda_archs), ptx, precision,
+        verify,
     )
     accuracy = None
     if report is not None:

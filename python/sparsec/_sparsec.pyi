@@ -11,7 +11,8 @@ def compile(
     model: str, is_path: bool, name: str, weights_path: Optional[str],
     tensors: Optional[list[tuple[str, npt.NDArray[np.float32]]]], random_seed: Optional[int],
     target: str, max_batch: int, winograd: Optional[str], tolerance: Optional[float],
-    calibration: Optional[npt.NDArray[np.float32]], cuda_archs: list[str], ptx: bool, verify: bool,
+    calibration: Optional[npt.NDArray[np.float32]], cuda_archs: list[str], ptx: bool, precision: str,
+    verify: bool,
 ) -> tuple[bytes, Optional[tuple[str, bool]]]: ...
 def stats_json(model: str, is_path: bool, name: str, batch: int) -> str: ...
 

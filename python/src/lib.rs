@@ -127,7 +127,7 @@ type Report = (String, bool);
 /// Compiles a model to model.bin bytes. Returns the bytes and the accuracy guard's one-line
 /// report with whether it met its budget (CPU, `winograd="auto"`), or `None`.
 #[pyfunction]
-#[pyo3(signature = (model, is_path, name, weights_path, tensors, random_seed, target, max_batch, winograd, tolerance, calibration, cuda_archs, ptx, verify))]
+#[pyo3(signature = (model, is_path, name, weights_path, tensors, random_seed, target, max_batch, winograd, tolerance, calibration, cuda_archs, ptx, precision, verify))]
 #[expect(
     clippy::too_many_arguments,
     reason = "the keyword arguments of `sparsec.compile`, forwarded one to one by __init__.py"
@@ -147,6 +147,7 @@ fn compile<'py>(
     calibration: Option<PyReadonlyArrayDyn<'py, f32>>,
     cuda_archs: Vec<String>,
     ptx: bool,
+    precision: &str,
     verify: bool,
 ) -> PyResult<(Bound<'py, PyBytes>, Option<Report>)> {
     let weights = weights_source(weights_path, tensors, random_seed)?;
@@ -166,6 +167,7 @@ fn compile<'py>(
             archs: cuda_archs,
             ptx,
             cache: true,
+            precision: precision.parse().map_err(PyValueError::new_err)?,
         },
         other => {
             return Err(PyValueError::new_err(format!(

@@ -109,6 +109,8 @@ def test_bad_compile_arguments(tmp_path):
         sparsec.compile(SNET, random_weights=0, winograd="5x5")
     with pytest.raises(ValueError, match='target must be "cpu", "cpu-x86_64", "cpu-aarch64" or "cuda", got "tpu"'):
         sparsec.compile(SNET, random_weights=0, target="tpu")
+    with pytest.raises(ValueError, match='precision must be fp32, tf32 or bf16, got "fp16"'):
+        sparsec.compile(SNET, random_weights=0, target="cuda", precision="fp16")
     with pytest.raises(ValueError, match="max_batch must be a positive int, got 0"):
         sparsec.compile(SNET, random_weights=0, max_batch=0)
     with pytest.raises(TypeError, match="model must be a .snet path or source text, got int"):

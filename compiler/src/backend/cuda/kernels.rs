@@ -25,6 +25,7 @@
 //! kernels. `prelude.cuh` and the names written here must agree.
 
 use super::THREADS;
+use super::precision::{self, Precision};
 use super::tile::{self, ConvShape, ConvTile};
 use crate::backend::steps::StepPlan;
 use ir::op::{Combine, Conv2d, Linear as LinearOp, Pool as PoolOp, PoolKind};
@@ -38,6 +39,9 @@ const LINEAR_MAX_IN: u32 = runtime::cuda::table::LINEAR_MAX_IN;
 
 /// The kernel bodies, written once as templates; the file instantiates them.
 const PRELUDE: &str = include_str!("prelude.cuh");
+
+/// The tensor-core templates (`precision.rs`), written after the prelude when a step uses them.
+const MMA: &str = include_str!("mma.cuh");
 
 /// The prologue of a reader: float offsets of scale and shift in the weights.
 #[derive(Clone, Copy, Debug)]
@@ -68,6 +72,8 @@ pub fn comment_text(text: &str) -> String {
 pub struct Source {
     kernels: BTreeMap<String, String>,
     steps: String,
+    /// The precision of each convolution step that got a tensor-core one (`precision.rs`).
+    pub precisions: BTreeMap<usize, Precision>,
 }
 
 impl Source {
@@ -94,8 +100,9 @@ impl Source {
             "// sparsec CUDA kernels for `{model}`: {} kernels shared by the steps below, each \
              launched\n// with (arena, weights, batch, step record); grid z = batch. Shapes and \
              offsets come\n// from the step's record in the runtime's descriptor table, not \
-             from this text.\n{PRELUDE}\n// ---- steps ----\n{}\n// ---- kernels ----\n",
+             from this text.\n{PRELUDE}{}\n// ---- steps ----\n{}\n// ---- kernels ----\n",
             self.kernels.len(),
+            if self.precisions.is_empty() { "" } else { MMA },
             self.steps
         );
         for (name, body) in &self.kernels {
@@ -158,6 +165,8 @@ fn conv_kernel(t: &ConvTile, kh: u32, kw: u32, pointwise: bool, sum: bool) -> (S
 pub struct Conv<'a> {
     pub step: &'a StepPlan<'a>,
     pub conv: &'a Conv2d,
+    /// The precision asked for (`--precision`); `precision.rs` decides what the layer gets.
+    pub precision: Precision,
 }
 
 impl Conv<'_> {
@@ -204,6 +213,21 @@ impl Conv<'_> {
             if c.bias.is_some() { ", bias" } else { "" },
             if c.relu { ", relu" } else { "" },
         );
+        // Tensor cores, when asked for and the layer gets them (`precision.rs`).
+        if let Some((p, mma)) =
+            precision::emit_conv(&shape, self.precision, kh, kw, pointwise, sum)?
+        {
+            let launches: Vec<CudaLaunch> = mma
+                .into_iter()
+                .map(|(name, body, l)| {
+                    src.kernel(&name, body);
+                    l
+                })
+                .collect();
+            src.precisions.insert(index, p);
+            src.step(index, &format!("{comment}, {p}"), &launches);
+            return Ok(launches);
+        }
         let mut launches = Vec::new();
         for (t, up_to) in tile::variants(&shape) {
             let (name, body) = conv_kernel(&t, kh, kw, pointwise, sum);

@@ -15,6 +15,7 @@
 pub mod cache;
 pub mod kernels;
 pub mod nvrtc;
+pub mod precision;
 pub mod tile;
 
 use super::BackendError;
@@ -29,7 +30,8 @@ use std::collections::HashMap;
 /// The shim header that compiles the generated source as C++ (g++) and runs each launch on
 /// the CPU: a grid of blocks one after another, each block's threads as fibers that switch at
 /// `__syncthreads()`. Tests write it next to the source.
-pub const SHIM_HEADER: &str = include_str!("shim.h");
+/// With `mma_shim.h` appended: the emulation of the tensor-core fragments (`mma.cuh`).
+pub const SHIM_HEADER: &str = concat!(include_str!("shim.h"), include_str!("mma_shim.h"));
 
 /// Threads per block of every generated kernel.
 pub const THREADS: u32 = 256;
@@ -50,6 +52,32 @@ pub struct CudaProgram {
     pub descs: Vec<StepDesc>,
     /// Per step, in step order, its launch variants (`runtime::format::CudaCode::launches`).
     pub launches: Vec<Vec<CudaLaunch>>,
+    /// Per convolution step that runs on tensor cores, its precision (`precision.rs`); every
+    /// other step is FP32.
+    pub precisions: std::collections::BTreeMap<usize, precision::Precision>,
+}
+
+impl CudaProgram {
+    /// `convolutions: N tf32, M fp32` (the compile report), or `None` without convolutions.
+    pub fn precision_summary(&self) -> Option<String> {
+        let convs = self
+            .steps
+            .iter()
+            .filter(|s| s.kind == StepKind::Conv)
+            .count();
+        if convs == 0 {
+            return None;
+        }
+        let mut parts = Vec::new();
+        for p in [precision::Precision::Tf32, precision::Precision::Bf16] {
+            let n = self.precisions.values().filter(|&&q| q == p).count();
+            if n > 0 {
+                parts.push(format!("{n} {p}"));
+            }
+        }
+        parts.push(format!("{} fp32", convs - self.precisions.len()));
+        Some(format!("convolutions: {}", parts.join(", ")))
+    }
 }
 
 /// An aligned f32 section being filled; unbound parameters take their size in zeros when the
@@ -125,6 +153,17 @@ pub fn generate(
     plan: &MemoryPlan,
     need_data: bool,
 ) -> Result<CudaProgram, BackendError> {
+    generate_with(graph, plan, need_data, precision::Precision::Fp32)
+}
+
+/// [`generate`] with the convolutions' precision asked for (`--precision`): each layer gets it
+/// or stays FP32 (`precision.rs`).
+pub fn generate_with(
+    graph: &Graph,
+    plan: &MemoryPlan,
+    need_data: bool,
+    precision: precision::Precision,
+) -> Result<CudaProgram, BackendError> {
     let plans = steps::analyze(graph, plan)?;
     let mut w = Weights {
         graph,
@@ -155,9 +194,13 @@ pub fn generate(
                     prologue: prologue.map(|p| (p.scale * 4, p.shift * 4)),
                 };
                 let desc = descriptors::conv(s, c, placed)?;
-                let launch = kernels::Conv { step: s, conv: c }
-                    .emit(index, &mut source)
-                    .map_err(unsupported)?;
+                let launch = kernels::Conv {
+                    step: s,
+                    conv: c,
+                    precision,
+                }
+                .emit(index, &mut source)
+                .map_err(unsupported)?;
                 (StepKind::Conv, StepDesc::Conv(desc), launch)
             }
             Op::Pool(p) => {
@@ -210,6 +253,7 @@ pub fn generate(
         consts: consts.bytes,
         steps: out_steps,
         launches,
+        precisions: source.precisions.clone(),
     })
 }
 
