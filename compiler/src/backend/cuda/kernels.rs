@@ -357,7 +357,12 @@ mod tests {
                 let (mut menu, mut free) = (0.0, 0.0);
                 for step in &plans {
                     if let ir::Op::Conv2d(conv) = step.op {
-                        let s = Conv { step, conv }.shape()?;
+                        let s = Conv {
+                            step,
+                            conv,
+                            precision: Precision::Fp32,
+                        }
+                        .shape()?;
                         let cost = |t: ConvTile| t.cycles(&s, batch).unwrap_or(f64::INFINITY);
                         menu += cost(tile::best(&s, batch));
                         free += cost(tile::best_free(&s, batch));
