@@ -29,27 +29,9 @@ fn source(path: &Path, weights: &WeightsSource) -> cuda::CudaProgram {
 fn emit_cuda() {
     insta::glob!("../../examples/models", "*.snet", |path| {
         let program = source(path, &WeightsSource::None);
-        let kernels = program.source.matches("extern \"C\" __global__").count();
-        let launched: std::collections::BTreeSet<&str> = program
-            .launches
-            .iter()
-            .flatten()
-            .map(|l| l.kernel.as_str())
-            .collect();
-        assert_eq!(kernels, launched.len(), "{}", path.display());
+        check_launches(&program, &path.display().to_string());
         assert_eq!(program.descs.len(), program.steps.len());
         assert_eq!(program.launches.len(), program.steps.len());
-        for l in program.launches.iter().flatten() {
-            assert!(
-                program
-                    .source
-                    .contains(&format!("__launch_bounds__(256) {}(", l.kernel)),
-                "{}: no kernel {}",
-                path.display(),
-                l.kernel
-            );
-            l.check(256).unwrap_or_else(|e| panic!("{e}"));
-        }
         if common::is_listed(path, &common::CUDA_SNAPSHOT_MODELS) {
             insta::assert_snapshot!(program.source);
         }
@@ -81,24 +63,8 @@ fn every_example_generates_at_every_precision() {
         for p in Precision::ALL {
             let program = cuda::generate_with(&opt.graph, &opt.plan, false, p)
                 .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            let kernels = program.source.matches("extern \"C\" __global__").count();
-            let launched: std::collections::BTreeSet<&str> = program
-                .launches
-                .iter()
-                .flatten()
-                .map(|l| l.kernel.as_str())
-                .collect();
-            assert_eq!(kernels, launched.len(), "{} {p}", path.display());
+            check_launches(&program, &format!("{} {p}", path.display()));
             for l in program.launches.iter().flatten() {
-                assert!(
-                    program
-                        .source
-                        .contains(&format!("__launch_bounds__(256) {}(", l.kernel)),
-                    "{} {p}: no kernel {}",
-                    path.display(),
-                    l.kernel
-                );
-                l.check(256).unwrap_or_else(|e| panic!("{e}"));
                 assert_eq!(
                     l.kernel.starts_with("k_mma"),
                     program
@@ -123,6 +89,29 @@ fn every_example_generates_at_every_precision() {
             }
         }
     });
+}
+
+/// Every kernel the source defines is launched, every launch names a kernel of the source,
+/// and every launch is within CUDA's limits (256 threads a block); `what` names the program.
+fn check_launches(program: &cuda::CudaProgram, what: &str) {
+    let kernels = program.source.matches("extern \"C\" __global__").count();
+    let launched: std::collections::BTreeSet<&str> = program
+        .launches
+        .iter()
+        .flatten()
+        .map(|l| l.kernel.as_str())
+        .collect();
+    assert_eq!(kernels, launched.len(), "{what}");
+    for l in program.launches.iter().flatten() {
+        assert!(
+            program
+                .source
+                .contains(&format!("__launch_bounds__(256) {}(", l.kernel)),
+            "{what}: no kernel {}",
+            l.kernel
+        );
+        l.check(256).unwrap_or_else(|e| panic!("{what}: {e}"));
+    }
 }
 
 /// The first step launching `kernel`.

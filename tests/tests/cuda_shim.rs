@@ -639,65 +639,43 @@ extern "C" __global__ void round_bf16(float* a, const float* w, unsigned n,
     Ok(())
 }
 
-/// Tensor cores at TF32: the golden models with 3x3 (basic), bottleneck 1x1 + 3x3 and
-/// many-piece 1x1 layers, sum aggregation, and the strided 7x7 stem (ImageNet size).
-mod tf32 {
-    use super::*;
+/// The tensor-core suite at one precision, as module `$module`: the golden models with 3x3
+/// (basic), bottleneck 1x1 + 3x3 and many-piece 1x1 layers, sum aggregation, and the strided
+/// 7x7 stem (ImageNet size).
+macro_rules! tensor_core_suite {
+    ($module:ident, $precision:expr) => {
+        mod $module {
+            use super::*;
 
-    #[test]
-    fn sparsenet_40_24() -> Result<()> {
-        check_at("sparsenet-40-24", 2, true, Precision::Tf32)
-    }
+            #[test]
+            fn sparsenet_40_24() -> Result<()> {
+                check_at("sparsenet-40-24", 2, true, $precision)
+            }
 
-    #[test]
-    fn sparsenet_bc_100_24() -> Result<()> {
-        check_at("sparsenet-bc-100-24", 2, true, Precision::Tf32)
-    }
+            #[test]
+            fn sparsenet_bc_100_24() -> Result<()> {
+                check_at("sparsenet-bc-100-24", 2, true, $precision)
+            }
 
-    #[test]
-    fn densenet_bc_100_12() -> Result<()> {
-        check_at("densenet-bc-100-12", 2, true, Precision::Tf32)
-    }
+            #[test]
+            fn densenet_bc_100_12() -> Result<()> {
+                check_at("densenet-bc-100-12", 2, true, $precision)
+            }
 
-    #[test]
-    fn preact_resnet_cifar() -> Result<()> {
-        check_at("preact-resnet-cifar", 2, false, Precision::Tf32)
-    }
+            #[test]
+            fn preact_resnet_cifar() -> Result<()> {
+                check_at("preact-resnet-cifar", 2, false, $precision)
+            }
 
-    /// ImageNet-size: the 7x7 stride-2 stem on tensor cores (strided im2col), every layer
-    /// on tensor cores.
-    #[test]
-    fn sparsenet_121_32() -> Result<()> {
-        check_at("sparsenet-121-32", 1, false, Precision::Tf32)
-    }
+            /// ImageNet-size: the 7x7 stride-2 stem on tensor cores (strided im2col), every
+            /// layer on tensor cores.
+            #[test]
+            fn sparsenet_121_32() -> Result<()> {
+                check_at("sparsenet-121-32", 1, false, $precision)
+            }
+        }
+    };
 }
 
-/// Tensor cores at BF16: the same models.
-mod bf16 {
-    use super::*;
-
-    #[test]
-    fn sparsenet_40_24() -> Result<()> {
-        check_at("sparsenet-40-24", 2, true, Precision::Bf16)
-    }
-
-    #[test]
-    fn sparsenet_bc_100_24() -> Result<()> {
-        check_at("sparsenet-bc-100-24", 2, true, Precision::Bf16)
-    }
-
-    #[test]
-    fn densenet_bc_100_12() -> Result<()> {
-        check_at("densenet-bc-100-12", 2, true, Precision::Bf16)
-    }
-
-    #[test]
-    fn preact_resnet_cifar() -> Result<()> {
-        check_at("preact-resnet-cifar", 2, false, Precision::Bf16)
-    }
-
-    #[test]
-    fn sparsenet_121_32() -> Result<()> {
-        check_at("sparsenet-121-32", 1, false, Precision::Bf16)
-    }
-}
+tensor_core_suite!(tf32, Precision::Tf32);
+tensor_core_suite!(bf16, Precision::Bf16);
