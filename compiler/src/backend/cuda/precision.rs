@@ -335,16 +335,7 @@ mod tests {
     use super::*;
 
     fn shape(oc: u32, size: u32, cin: u32, k: u32) -> ConvShape {
-        ConvShape {
-            oc,
-            pixels: size * size,
-            k: cin * k * k,
-            im2col: k > 1,
-            cin,
-            kernel: [k, k],
-            out: [size, size],
-            direct: k > 1,
-        }
+        super::tile::square_shape(oc, size, cin, k)
     }
 
     #[test]

@@ -442,23 +442,28 @@ pub fn variants(shape: &ConvShape) -> Vec<(ConvTile, u32)> {
     vec![(small, up_to), (large, u32::MAX)]
 }
 
+/// A square convolution for tests (here and in `precision.rs`): `oc` outputs, `size`x`size`
+/// output, `cin` inputs, `k`x`k` kernel, stride 1 with "same" padding.
+#[cfg(test)]
+pub(super) fn square_shape(oc: u32, size: u32, cin: u32, k: u32) -> ConvShape {
+    ConvShape {
+        oc,
+        pixels: size * size,
+        k: cin * k * k,
+        im2col: k > 1,
+        cin,
+        kernel: [k, k],
+        out: [size, size],
+        direct: k > 1,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A square convolution: `oc` outputs, `size`x`size` output, `cin` inputs, `k`x`k`
-    /// kernel, stride 1 with "same" padding.
     fn shape(oc: u32, size: u32, cin: u32, k: u32) -> ConvShape {
-        ConvShape {
-            oc,
-            pixels: size * size,
-            k: cin * k * k,
-            im2col: k > 1,
-            cin,
-            kernel: [k, k],
-            out: [size, size],
-            direct: k > 1,
-        }
+        square_shape(oc, size, cin, k)
     }
 
     #[test]
