@@ -85,6 +85,7 @@ fn tensors(graph: &Graph, plan: &MemoryPlan) -> Result<Tensors, ArtifactError> {
         .map(|(b, &offset)| BufferSpec {
             offset_per_image: offset,
             bytes_per_image: b.bytes_per_image,
+            element: b.element,
         })
         .collect();
     let spec = |name: &str, node: ir::NodeId| -> Result<TensorSpec, ArtifactError> {
@@ -123,11 +124,12 @@ fn tensors(graph: &Graph, plan: &MemoryPlan) -> Result<Tensors, ArtifactError> {
 /// Packages a CUDA program and its NVRTC output into model.bin bytes.
 pub fn write_cuda(
     graph: &Graph,
-    plan: &MemoryPlan,
     program: &CudaProgram,
     compiled: &Compiled,
     max_batch: u32,
 ) -> Result<Vec<u8>, ArtifactError> {
+    // The program's plan: the caller's, or the one with BF16 buffers (`cuda::storage`).
+    let plan = &program.plan;
     if plan.batch != 1 {
         return Err(ArtifactError::PlanBatch(plan.batch));
     }

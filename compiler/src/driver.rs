@@ -160,6 +160,12 @@ pub fn compile(graph: Graph, options: &CompileOptions) -> Result<Compiled, Drive
                 crate::backend::cuda::generate_with(&opt.graph, &opt.plan, true, *precision)?;
             if *precision != crate::backend::cuda::precision::Precision::Fp32 {
                 precisions = program.precision_summary();
+                if let Some(storage) = program.storage_summary(opt.plan.arena.arena_bytes) {
+                    precisions = Some(match precisions {
+                        Some(p) => format!("{p}; {storage}"),
+                        None => storage,
+                    });
+                }
             }
             let cache = cache
                 .then(crate::backend::cuda::cache::KernelCache::user)
@@ -171,13 +177,8 @@ pub fn compile(graph: Graph, options: &CompileOptions) -> Result<Compiled, Drive
                 cache.as_ref(),
             )
             .map_err(crate::backend::BackendError::from)?;
-            let bytes = crate::artifact::write_cuda(
-                &opt.graph,
-                &opt.plan,
-                &program,
-                &compiled,
-                options.max_batch,
-            )?;
+            let bytes =
+                crate::artifact::write_cuda(&opt.graph, &program, &compiled, options.max_batch)?;
             (bytes, None)
         }
     };

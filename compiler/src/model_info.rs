@@ -40,6 +40,9 @@ pub struct ModelInfo {
     pub classes: u64,
     pub max_batch: u32,
     pub arena_bytes_per_image: u64,
+    /// Activation buffers, and how many of them hold BF16 (CUDA `--precision bf16`).
+    pub buffers: usize,
+    pub bf16_buffers: usize,
     /// The arena of a session at the maximum batch.
     pub arena_bytes_at_max_batch: u64,
     pub scratch_bytes: u64,
@@ -88,6 +91,31 @@ pub enum InfoError {
     Load(#[from] runtime::LoadError),
     #[error("`{path}` is a valid model.bin without an input tensor: nothing can run it")]
     NoInput { path: String },
+}
+
+/// The kernel a CUDA step runs, in words, from its descriptor and the name of the generated
+/// kernel it launches (`backend/cuda/kernels.rs`, `precision.rs`): a convolution says how
+/// (`direct`, `implicit GEMM`, `tf32 tensor cores`, `bf16 tensor cores`) and so in which
+/// precision it runs.
+pub fn cuda_kernel_name(desc: &StepDesc, kernel: &str) -> String {
+    let StepDesc::Conv(d) = desc else {
+        return kernel_name(desc);
+    };
+    let how = if kernel.starts_with("k_mmatf32") {
+        "tf32 tensor cores"
+    } else if kernel.starts_with("k_mmabf16") {
+        "bf16 tensor cores"
+    } else if kernel.starts_with("k_direct") {
+        "fp32 direct"
+    } else {
+        "fp32 implicit GEMM"
+    };
+    let stride = if d.stride_h > 1 {
+        format!("/{}", d.stride_h)
+    } else {
+        String::new()
+    };
+    format!("conv {}x{}{stride} {how}", d.kernel_h, d.kernel_w)
 }
 
 /// The kernel a step runs, in words.
@@ -154,7 +182,17 @@ pub fn read_with(
         let Some(desc) = file.step_descriptor(i) else {
             continue;
         };
-        let (layer_kind, kernel) = (kind.name().to_string(), kernel_name(&desc));
+        // A CUDA step: how its throughput launch computes (`cuda_kernel_name`).
+        let launch = m
+            .cuda
+            .as_ref()
+            .and_then(|c| c.launches.get(i))
+            .and_then(|l| l.last());
+        let kernel = match launch {
+            Some(l) => cuda_kernel_name(&desc, &l.kernel),
+            None => kernel_name(&desc),
+        };
+        let layer_kind = kind.name().to_string();
         match kernels
             .iter()
             .position(|k| k.layer_kind == layer_kind && k.kernel == kernel)
@@ -211,6 +249,12 @@ pub fn read_with(
         classes,
         max_batch: m.max_batch,
         arena_bytes_per_image: m.arena_bytes_per_image,
+        buffers: m.buffers.len(),
+        bf16_buffers: m
+            .buffers
+            .iter()
+            .filter(|b| b.element == format::Element::Bf16)
+            .count(),
         arena_bytes_at_max_batch: m.arena_bytes(u64::from(m.max_batch)).unwrap_or(u64::MAX),
         scratch_bytes: m.scratch_bytes,
         weights_bytes: m.weights.len,
@@ -308,6 +352,13 @@ pub fn render(i: &ModelInfo) -> String {
         g(i.weights_bytes),
         g(i.file_bytes)
     );
+    if i.bf16_buffers > 0 {
+        let _ = writeln!(
+            out,
+            "          {} of {} activation buffers in bf16 (the rest f32)",
+            i.bf16_buffers, i.buffers
+        );
+    }
     let _ = writeln!(
         out,
         "steps:    {} kernel calls per image, {} FLOP per image (direct convolution)",
@@ -328,4 +379,38 @@ pub fn render(i: &ModelInfo) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A CUDA convolution is named by how its generated kernel computes, and so by its
+    /// precision; pools and heads keep their descriptor's name.
+    #[test]
+    fn cuda_steps_say_how_and_in_which_precision_they_run() {
+        let conv = StepDesc::Conv(abi::ConvDesc {
+            kernel_h: 1,
+            kernel_w: 1,
+            stride_h: 1,
+            ..abi::ConvDesc::default()
+        });
+        for (kernel, want) in [
+            ("k_mmabf16_1x1p_2_4_2_2_32_h", "conv 1x1 bf16 tensor cores"),
+            ("k_mmatf32_1x1p_2_4_2_2_32", "conv 1x1 tf32 tensor cores"),
+            ("k_direct3x3_4_16_4_16_16_8", "conv 1x1 fp32 direct"),
+            (
+                "k_conv1x1p_4_1_1_16_16_128_h",
+                "conv 1x1 fp32 implicit GEMM",
+            ),
+        ] {
+            assert_eq!(cuda_kernel_name(&conv, kernel), want);
+        }
+        let pool = StepDesc::Pool(abi::PoolDesc {
+            kernel_h: 2,
+            kernel_w: 2,
+            ..abi::PoolDesc::default()
+        });
+        assert_eq!(cuda_kernel_name(&pool, "k_pool_h"), "avg pool 2x2");
+    }
 }

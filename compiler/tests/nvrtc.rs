@@ -96,6 +96,14 @@ fn the_tensor_core_kernels_compile() {
             .matches("extern \"C\" __global__ void __launch_bounds__(256) k_mma")
             .count();
         assert!(mma >= 2, "{p}: {mma} tensor-core kernels");
+        // At bf16 the plan stores buffers in BF16 (`cuda::storage`): the instances that read
+        // and write them (`_h`) are compiled too.
+        let bf16_storage = program.source.matches("_h(float* __restrict__ a").count();
+        if p == Precision::Bf16 {
+            assert!(bf16_storage >= 2, "{bf16_storage} BF16-storage kernels");
+        } else {
+            assert_eq!(bf16_storage, 0, "{p}");
+        }
         let start = std::time::Instant::now();
         let compiled = nvrtc::check_compiles(&program.source, &["sm_80", "sm_90"])
             .unwrap_or_else(|e| panic!("{p}: {e}"));

@@ -38,8 +38,9 @@ use crate::error::LoadError;
 pub const MAGIC: [u8; 8] = *b"SPARSEC\0";
 /// The layout version this runtime reads and writes. Any change to the layout, the manifest
 /// types or the descriptor structs in `abi.rs` bumps it, and so does a change to what a launch
-/// means (version 5: CUDA kernels take the step's record, `cuda::table`, as a fourth argument).
-pub const FORMAT_VERSION: u32 = 5;
+/// means (version 5: CUDA kernels take the step's record, `cuda::table`, as a fourth argument;
+/// version 6: every buffer names its element type, [`Element`]).
+pub const FORMAT_VERSION: u32 = 6;
 /// Size of the fixed header.
 pub const HEADER_BYTES: usize = 64;
 /// Alignment of the data area and of every section (relative and absolute), and of every
@@ -143,18 +144,56 @@ pub struct TensorSpec {
     pub buffer: u32,
 }
 
+/// The element type of an activation buffer. Model inputs and outputs, and every buffer of a
+/// CPU model, are [`Element::F32`]; a CUDA model compiled with `--precision bf16` keeps a
+/// buffer in BF16 when every reader of it rounds it to BF16 anyway (the compiler's
+/// `backend/cuda/storage.rs` decides).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Element {
+    /// IEEE binary32.
+    #[default]
+    F32,
+    /// bfloat16: the upper half of a binary32, rounded to nearest even when written.
+    Bf16,
+}
+
+impl Element {
+    /// Bytes per element.
+    pub fn bytes(self) -> u64 {
+        match self {
+            Element::F32 => 4,
+            Element::Bf16 => 2,
+        }
+    }
+}
+
+impl fmt::Display for Element {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Element::F32 => "f32",
+            Element::Bf16 => "bf16",
+        })
+    }
+}
+
 /// One activation buffer. For batch `B` it lives at `arena + offset_per_image * B` and holds
-/// `bytes_per_image * B` bytes laid out `[B, C, H, W]`.
+/// `bytes_per_image * B` bytes laid out `[B, C, H, W]`, each value one `element`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BufferSpec {
     /// A multiple of [`SECTION_ALIGN`], so the buffer is 64-byte aligned for every batch.
     pub offset_per_image: u64,
-    /// A multiple of 4 (f32 elements); `offset_per_image + bytes_per_image` is at most
+    /// A multiple of the element's size; `offset_per_image + bytes_per_image` is at most
     /// [`Manifest::arena_bytes_per_image`].
     pub bytes_per_image: u64,
+    pub element: Element,
 }
 
 impl BufferSpec {
+    /// Elements per image (`bytes_per_image` is a whole number of them in a parsed file).
+    pub fn elements_per_image(&self) -> u64 {
+        self.bytes_per_image / self.element.bytes()
+    }
+
     /// The buffer's byte offset in the arena for `batch` images (`None` on overflow).
     pub fn offset(&self, batch: u64) -> Option<u64> {
         self.offset_per_image.checked_mul(batch)
@@ -459,12 +498,17 @@ impl Manifest {
 /// and weights checks; the kernels rely on it for every pointer they derive from a piece.
 pub fn check_step_buffers(m: &Manifest, index: usize, desc: &StepDesc) -> Result<(), String> {
     let step = m.steps.get(index).ok_or("step out of range")?;
-    let bytes = |b: u32| m.buffers.get(b as usize).map(|s| s.bytes_per_image);
-    let out = bytes(step.output).ok_or("output buffer out of range")?;
+    // Per buffer: its elements per image (a whole number: checked by `parse`).
+    let elements = |b: u32| {
+        m.buffers
+            .get(b as usize)
+            .map(BufferSpec::elements_per_image)
+    };
+    let out = elements(step.output).ok_or("output buffer out of range")?;
     let pieces: Vec<u64> = step
         .pieces
         .iter()
-        .map(|&p| bytes(p).ok_or("piece buffer out of range"))
+        .map(|&p| elements(p).ok_or("piece buffer out of range"))
         .collect::<Result<_, _>>()?;
     let (n_pieces, out_elems, plane, combine, channels) = desc.io();
     if n_pieces as usize != step.pieces.len() {
@@ -473,25 +517,24 @@ pub fn check_step_buffers(m: &Manifest, index: usize, desc: &StepDesc) -> Result
             step.pieces.len()
         ));
     }
-    if out_elems.checked_mul(4) != Some(out) {
+    if out_elems != out {
         return Err(format!(
-            "output buffer holds {out} bytes per image, the kernel writes {out_elems} floats"
+            "output buffer holds {out} values per image, the kernel writes {out_elems}"
         ));
     }
     let total = pieces.iter().try_fold(0u64, |a, &p| a.checked_add(p));
-    let input = u64::from(channels)
-        .checked_mul(plane)
-        .and_then(|v| v.checked_mul(4));
+    let input = u64::from(channels).checked_mul(plane);
     let fits = match (combine, input) {
         (abi::COMBINE_CONCAT, Some(input)) => {
-            total == Some(input) && pieces.iter().all(|p| plane > 0 && p % (plane * 4) == 0)
+            total == Some(input) && pieces.iter().all(|p| plane > 0 && p % plane == 0)
         }
         (abi::COMBINE_SUM, Some(input)) => pieces.iter().all(|&p| p == input),
         _ => false,
     };
     if !fits {
         return Err(format!(
-            "input pieces ({pieces:?} bytes) do not match the kernel's input ({input:?} bytes)"
+            "input pieces ({pieces:?} values per image) do not match the kernel's input \
+             ({input:?} values)"
         ));
     }
     Ok(())
@@ -1046,10 +1089,16 @@ fn validate(m: &Manifest, data_len: u64, data_base: u64, file_len: u64) -> Resul
                 b.offset_per_image
             ));
         }
-        if !b.bytes_per_image.is_multiple_of(4) {
+        if !b.bytes_per_image.is_multiple_of(b.element.bytes()) {
             return fail(format!(
-                "bytes_per_image {} is not a whole number of f32",
-                b.bytes_per_image
+                "bytes_per_image {} is not a whole number of {}",
+                b.bytes_per_image, b.element
+            ));
+        }
+        if b.element != Element::F32 && m.target.backend == Backend::Cpu {
+            return fail(format!(
+                "a {} buffer in a CPU model (its kernels read f32 only)",
+                b.element
             ));
         }
         match b.offset_per_image.checked_add(b.bytes_per_image) {
@@ -1083,6 +1132,12 @@ fn validate(m: &Manifest, data_len: u64, data_base: u64, file_len: u64) -> Resul
                     m.buffers.len()
                 ));
             };
+            if b.element != Element::F32 {
+                return fail(format!(
+                    "buffer {} holds {}; a model's inputs and outputs are f32",
+                    t.buffer, b.element
+                ));
+            }
             let bytes = t
                 .shape
                 .iter()

@@ -15,8 +15,11 @@
 //! ([`tf32`] and [`bf16`] tests) are compiled at each precision and run the same way, the
 //! tensor-core products emulated fragment by fragment by `mma_shim.h`; the tolerance is
 //! derived from the precision's unit roundoff ([`tolerance`]), and the golden models' error
-//! against PyTorch's float64 outputs is printed and checked with it. A unit test checks the
-//! TF32 and BF16 rounding of the generated source against known bit patterns.
+//! against PyTorch's float64 outputs is printed and checked with it. At BF16 the plan stores
+//! buffers in BF16 (`backend/cuda/storage.rs`): the suite runs the program's own plan, requires
+//! some BF16 buffer (and none at FP32 or TF32), and the arena's BF16 buffers are read and
+//! written through 16-bit views as on the GPU. A unit test checks the TF32 and BF16 rounding of
+//! the generated source, and a value's trip through a BF16 buffer, against known bit patterns.
 //!
 //! g++ is required: without it these tests fail, they do not skip.
 
@@ -97,6 +100,9 @@ impl Library {
                 "-fPIC",
                 "-U_FORTIFY_SOURCE",
                 "-fno-gnu-unique",
+                // BF16 buffers are written and read through `unsigned short*` views of the
+                // float arena, as on the GPU.
+                "-fno-strict-aliasing",
             ])
             .args(["-Wno-unknown-pragmas", "-o"])
             .arg(&so)
@@ -154,7 +160,8 @@ fn run(
     batch: u32,
     pick: Pick,
 ) -> Result<Vec<f32>> {
-    let plan = &opt.plan;
+    // The program's plan: the optimiser's, or the one with BF16 buffers (`cuda::storage`).
+    let plan = &program.plan;
     let b = u64::from(batch);
     let mut arena = vec![0.0f32; (plan.arena.arena_bytes * b / 4) as usize];
     let weights: Vec<f32> = program
@@ -185,6 +192,7 @@ fn run(
         .map(|(b, &offset)| runtime::format::BufferSpec {
             offset_per_image: offset,
             bytes_per_image: b.bytes_per_image,
+            element: b.element,
         })
         .collect();
     let table =
@@ -292,6 +300,28 @@ fn check_file(
         ensure!(
             program.precisions.values().any(|&p| p == precision),
             "{name}: no convolution runs in {precision}"
+        );
+    }
+    // BF16 storage (`cuda::storage`): at bf16 some buffer must be stored in BF16, so this
+    // suite runs the kernels that read and write them; at any other precision none is.
+    let bf16_buffers = program
+        .plan
+        .liveness
+        .buffers
+        .iter()
+        .filter(|b| b.element == runtime::format::Element::Bf16)
+        .count();
+    if precision == Precision::Bf16 {
+        let summary = program.storage_summary(opt.plan.arena.arena_bytes);
+        eprintln!(
+            "{name} at {precision}: {}",
+            summary.as_deref().unwrap_or("-")
+        );
+        ensure!(bf16_buffers > 0, "{name}: no buffer is stored in bf16");
+    } else {
+        ensure!(
+            bf16_buffers == 0,
+            "{name}: {bf16_buffers} bf16 buffers at {precision}"
         );
     }
     let lib = Library::build(name, &program.source)?;
@@ -565,12 +595,36 @@ extern "C" __global__ void round_bf16(float* a, const float* w, unsigned n,
   (void)w; (void)d;
   if (threadIdx.x < n) a[threadIdx.x] = sparsec_round_bf16(a[threadIdx.x]);
 }
+// A value through a BF16 buffer: stored by the epilogues' sparsec_st, read back by the
+// staging's sparsec_ld (the arena's halves: index 2i is float i's low half).
+extern "C" __global__ void store_bf16(float* a, const float* w, unsigned n,
+                                      const unsigned long long* d) {
+  (void)w; (void)d;
+  if (threadIdx.x < n) {
+    const float x = a[threadIdx.x];
+    sparsec_st<true>(a, true, 2u * threadIdx.x + 1u, x);
+    sparsec_st<true>(a, true, 2u * threadIdx.x, 0.0f);
+    a[threadIdx.x] = sparsec_ld<true>(a, true, 2u * threadIdx.x + 1u);
+  }
+}
 "#
     );
     let lib = Library::build("rounding", &source)?;
     // SAFETY: symbols defined by the shim and the source above with these signatures.
     let launch: Launch = unsafe { std::mem::transmute(lib.symbol("sparsec_shim_launch")?) };
-    let cases: [(&str, &[(u32, u32)]); 2] = [
+    let bf16: &[(u32, u32)] = &[
+        (0x3f80_0000, 0x3f80_0000), // 1.0 exact
+        (0x3f80_7fff, 0x3f80_0000), // below half: down
+        (0x3f80_8000, 0x3f80_0000), // a tie with an even kept part: down (to even)
+        (0x3f81_8000, 0x3f82_0000), // a tie with an odd kept part: up (to even)
+        (0xbf81_8000, 0xbf82_0000), // negative tie, odd: away
+        (0x3f80_8001, 0x3f81_0000), // above half: up
+        (0x3fff_8000, 0x4000_0000), // carry into the exponent
+        (0x0000_8000, 0x0000_0000), // subnormal tie, even: down
+        (0x7f7f_ffff, 0x7f80_0000), // the largest float: infinity
+        (0x7f80_0000, 0x7f80_0000), // infinity
+    ];
+    let cases: [(&str, &[(u32, u32)]); 3] = [
         (
             "round_tf32",
             &[
@@ -586,21 +640,8 @@ extern "C" __global__ void round_bf16(float* a, const float* w, unsigned n,
                 (0xff80_0000, 0xff80_0000), // -infinity
             ],
         ),
-        (
-            "round_bf16",
-            &[
-                (0x3f80_0000, 0x3f80_0000), // 1.0 exact
-                (0x3f80_7fff, 0x3f80_0000), // below half: down
-                (0x3f80_8000, 0x3f80_0000), // a tie with an even kept part: down (to even)
-                (0x3f81_8000, 0x3f82_0000), // a tie with an odd kept part: up (to even)
-                (0xbf81_8000, 0xbf82_0000), // negative tie, odd: away
-                (0x3f80_8001, 0x3f81_0000), // above half: up
-                (0x3fff_8000, 0x4000_0000), // carry into the exponent
-                (0x0000_8000, 0x0000_0000), // subnormal tie, even: down
-                (0x7f7f_ffff, 0x7f80_0000), // the largest float: infinity
-                (0x7f80_0000, 0x7f80_0000), // infinity
-            ],
-        ),
+        ("round_bf16", bf16),
+        ("store_bf16", bf16),
     ];
     for (kernel_name, pairs) in cases {
         // SAFETY: as above.

@@ -179,7 +179,7 @@ fn cuda_models_pass_the_trust_check_only_when_signed_by_a_trusted_key() -> Resul
         blobs: vec![("sm_90".into(), b"\x7fELF stand-in cubin".to_vec())],
         cache_hits: 0,
     };
-    let unsigned = artifact::write_cuda(&opt.graph, &opt.plan, &program, &compiled, 64)?;
+    let unsigned = artifact::write_cuda(&opt.graph, &program, &compiled, 64)?;
     let mine = key(5);
     let signed = artifact::sign(&unsigned, &mine)?;
     for (what, bytes, options) in [

@@ -11,6 +11,7 @@ use super::BackendError;
 use crate::plan::memory::MemoryPlan;
 use ir::op::Combine;
 use ir::{Graph, NodeId, Op, TensorType};
+use runtime::format::Element;
 
 /// One activation buffer of the plan, as a step sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -20,6 +21,8 @@ pub struct BufferUse {
     /// Byte offset in the arena at batch 1 (scaled by the batch at run time).
     pub offset_per_image: u64,
     pub bytes_per_image: u64,
+    /// F32 unless the backend re-planned with narrower buffers (`memory::with_elements`).
+    pub element: Element,
 }
 
 /// One input piece: a buffer and how many channels it contributes.
@@ -64,6 +67,7 @@ fn buffer(
         index: b.0,
         offset_per_image: plan.arena.offsets[b.0 as usize],
         bytes_per_image: plan.liveness.buffers[b.0 as usize].bytes_per_image,
+        element: plan.liveness.buffers[b.0 as usize].element,
     })
 }
 

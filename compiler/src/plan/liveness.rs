@@ -13,6 +13,7 @@
 //! that is `arena`'s job.
 
 use ir::{Graph, NodeId, Op};
+use runtime::format::Element;
 use std::fmt;
 
 /// Index of a buffer in a [`Liveness`].
@@ -28,8 +29,11 @@ impl fmt::Display for BufferId {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Buffer {
     pub node: NodeId,
-    /// Bytes per image (float32).
+    /// Bytes per image: the tensor's values times the element's size.
     pub bytes_per_image: u64,
+    /// F32 from [`analyze`]; a backend may store a buffer narrower and re-plan
+    /// (`memory::with_elements`).
+    pub element: Element,
     /// First and last schedule steps (inclusive) at which the buffer holds live data.
     pub first: u32,
     pub last: u32,
@@ -95,6 +99,7 @@ pub fn analyze(graph: &Graph) -> Option<Liveness> {
         buffers.push(Buffer {
             node: n,
             bytes_per_image: node.ty.bytes(),
+            element: Element::F32,
             first,
             last,
             pinned,

@@ -9,6 +9,7 @@
 use super::arena::{self, ArenaPlan, BufferRequest};
 use super::liveness::{self, Liveness};
 use ir::Graph;
+use runtime::format::Element;
 use std::fmt::Write;
 
 #[derive(Clone, Debug)]
@@ -61,6 +62,35 @@ pub fn plan(graph: &Graph, batch: u64) -> Option<MemoryPlan> {
     })
 }
 
+/// `plan` with each buffer stored as `elements[i]` (one per buffer, in the plan's order):
+/// sizes recomputed from the element size, the arena placed again. The schedule and the
+/// lifetimes are unchanged. `None` when `elements` does not have one entry per buffer.
+pub fn with_elements(plan: &MemoryPlan, elements: &[Element]) -> Option<MemoryPlan> {
+    if elements.len() != plan.liveness.buffers.len() {
+        return None;
+    }
+    let mut liveness = plan.liveness.clone();
+    for (b, &e) in liveness.buffers.iter_mut().zip(elements) {
+        // Bytes per image of f32 over 4 is the value count (`liveness::analyze` makes every
+        // buffer f32 first; a buffer already narrowed is converted the same way).
+        let values = b.bytes_per_image / b.element.bytes();
+        b.bytes_per_image = values * e.bytes();
+        b.element = e;
+    }
+    let arena = arena::plan(&requests(&liveness, plan.batch));
+    let naive_bytes = liveness
+        .buffers
+        .iter()
+        .map(|b| b.bytes_per_image * plan.batch)
+        .sum();
+    Some(MemoryPlan {
+        batch: plan.batch,
+        liveness,
+        arena,
+        naive_bytes,
+    })
+}
+
 /// The `--emit plan` text: a summary, then one line per buffer in schedule order.
 pub fn print(graph: &Graph, plan: &MemoryPlan) -> String {
     let numbering = ir::print::Numbering::new(graph, &plan.liveness.schedule);
@@ -104,9 +134,14 @@ pub fn print(graph: &Graph, plan: &MemoryPlan) -> String {
         let pinned = if b.pinned { " pinned" } else { "" };
         let _ = writeln!(
             out,
-            "  b{i} {} {} {} @{} [{}..{}]{pinned}",
+            "  b{i} {} {}{} {} @{} [{}..{}]{pinned}",
             numbering.name(b.node),
             graph.node(b.node).ty,
+            if b.element == Element::F32 {
+                String::new()
+            } else {
+                format!(" {}", b.element)
+            },
             b.bytes_per_image * plan.batch,
             plan.arena.offsets[i],
             b.first,

@@ -1,6 +1,6 @@
 //! The step descriptor table the CUDA kernels read: one record of `u64` words per step (shapes,
-//! flags, float offsets of weights, bias, BN scale and shift and of the output buffer, then
-//! the piece table), built from the file's `abi` descriptors and buffers after `validate` has
+//! flags, float offsets of weights, bias, BN scale and shift, the output buffer's offset in
+//! its own elements, then the piece table), built from the file's `abi` descriptors and buffers after `validate` has
 //! checked them, and uploaded once per model. The generated kernels are shared by every step
 //! with the same tile; everything that differs between steps comes from here, so a file's
 //! offsets reach a kernel only through these checked records.
@@ -11,7 +11,7 @@
 //! the file format (`format`).
 
 use crate::abi;
-use crate::format::{BufferSpec, Step, StepDesc};
+use crate::format::{BufferSpec, Element, Step, StepDesc};
 
 /// Word indices of a step record (`SPARSEC_*` in `prelude.cuh`).
 pub const CIN: usize = 0;
@@ -34,14 +34,25 @@ pub const SCALE: usize = 16;
 pub const SHIFT: usize = 17;
 pub const OUT: usize = 18;
 pub const OUT_PER_IMAGE: usize = 19;
-/// First piece; each piece is `(channel end, float offset per image, floats per image)`.
+/// First piece; each piece is `(channel end, offset per image, elements per image)`, offsets
+/// and sizes counted in the piece's own elements (floats, or BF16 halves); a BF16 piece has
+/// [`PIECE_BF16`] set in its first word (the kernels read the channel end from the low 32
+/// bits).
 pub const PIECES: usize = 20;
 /// Words per piece.
 pub const PIECE_WORDS: usize = 3;
+/// The bit of a piece's first word that marks a BF16 piece.
+pub const PIECE_BF16: u64 = 1 << 32;
 
-/// Flags of a record: the `abi` prologue, bias, ReLU and global bits, plus these two.
+/// Flags of a record: the `abi` prologue, bias, ReLU and global bits, plus these.
 pub const FLAG_MAX: u64 = 128;
 pub const FLAG_SUM: u64 = 256;
+/// The output buffer holds BF16 (`OUT` and `OUT_PER_IMAGE` count halves).
+pub const FLAG_BF16_OUT: u64 = 512;
+/// Some input piece holds BF16. A kernel instance built without BF16 support computes nothing
+/// for a record with either BF16 flag (it would read halves as floats), so a file that pairs
+/// one with such a kernel gets a wrong answer, never an access outside its buffers.
+pub const FLAG_BF16_IN: u64 = 1024;
 const ABI_FLAGS: u32 = abi::FLAG_PROLOGUE
     | abi::FLAG_PROLOGUE_RELU
     | abi::FLAG_BIAS
@@ -91,12 +102,18 @@ fn buffer(buffers: &[BufferSpec], id: u32) -> Result<&BufferSpec, String> {
 
 /// Byte offset to float offset (a multiple of 4).
 fn floats(bytes: u64, what: &str) -> Result<u64, String> {
-    if !bytes.is_multiple_of(4) {
+    elements(bytes, Element::F32, what)
+}
+
+/// Byte offset or size to a count of `element`s (a multiple of its size).
+fn elements(bytes: u64, element: Element, what: &str) -> Result<u64, String> {
+    let size = element.bytes();
+    if !bytes.is_multiple_of(size) {
         return Err(format!(
-            "{what}: byte offset {bytes} is not a multiple of 4"
+            "{what}: byte offset {bytes} is not a multiple of {size} ({element})"
         ));
     }
-    Ok(bytes / 4)
+    Ok(bytes / size)
 }
 
 /// `a * b * ...` as u64, `None` on overflow.
@@ -204,8 +221,11 @@ fn record(
     }
     r[NPIECES] = n_pieces.into();
     let out = buffer(buffers, step.output)?;
-    r[OUT] = floats(out.offset_per_image, "output")?;
-    r[OUT_PER_IMAGE] = floats(out.bytes_per_image, "output")?;
+    r[OUT] = elements(out.offset_per_image, out.element, "output")?;
+    r[OUT_PER_IMAGE] = elements(out.bytes_per_image, out.element, "output")?;
+    if out.element == Element::Bf16 {
+        r[FLAGS] |= FLAG_BF16_OUT;
+    }
     // The kernels index a batch's pixels, pooled values and input planes in 32 bits.
     let batch = u64::from(max_batch.max(1));
     let plane = product(&[r[IH], r[IW]]).ok_or("input plane overflows")?;
@@ -230,24 +250,25 @@ fn record(
     if matches!(desc, StepDesc::Conv(_)) && product(&[r[CIN], r[OC], r[KH], r[KW]]) == Some(0) {
         return Err("a convolution without weights".into());
     }
+    let at = words.len();
     words.extend_from_slice(&r);
     let mut end = 0u64;
     for &p in &step.pieces {
         let b = buffer(buffers, p)?;
-        let per = floats(b.bytes_per_image, "piece")?;
+        let per = elements(b.bytes_per_image, b.element, "piece")?;
         let channels = if combine == abi::COMBINE_SUM {
             r[CIN]
         } else {
             if !per.is_multiple_of(plane) {
                 return Err(format!(
-                    "a piece of {per} floats is not whole {plane}-float planes"
+                    "a piece of {per} values is not whole {plane}-value planes"
                 ));
             }
             per / plane
         };
         if channels.checked_mul(plane).is_none_or(|v| v > per) {
             return Err(format!(
-                "a piece of {per} floats holds fewer than {channels} channels"
+                "a piece of {per} values holds fewer than {channels} channels"
             ));
         }
         end = if combine == abi::COMBINE_SUM {
@@ -255,7 +276,19 @@ fn record(
         } else {
             end.checked_add(channels).ok_or("channel count overflows")?
         };
-        words.extend_from_slice(&[end, floats(b.offset_per_image, "piece")?, per]);
+        let half = if b.element == Element::Bf16 {
+            PIECE_BF16
+        } else {
+            0
+        };
+        words.extend_from_slice(&[
+            end | half,
+            elements(b.offset_per_image, b.element, "piece")?,
+            per,
+        ]);
+        if half != 0 {
+            words[at + FLAGS] |= FLAG_BF16_IN;
+        }
     }
     if end != r[CIN] {
         return Err(format!(
@@ -289,14 +322,17 @@ mod tests {
             BufferSpec {
                 offset_per_image: 0,
                 bytes_per_image: 2 * 16 * 4,
+                element: Element::F32,
             },
             BufferSpec {
                 offset_per_image: 128,
                 bytes_per_image: 2 * 16 * 4,
+                element: Element::F32,
             },
             BufferSpec {
                 offset_per_image: 256,
                 bytes_per_image: 3 * 16 * 4,
+                element: Element::F32,
             },
         ]
     }
@@ -344,6 +380,39 @@ mod tests {
         assert_eq!((w[WEIGHT], w[SCALE], w[SHIFT], w[BIAS]), (16, 32, 48, 16));
         assert_eq!((w[OUT], w[OUT_PER_IMAGE]), (64, 48));
         assert_eq!(&w[PIECES..], &[2, 0, 32, 4, 32, 32]);
+        Ok(())
+    }
+
+    /// BF16 buffers: offsets and sizes count halves, the piece's first word carries the BF16
+    /// bit above its channel end, and the record's flags say which side is BF16.
+    #[test]
+    fn bf16_buffers_count_halves_and_are_flagged() -> Result<(), String> {
+        let mut b = buffers();
+        b[1].element = Element::Bf16;
+        b[1].bytes_per_image = 2 * 16 * 2;
+        b[2].element = Element::Bf16;
+        b[2].bytes_per_image = 3 * 16 * 2;
+        let t = build(&[step(2, vec![0, 1])], &b, &[StepDesc::Conv(conv())], 8).map_err(|e| e.1)?;
+        let w = &t.words;
+        assert_eq!(
+            w[FLAGS] & (FLAG_BF16_IN | FLAG_BF16_OUT),
+            FLAG_BF16_IN | FLAG_BF16_OUT
+        );
+        // The output at byte 256 is half 128; 48 values per image.
+        assert_eq!((w[OUT], w[OUT_PER_IMAGE]), (128, 48));
+        assert_eq!(&w[PIECES..], &[2, 0, 32, 4 | PIECE_BF16, 64, 32]);
+        // An all-f32 record has neither flag.
+        let t = build(
+            &[step(2, vec![0, 1])],
+            &buffers(),
+            &[StepDesc::Conv(conv())],
+            8,
+        )
+        .map_err(|e| e.1)?;
+        assert_eq!(t.words[FLAGS] & (FLAG_BF16_IN | FLAG_BF16_OUT), 0);
+        // A BF16 piece of an odd byte size is refused.
+        b[1].bytes_per_image = 2 * 16 * 2 + 1;
+        assert!(build(&[step(2, vec![0, 1])], &b, &[StepDesc::Conv(conv())], 8).is_err());
         Ok(())
     }
 

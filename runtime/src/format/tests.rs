@@ -80,6 +80,7 @@ fn sample() -> (Manifest, Vec<u8>) {
     let buffer = |offset_per_image, bytes_per_image| BufferSpec {
         offset_per_image,
         bytes_per_image,
+        element: Element::F32,
     };
     let step = |kind, label: &str, desc_offset, output, piece| Step {
         kind,
@@ -194,11 +195,13 @@ fn assert_invariants(f: &ModelFile<'_>) {
     for b in &m.buffers {
         assert!(u128::from(b.offset_per_image) + u128::from(b.bytes_per_image) <= arena);
         assert_eq!(b.offset_per_image % 64, 0);
-        assert_eq!(b.bytes_per_image % 4, 0);
+        assert_eq!(b.bytes_per_image % b.element.bytes(), 0);
+        assert!(b.element == Element::F32 || m.target.backend == Backend::Cuda);
     }
     for t in m.inputs.iter().chain(&m.outputs) {
         let b = m.buffers[t.buffer as usize];
         let n: u128 = t.shape.iter().map(|&d| u128::from(d)).product();
+        assert_eq!(b.element, Element::F32);
         assert_eq!(n * 4, u128::from(b.bytes_per_image));
     }
     for (i, s) in m.steps.iter().enumerate() {
@@ -585,6 +588,8 @@ fn buffer_failures() {
         (|b| b.bytes_per_image += 2, "whole number of f32"),
         (|b| b.bytes_per_image = 1024, "past arena_bytes_per_image"),
         (|b| b.offset_per_image = u64::MAX - 63, "overflows"),
+        // A CPU model's kernels read f32 only.
+        (|b| b.element = Element::Bf16, "bf16 buffer in a CPU model"),
     ] {
         let e = buffer_err(edit);
         assert!(
@@ -613,6 +618,55 @@ fn tensor_failures() {
         matches!(&e, LoadError::Tensor { reason, .. } if reason.contains("overflowing")),
         "{e}"
     );
+}
+
+/// BF16 buffers (CUDA models only): sizes count 2-byte elements, a step's pieces and output
+/// are checked in elements, and a model's input and output stay f32.
+#[test]
+fn bf16_buffer_checks() {
+    let cuda = |m: &mut Manifest| {
+        m.target.backend = Backend::Cuda;
+        m.cpu_code = None;
+    };
+    // The conv's output (buffer 1, 1024 bytes of f32) as BF16 holds twice the values the
+    // descriptor writes: refused when the step is checked, by whichever executor runs it.
+    let (mut m, data) = sample();
+    cuda(&mut m);
+    m.buffers[1].element = Element::Bf16;
+    let bytes = build(&m, &data);
+    let file = ModelFile::parse(&bytes).expect("structurally valid");
+    let desc = file.step_descriptor(0).expect("descriptor");
+    let e = check_step_buffers(&file.manifest, 0, &desc).expect_err("size mismatch accepted");
+    assert!(e.contains("holds 512 values per image"), "{e}");
+    // Halved, it holds exactly them.
+    m.buffers[1].bytes_per_image = 512;
+    let bytes = build(&m, &data);
+    let file = ModelFile::parse(&bytes).expect("valid");
+    assert_eq!(file.manifest.buffers[1].elements_per_image(), 256);
+    check_step_buffers(&file.manifest, 0, &desc).expect("a BF16 output of the right size");
+    // An odd byte count is no whole number of BF16 values.
+    let e = with_manifest(|m| {
+        cuda(m);
+        m.buffers[1].element = Element::Bf16;
+        m.buffers[1].bytes_per_image = 511;
+    });
+    assert!(
+        matches!(&e, LoadError::Buffer { index: 1, reason } if reason.contains("whole number of bf16")),
+        "{e}"
+    );
+    // The input's and the output's buffers are the caller's f32 tensors.
+    for (role, buffer) in [("input", 0), ("output", 3)] {
+        let e = with_manifest(|m| {
+            cuda(m);
+            m.buffers[buffer].element = Element::Bf16;
+            m.buffers[buffer].bytes_per_image /= 2;
+        });
+        assert!(
+            matches!(&e, LoadError::Tensor { role: r, reason, .. }
+                if *r == role && reason.contains("inputs and outputs are f32")),
+            "{role}: {e}"
+        );
+    }
 }
 
 #[test]
@@ -861,7 +915,7 @@ proptest! {
     /// Hostile numbers in a well-formed manifest.
     #[test]
     fn hostile_fields_are_rejected_or_sound(
-        edits in proptest::collection::vec((0..20u8, 0..8usize, interesting_u64()), 1..5)
+        edits in proptest::collection::vec((0..21u8, 0..8usize, interesting_u64()), 1..5)
     ) {
         let (mut m, data) = sample();
         for (field, i, v) in edits {
@@ -927,6 +981,15 @@ fn edit_field(m: &mut Manifest, field: u8, i: usize, v: u64) {
                 [StepKind::Conv, StepKind::Pool, StepKind::Linear][(v % 3) as usize];
         }
         16 => m.buffers.truncate(i % (nb + 1)),
+        19 => {
+            if let Some(b) = m.buffers.get_mut(i % nb.max(1)) {
+                b.element = if v.is_multiple_of(2) {
+                    Element::F32
+                } else {
+                    Element::Bf16
+                };
+            }
+        }
         17 => m.steps[i % ns].pieces.clear(),
         18 => {
             if let Some(c) = &mut m.cuda {

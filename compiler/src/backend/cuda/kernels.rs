@@ -30,6 +30,7 @@ use super::tile::{self, ConvShape, ConvTile};
 use crate::backend::steps::StepPlan;
 use ir::op::{Combine, Conv2d, Linear as LinearOp, Pool as PoolOp, PoolKind};
 use runtime::format::CudaLaunch;
+use runtime::format::Element;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
@@ -74,6 +75,10 @@ pub struct Source {
     steps: String,
     /// The precision of each convolution step that got a tensor-core one (`precision.rs`).
     pub precisions: BTreeMap<usize, Precision>,
+    /// The plan stores some buffer in BF16 (`storage.rs`): every convolution and pool uses its
+    /// kernels' BF16-capable instances (`_h`; they read each record's flags, so one instance
+    /// serves FP32 and BF16 buffers and the program holds no second copy of a kernel).
+    pub bf16_storage: bool,
 }
 
 impl Source {
@@ -134,13 +139,22 @@ fn launch(kernel: &str, x_per_image: u64, x_per_block: u32) -> Result<CudaLaunch
 
 /// The kernel name and template instance of a convolution tile for a `kh` x `kw` kernel
 /// (`pointwise`: 1x1, stride 1, no padding, read without im2col arithmetic; `sum`: the input
-/// is a sum of pieces).
-fn conv_kernel(t: &ConvTile, kh: u32, kw: u32, pointwise: bool, sum: bool) -> (String, String) {
+/// is a sum of pieces; `bf16_out`: the instance that may write a BF16 output buffer, named
+/// with a trailing `_h`).
+fn conv_kernel(
+    t: &ConvTile,
+    kh: u32,
+    kw: u32,
+    pointwise: bool,
+    sum: bool,
+    bf16_out: bool,
+) -> (String, String) {
     let s = if sum { "s" } else { "" };
+    let h = if bf16_out { "_h" } else { "" };
     match t {
         ConvTile::Gemm(t) => (
             format!(
-                "k_conv{kh}x{kw}{}{s}_{}_{}_{}_{}_{}_{}",
+                "k_conv{kh}x{kw}{}{s}_{}_{}_{}_{}_{}_{}{h}",
                 if pointwise { "p" } else { "" },
                 t.tm,
                 t.wm,
@@ -149,14 +163,20 @@ fn conv_kernel(t: &ConvTile, kh: u32, kw: u32, pointwise: bool, sum: bool) -> (S
                 t.ks,
                 t.bk
             ),
-            format!("sparsec_conv<{}, {kh}, {kw}, {pointwise}, {sum}>", t.cpp()),
+            format!(
+                "sparsec_conv<{}, {kh}, {kw}, {pointwise}, {sum}, {bf16_out}>",
+                t.cpp()
+            ),
         ),
         ConvTile::Direct(t) => (
             format!(
-                "k_direct{kh}x{kw}{s}_{}_{}_{}_{}_{}_{}",
+                "k_direct{kh}x{kw}{s}_{}_{}_{}_{}_{}_{}{h}",
                 t.tm, t.wm, t.tn, t.wn, t.tw, t.cb
             ),
-            format!("sparsec_conv_direct<{}, {kh}, {kw}, {sum}>", t.cpp()),
+            format!(
+                "sparsec_conv_direct<{}, {kh}, {kw}, {sum}, {bf16_out}>",
+                t.cpp()
+            ),
         ),
     }
 }
@@ -165,8 +185,34 @@ fn conv_kernel(t: &ConvTile, kh: u32, kw: u32, pointwise: bool, sum: bool) -> (S
 pub struct Conv<'a> {
     pub step: &'a StepPlan<'a>,
     pub conv: &'a Conv2d,
-    /// The precision asked for (`--precision`); `precision.rs` decides what the layer gets.
+    /// The precision the layer got (`precision::decide`).
     pub precision: Precision,
+}
+
+/// The comment's note on a step's BF16 buffers (`storage.rs`): empty when it has none.
+fn storage_note(step: &StepPlan<'_>) -> String {
+    let pieces = step
+        .pieces
+        .iter()
+        .filter(|p| p.buffer.element == Element::Bf16)
+        .count();
+    let mut note = String::new();
+    if pieces > 0 {
+        note += &format!(", {pieces} bf16 piece(s)");
+    }
+    if step.out.element == Element::Bf16 {
+        note += ", bf16 output";
+    }
+    note
+}
+
+/// Whether a step reads or writes a BF16 buffer.
+fn touches_bf16(step: &StepPlan<'_>) -> bool {
+    step.out.element == Element::Bf16
+        || step
+            .pieces
+            .iter()
+            .any(|p| p.buffer.element == Element::Bf16)
 }
 
 impl Conv<'_> {
@@ -200,9 +246,10 @@ impl Conv<'_> {
         let pointwise = !self.shape()?.im2col;
         let sum = c.access.combine == Combine::Sum;
         let shape = self.shape()?;
+        let half = src.bf16_storage;
         let comment = format!(
             "{}: conv {kh}x{kw} stride {}x{} pad {}x{}, {} -> {oc} channels, {ih}x{iw} -> \
-             {oh}x{ow}, {} piece(s){}{}",
+             {oh}x{ow}, {} piece(s){}{}{}",
             s.label,
             c.stride[0],
             c.stride[1],
@@ -212,10 +259,11 @@ impl Conv<'_> {
             s.pieces.len(),
             if c.bias.is_some() { ", bias" } else { "" },
             if c.relu { ", relu" } else { "" },
+            storage_note(s),
         );
-        // Tensor cores, when asked for and the layer gets them (`precision.rs`).
+        // Tensor cores, when the layer got them (`precision::decide`).
         if let Some((p, mma)) =
-            precision::emit_conv(&shape, self.precision, kh, kw, pointwise, sum)?
+            precision::emit_conv(&shape, self.precision, kh, kw, pointwise, sum, half)?
         {
             let launches: Vec<CudaLaunch> = mma
                 .into_iter()
@@ -228,9 +276,16 @@ impl Conv<'_> {
             src.step(index, &format!("{comment}, {p}"), &launches);
             return Ok(launches);
         }
+        if s.pieces.iter().any(|p| p.buffer.element == Element::Bf16) {
+            return Err(
+                "an FP32 convolution reading a BF16 buffer (the plan keeps every \
+                        buffer an FP32 layer reads in FP32)"
+                    .into(),
+            );
+        }
         let mut launches = Vec::new();
         for (t, up_to) in tile::variants(&shape) {
-            let (name, body) = conv_kernel(&t, kh, kw, pointwise, sum);
+            let (name, body) = conv_kernel(&t, kh, kw, pointwise, sum, half);
             src.kernel(&name, body);
             let (x_per_image, x_per_block, grid_y) = t.grid(&shape);
             launches.push(CudaLaunch {
@@ -263,18 +318,31 @@ impl Pool<'_> {
         };
         let comment = if p.global {
             format!(
-                "{}: global {kind} pool, {ch} channels, {ih}x{iw} -> 1x1",
-                s.label
+                "{}: global {kind} pool, {ch} channels, {ih}x{iw} -> 1x1{}",
+                s.label,
+                storage_note(s)
             )
         } else {
             format!(
                 "{}: {kind} pool {}x{} stride {}x{} pad {}x{}, {ch} channels, {ih}x{iw} -> \
-                 {oh}x{ow}",
-                s.label, p.kernel[0], p.kernel[1], p.stride[0], p.stride[1], p.pad[0], p.pad[1]
+                 {oh}x{ow}{}",
+                s.label,
+                p.kernel[0],
+                p.kernel[1],
+                p.stride[0],
+                p.stride[1],
+                p.pad[0],
+                p.pad[1],
+                storage_note(s)
             )
         };
-        src.kernel("k_pool", "sparsec_pool".into());
-        let launches = vec![launch("k_pool", total, THREADS)?];
+        let (name, body) = if src.bf16_storage {
+            ("k_pool_h", "sparsec_pool<true>")
+        } else {
+            ("k_pool", "sparsec_pool<false>")
+        };
+        src.kernel(name, body.into());
+        let launches = vec![launch(name, total, THREADS)?];
         src.step(index, &comment, &launches);
         Ok(launches)
     }
@@ -291,6 +359,11 @@ impl Linear<'_> {
         let (l, s) = (self.linear, self.step);
         let cin = s.input.channels;
         let out = l.out_features;
+        if touches_bf16(s) {
+            return Err(
+                "a head reading or writing a BF16 buffer (the plan keeps them FP32)".into(),
+            );
+        }
         if cin > LINEAR_MAX_IN {
             return Err(format!(
                 "the CUDA head stages {cin} input channels in shared memory (at most \

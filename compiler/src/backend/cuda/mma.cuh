@@ -1,9 +1,10 @@
 
 // ---- tensor cores (mma.cuh): TF32 and BF16 convolutions, FP32 accumulate -----------------
 // Written after the prelude only when a step runs on tensor cores (`precision.rs` chooses per
-// layer). The activations stay FP32 in the arena: inputs and weights are rounded to the
-// precision when staged in shared memory, the products are accumulated in FP32, and the output
-// is written in FP32. The staging reuses the prelude's step record, piece cursor
+// layer). Inputs and weights are rounded to the precision when staged in shared memory, the
+// products are accumulated in FP32, and the output is written in FP32, or in BF16 where the
+// plan stores the buffer so (H: the instance reads and writes BF16 buffers,
+// backend/cuda/storage.rs). The staging reuses the prelude's step record, piece cursor
 // (`sparsec_input`) and batch-norm prologue (`sparsec_pro`). On the GPU the warp-level product
 // is PTX `mma.sync` (sm_80 and later, no header); the shim (`mma_shim.h`) emulates the same
 // fragments lane by lane, so the layouts below are checked without a GPU.
@@ -89,8 +90,10 @@ struct sparsec_mma_tile {
 // its fragments and issues its mma.sync products. The accumulators stay in the mma C layout:
 // lane (g, t) = (lane / 4, lane % 4) holds rows g and g + 8, columns 2t and 2t + 1 of each
 // 16 x 8 fragment, which the epilogue writes with bias and ReLU. Every thread makes the same
-// calls (the shim's fragment exchange is a block-wide rendezvous).
-template <class T, unsigned PREC, unsigned KH, unsigned KW, bool POINTWISE, bool SUM>
+// calls (the shim's fragment exchange is a block-wide rendezvous). H: input pieces and the
+// output may be BF16 (each piece says; a BF16 input value is exact in FP32, and rounding it
+// to BF16 again after the prologue is the tensor core's own rounding).
+template <class T, unsigned PREC, unsigned KH, unsigned KW, bool POINTWISE, bool SUM, bool H>
 __device__ __forceinline__ void sparsec_conv_mma(float* __restrict__ a,
                                                  const float* __restrict__ w, unsigned batch,
                                                  const sparsec_u64* __restrict__ d) {
@@ -109,7 +112,8 @@ __device__ __forceinline__ void sparsec_conv_mma(float* __restrict__ a,
   const sparsec_step S = sparsec_read_step(d);
   // A record this instance was not made for computes nothing (uniform: no barrier diverges).
   if (S.kh != KH || S.kw != KW || ((S.flags & SPARSEC_F_SUM) != 0) != SUM ||
-      (POINTWISE && (S.sh != 1u || S.sw != 1u || S.ph != 0u || S.pw != 0u)))
+      (POINTWISE && (S.sh != 1u || S.sw != 1u || S.ph != 0u || S.pw != 0u)) ||
+      sparsec_refuses<H, true>(S.flags))
     return;
   sparsec_input in;
   in.init(S, batch);
@@ -156,11 +160,11 @@ __device__ __forceinline__ void sparsec_conv_mma(float* __restrict__ a,
           const unsigned hw = POINTWISE ? pos : (unsigned)(ih * (int)S.iw + iw);
           float raw;
           if (SUM) {
-            raw = in.raw<true>(a, img, c, hw);
+            raw = in.raw<true, H>(a, img, c, hw);
           } else {
             size_t base, stride;
             in.at(c, base, stride);
-            raw = a[base + (size_t)img * stride + hw];
+            raw = sparsec_ld<H>(a, in.half, base + (size_t)img * stride + hw);
           }
           v = sparsec_pro(S, w, c, raw);
         }
@@ -211,7 +215,8 @@ __device__ __forceinline__ void sparsec_conv_mma(float* __restrict__ a,
     }
     __syncthreads();
   }
-  float* out = a + S.out * B;
+  const size_t out = S.out * B;  // in the output's elements (halves when BF16)
+  const bool hout = H && (S.flags & SPARSEC_F_BF16_OUT) != 0;
   // As in sparsec_conv: bias and ReLU without branches.
   const bool bias = (S.flags & SPARSEC_F_BIAS) != 0;
   const float lo = (S.flags & SPARSEC_F_RELU) ? 0.0f : -INFINITY;
@@ -229,7 +234,7 @@ __device__ __forceinline__ void sparsec_conv_mma(float* __restrict__ a,
           const unsigned m = m0 + wm0 + i * 16u + g + 8u * h;
           if (m >= OC) continue;
           const float bw = w[S.bias + (bias ? m : 0u)], b = bias ? bw : 0.0f;
-          out[(size_t)m * P + at] = fmaxf(acc[i][j][2 * h + c] + b, lo);
+          sparsec_st<H>(a, hout, out + (size_t)m * P + at, fmaxf(acc[i][j][2 * h + c] + b, lo));
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod cache;
 pub mod kernels;
 pub mod nvrtc;
 pub mod precision;
+pub mod storage;
 pub mod tile;
 
 use super::BackendError;
@@ -24,7 +25,7 @@ use super::steps;
 use crate::plan::memory::MemoryPlan;
 use ir::op::Access;
 use ir::{Graph, Op, ParamId};
-use runtime::format::{CudaLaunch, Step, StepDesc, StepKind};
+use runtime::format::{CudaLaunch, Element, Step, StepDesc, StepKind};
 use std::collections::HashMap;
 
 /// The shim header that compiles the generated source as C++ (g++) and runs each launch on
@@ -55,6 +56,10 @@ pub struct CudaProgram {
     /// Per convolution step that runs on tensor cores, its precision (`precision.rs`); every
     /// other step is FP32.
     pub precisions: std::collections::BTreeMap<usize, precision::Precision>,
+    /// The memory plan the program was generated for: the caller's, or (BF16 buffers,
+    /// `storage.rs`) that plan placed again with the narrower buffers. model.bin's buffers and
+    /// arena come from this one.
+    pub plan: MemoryPlan,
 }
 
 impl CudaProgram {
@@ -77,6 +82,24 @@ impl CudaProgram {
         }
         parts.push(format!("{} fp32", convs - self.precisions.len()));
         Some(format!("convolutions: {}", parts.join(", ")))
+    }
+
+    /// `activations: N of M buffers bf16, arena X bytes per image (fp32: Y)` when the plan
+    /// stores some buffer in BF16 (`storage.rs`), against `fp32_arena` (the caller's plan).
+    pub fn storage_summary(&self, fp32_arena: u64) -> Option<String> {
+        let buffers = &self.plan.liveness.buffers;
+        let bf16 = buffers
+            .iter()
+            .filter(|b| b.element == Element::Bf16)
+            .count();
+        (bf16 > 0).then(|| {
+            format!(
+                "activations: {bf16} of {} buffers bf16, arena {} bytes per image (fp32: {})",
+                buffers.len(),
+                crate::numfmt::group(self.plan.arena.arena_bytes),
+                crate::numfmt::group(fp32_arena)
+            )
+        })
     }
 }
 
@@ -157,13 +180,16 @@ pub fn generate(
 }
 
 /// [`generate`] with the convolutions' precision asked for (`--precision`): each layer gets it
-/// or stays FP32 (`precision.rs`).
+/// or stays FP32 (`precision.rs`); with `bf16`, the buffers only BF16 layers read are stored in
+/// BF16 and the arena placed again (`storage.rs`; the program's `plan`).
 pub fn generate_with(
     graph: &Graph,
     plan: &MemoryPlan,
     need_data: bool,
     precision: precision::Precision,
 ) -> Result<CudaProgram, BackendError> {
+    let (plan, chosen) = storage_plan(graph, plan, precision)?;
+    let plan = &plan;
     let plans = steps::analyze(graph, plan)?;
     let mut w = Weights {
         graph,
@@ -173,6 +199,11 @@ pub fn generate_with(
     };
     let mut consts = Section::default();
     let mut source = kernels::Source::default();
+    source.bf16_storage = plan
+        .liveness
+        .buffers
+        .iter()
+        .any(|b| b.element == Element::Bf16);
     let mut out_steps = Vec::new();
     let mut descs = Vec::new();
     let mut launches = Vec::new();
@@ -197,7 +228,7 @@ pub fn generate_with(
                 let launch = kernels::Conv {
                     step: s,
                     conv: c,
-                    precision,
+                    precision: chosen[index],
                 }
                 .emit(index, &mut source)
                 .map_err(unsupported)?;
@@ -254,7 +285,50 @@ pub fn generate_with(
         steps: out_steps,
         launches,
         precisions: source.precisions.clone(),
+        plan: plan.clone(),
     })
+}
+
+/// Every step's precision (`precision::decide`; FP32 for pools and heads) and the plan with
+/// the buffers `storage::decide` narrows to BF16 (the caller's plan when there are none).
+fn storage_plan(
+    graph: &Graph,
+    plan: &MemoryPlan,
+    requested: precision::Precision,
+) -> Result<(MemoryPlan, Vec<precision::Precision>), BackendError> {
+    let plans = steps::analyze(graph, plan)?;
+    let mut chosen = Vec::with_capacity(plans.len());
+    for s in &plans {
+        chosen.push(match s.op {
+            Op::Conv2d(conv) => {
+                let shape = kernels::Conv {
+                    step: s,
+                    conv,
+                    precision: requested,
+                }
+                .shape()
+                .map_err(|reason| BackendError::Unsupported {
+                    node: s.label.clone(),
+                    op: s.op.mnemonic(),
+                    reason,
+                })?;
+                precision::decide(&shape, requested)
+            }
+            _ => precision::Precision::Fp32,
+        });
+    }
+    let elements = storage::decide(&plans, &chosen, plan);
+    if elements.iter().all(|&e| e == Element::F32) {
+        return Ok((plan.clone(), chosen));
+    }
+    let narrowed = crate::plan::memory::with_elements(plan, &elements).ok_or_else(|| {
+        BackendError::Unsupported {
+            node: graph.name.clone(),
+            op: "plan",
+            reason: "one element type per buffer".into(),
+        }
+    })?;
+    Ok((narrowed, chosen))
 }
 
 impl Weights<'_> {

@@ -9,8 +9,8 @@
 //!
 //! Owns the choice, the tensor-core tiles' cost model and their kernel names; `kernels.rs`
 //! calls [`emit_conv`] before its FP32 path and writes `mma.cuh` into the source when any step
-//! uses it. The activations stay FP32 in the arena (the plan is unchanged): BF16 activation
-//! storage is not implemented. The figures are estimates in SM cycles, never measurements.
+//! uses it. Which buffers are stored in BF16 follows from these choices (`storage.rs`). The
+//! figures are estimates in SM cycles, never measurements.
 
 use super::THREADS;
 use super::tile::{self, ConvShape};
@@ -260,7 +260,8 @@ pub fn variants(shape: &ConvShape, p: Precision) -> Vec<(MmaTile, u32)> {
 }
 
 /// The kernel name and template instance of a tensor-core tile (`pointwise` and `sum` as for
-/// the FP32 kernels).
+/// the FP32 kernels; `bf16_storage`: the instance that reads and writes BF16 buffers, named
+/// with a trailing `_h`).
 pub fn kernel(
     t: &MmaTile,
     p: Precision,
@@ -268,11 +269,12 @@ pub fn kernel(
     kw: u32,
     pointwise: bool,
     sum: bool,
+    bf16_storage: bool,
 ) -> (String, String) {
     let prec = p.cpp().unwrap_or("SPARSEC_TF32");
     (
         format!(
-            "k_mma{}_{kh}x{kw}{}{}_{}_{}_{}_{}_{}",
+            "k_mma{}_{kh}x{kw}{}{}_{}_{}_{}_{}_{}{}",
             p.name(),
             if pointwise { "p" } else { "" },
             if sum { "s" } else { "" },
@@ -280,10 +282,11 @@ pub fn kernel(
             t.nw,
             t.mt,
             t.nt,
-            t.bk
+            t.bk,
+            if bf16_storage { "_h" } else { "" }
         ),
         format!(
-            "sparsec_conv_mma<{}, {prec}, {kh}, {kw}, {pointwise}, {sum}>",
+            "sparsec_conv_mma<{}, {prec}, {kh}, {kw}, {pointwise}, {sum}, {bf16_storage}>",
             t.cpp()
         ),
     )
@@ -292,24 +295,37 @@ pub fn kernel(
 /// A tensor-core kernel of a layer: its name, its template instance and its launch.
 pub type MmaKernel = (String, String, CudaLaunch);
 
-/// A convolution's launches on tensor cores, when `requested` is not FP32 and the layer gets
-/// it: `(precision, [(kernel name, template instance, launch)])`; `None` keeps the layer on
-/// the FP32 path.
+/// The precision a layer gets when `requested` is asked for: [`choose`]'s, if the layer has a
+/// tensor-core tile; FP32 otherwise. The backend decides every layer's precision first, so the
+/// plan can store buffers by it (`storage.rs`), then emits each with [`emit_conv`].
+pub fn decide(shape: &ConvShape, requested: Precision) -> Precision {
+    let p = choose(shape, requested);
+    if p == Precision::Fp32 || variants(shape, p).is_empty() {
+        Precision::Fp32
+    } else {
+        p
+    }
+}
+
+/// A convolution's launches on tensor cores when the layer got `p` ([`decide`]): `(p,
+/// [(kernel name, template instance, launch)])`; `None` for FP32 or a layer without a
+/// tensor-core tile, which stays on the FP32 path. `bf16_storage`: the step reads or writes a
+/// BF16 buffer.
 pub fn emit_conv(
     shape: &ConvShape,
-    requested: Precision,
+    p: Precision,
     kh: u32,
     kw: u32,
     pointwise: bool,
     sum: bool,
+    bf16_storage: bool,
 ) -> Result<Option<(Precision, Vec<MmaKernel>)>, String> {
-    let p = choose(shape, requested);
     if p == Precision::Fp32 {
         return Ok(None);
     }
     let mut out = Vec::new();
     for (t, up_to) in variants(shape, p) {
-        let (name, body) = kernel(&t, p, kh, kw, pointwise, sum);
+        let (name, body) = kernel(&t, p, kh, kw, pointwise, sum, bf16_storage);
         let (x_per_image, x_per_block, grid_y) = t.grid(shape);
         let x_per_image = u32::try_from(x_per_image)
             .map_err(|_| format!("{x_per_image} work items per image (at most 2^32 - 1)"))?;

@@ -29,12 +29,47 @@ enum {
 #define SPARSEC_F_GLOBAL 16u
 #define SPARSEC_F_MAX 128u
 #define SPARSEC_F_SUM 256u
+// BF16 activation storage (`--precision bf16`; the plan decides per buffer,
+// backend/cuda/storage.rs): the output buffer holds BF16 (OUT and OUT_PER_IMAGE count halves);
+// some input piece holds BF16 (its first word has bit 32 set; its offsets count halves). A
+// kernel instance built without BF16 support (H = false) computes nothing for such a record.
+#define SPARSEC_F_BF16_OUT 512u
+#define SPARSEC_F_BF16_IN 1024u
+
+// A BF16 value of the arena (index i counts halves) as FP32: exact.
+__device__ __forceinline__ float sparsec_bf16_load(const float* __restrict__ a, size_t i) {
+  return __uint_as_float((unsigned)reinterpret_cast<const unsigned short*>(a)[i] << 16);
+}
+// An FP32 value rounded to BF16, to nearest even (cvt.rn.bf16.f32); a NaN stays a NaN.
+__device__ __forceinline__ unsigned short sparsec_bf16_bits(float x) {
+  const unsigned u = __float_as_uint(x);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u | 0x00400000u) >> 16);
+  return (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+// Element i of a buffer that may be BF16 (H: the kernel supports it; half: this one is).
+template <bool H>
+__device__ __forceinline__ float sparsec_ld(const float* __restrict__ a, bool half, size_t i) {
+  return (H && half) ? sparsec_bf16_load(a, i) : a[i];
+}
+template <bool H>
+__device__ __forceinline__ void sparsec_st(float* __restrict__ a, bool half, size_t i, float v) {
+  if (H && half)
+    reinterpret_cast<unsigned short*>(a)[i] = sparsec_bf16_bits(v);
+  else
+    a[i] = v;
+}
+// Whether a kernel instance (H: with BF16 support for what it reads, IN, and writes) accepts
+// a record's flags: without it, a record with a BF16 side is refused.
+template <bool H, bool IN>
+__device__ __forceinline__ bool sparsec_refuses(unsigned flags) {
+  return (flags & (H ? (IN ? 0u : SPARSEC_F_BF16_IN) : SPARSEC_F_BF16_IN | SPARSEC_F_BF16_OUT)) != 0;
+}
 
 // A step's descriptor, read once into registers.
 struct sparsec_step {
   unsigned cin, ih, iw, oc, oh, ow, kh, kw, sh, sw, ph, pw, flags, npieces;
   sparsec_u64 weight, bias, scale, shift, out, out_per_image;
-  const sparsec_u64* pieces;  // per piece: channel end (cumulative), float offset, per image
+  const sparsec_u64* pieces;  // per piece: channel end (cumulative; bit 32: BF16), offset, per image
 };
 
 __device__ __forceinline__ sparsec_step sparsec_read_step(const sparsec_u64* __restrict__ d) {
@@ -70,7 +105,7 @@ struct sparsec_input {
   const sparsec_u64* t;
   size_t B, plane, off, per;
   unsigned n, p, c0, c1;
-  bool sum;
+  bool sum, half;  // half: the current piece holds BF16 (offsets in halves)
   __device__ __forceinline__ void init(const sparsec_step& s, size_t batch) {
     t = s.pieces;
     B = batch;
@@ -83,6 +118,7 @@ struct sparsec_input {
   }
   __device__ __forceinline__ void piece() {
     c1 = (unsigned)t[3 * p];
+    half = (t[3 * p] >> 32 & 1ull) != 0;
     off = (size_t)t[3 * p + 1] * B;
     per = (size_t)t[3 * p + 2];
   }
@@ -98,19 +134,21 @@ struct sparsec_input {
     stride = per;
   }
   // Channel c of image img at plane position hw, before the prologue; SUM: the record's
-  // input is a sum of its pieces (the kernels check the flag matches).
-  template <bool SUM>
+  // input is a sum of its pieces (the kernels check the flag matches); H: pieces may be BF16.
+  template <bool SUM, bool H = false>
   __device__ __forceinline__ float raw(const float* __restrict__ a, unsigned img, unsigned c,
                                        unsigned hw) {
     if (SUM) {
       float v = 0.0f;
       for (unsigned i = 0; i < n; ++i)
-        v += a[(size_t)t[3 * i + 1] * B + (size_t)img * t[3 * i + 2] + (size_t)c * plane + hw];
+        v += sparsec_ld<H>(a, (t[3 * i] >> 32 & 1ull) != 0,
+                           (size_t)t[3 * i + 1] * B + (size_t)img * t[3 * i + 2] +
+                               (size_t)c * plane + hw);
       return v;
     }
     size_t base, stride;
     at(c, base, stride);
-    return a[base + (size_t)img * stride + hw];
+    return sparsec_ld<H>(a, half, base + (size_t)img * stride + hw);
   }
 };
 
@@ -190,12 +228,12 @@ __device__ __forceinline__ float sparsec_epilogue(const sparsec_step& s,
 // (weights, and the im2col input with the pieces read in place, the prologue applied and
 // zero padding after it) while the block multiplies the current slice from shared memory.
 // KH x KW is the kernel size (the step's must match); POINTWISE: 1x1, stride 1, no padding;
-// SUM: the input is a sum of pieces. A thread's staging columns (pixels) are the same in
+// SUM: the input is a sum of pieces; H: the output may be BF16 (the input never is). A thread's staging columns (pixels) are the same in
 // every slice: they are decomposed into image and position once per block, and the rows
 // (channels) of a slice find their piece once, one row per thread, in a table in shared memory
 // that every thread reads, so the unrolled staging holds no division by a run-time shape, no
 // select over pieces and no walk of the piece table.
-template <class T, unsigned KH, unsigned KW, bool POINTWISE, bool SUM>
+template <class T, unsigned KH, unsigned KW, bool POINTWISE, bool SUM, bool H>
 __device__ __forceinline__ void sparsec_conv(float* __restrict__ a, const float* __restrict__ w,
                                              unsigned batch, const sparsec_u64* __restrict__ d) {
   static_assert(T::G * T::KS == SPARSEC_THREADS, "a tile has 256 threads");
@@ -216,7 +254,8 @@ __device__ __forceinline__ void sparsec_conv(float* __restrict__ a, const float*
   const sparsec_step S = sparsec_read_step(d);
   // A record this instance was not made for computes nothing (uniform: no barrier diverges).
   if (S.kh != KH || S.kw != KW || ((S.flags & SPARSEC_F_SUM) != 0) != SUM ||
-      (POINTWISE && (S.sh != 1u || S.sw != 1u || S.ph != 0u || S.pw != 0u)))
+      (POINTWISE && (S.sh != 1u || S.sw != 1u || S.ph != 0u || S.pw != 0u)) ||
+      sparsec_refuses<H, false>(S.flags))
     return;
   sparsec_input in;
   in.init(S, batch);
@@ -338,7 +377,8 @@ __device__ __forceinline__ void sparsec_conv(float* __restrict__ a, const float*
     }
     __syncthreads();
   }
-  float* out = a + S.out * B;
+  const size_t out = S.out * B;  // in the output's elements (halves when BF16)
+  const bool hout = H && (S.flags & SPARSEC_F_BF16_OUT) != 0;
   // Bias and ReLU without branches (a branch on a flag would make the compiler copy the
   // whole unrolled epilogue once per combination of flags): the record's BIAS points at real
   // weights even without a bias (the table checks it), and the ReLU is a max with -inf.
@@ -346,7 +386,7 @@ __device__ __forceinline__ void sparsec_conv(float* __restrict__ a, const float*
   const float lo = (S.flags & SPARSEC_F_RELU) ? 0.0f : -INFINITY;
   if (T::KS == 1) {
     // Each pixel's place in the output, once; then per channel one bias load.
-    float* at[T::TN];  // channel 0's output of each pixel; channel m is m * P further
+    size_t at[T::TN];  // channel 0's output of each pixel; channel m is m * P further
     bool ok[T::TN];
     #pragma unroll
     for (unsigned j = 0; j < T::TN; ++j) {
@@ -362,7 +402,7 @@ __device__ __forceinline__ void sparsec_conv(float* __restrict__ a, const float*
       const size_t mp = (size_t)m * P;
       #pragma unroll
       for (unsigned j = 0; j < T::TN; ++j)
-        if (ok[j]) at[j][mp] = fmaxf(acc[i][j] + b, lo);
+        if (ok[j]) sparsec_st<H>(a, hout, at[j] + mp, fmaxf(acc[i][j] + b, lo));
     }
   } else {
     float* red = smem;  // [KS][BM][BN], after the loop's last barrier
@@ -378,8 +418,8 @@ __device__ __forceinline__ void sparsec_conv(float* __restrict__ a, const float*
       float v = red[e];
       #pragma unroll
       for (unsigned h = 1; h < T::KS; ++h) v += red[h * BM * BN + e];
-      out[(size_t)(q / P) * S.out_per_image + (size_t)m * P + q % P] =
-          sparsec_epilogue(S, w, m, v);
+      sparsec_st<H>(a, hout, out + (size_t)(q / P) * S.out_per_image + (size_t)m * P + q % P,
+                    sparsec_epilogue(S, w, m, v));
     }
   }
 }
@@ -399,8 +439,8 @@ struct sparsec_direct_tile {
 // place, the prologue applied once per element, zero padding after it) and the weights
 // [CB * KH * KW][BM]; each thread reads its inputs at the taps' shifted offsets, so an input
 // value is loaded and prologued once per slice instead of once per tap. The next slice is
-// loaded into registers while this one is multiplied.
-template <class T, unsigned KH, unsigned KW, bool SUM>
+// loaded into registers while this one is multiplied. H: the output may be BF16.
+template <class T, unsigned KH, unsigned KW, bool SUM, bool H>
 __device__ __forceinline__ void sparsec_conv_direct(float* __restrict__ a,
                                                     const float* __restrict__ w, unsigned batch,
                                                     const sparsec_u64* __restrict__ d) {
@@ -427,7 +467,7 @@ __device__ __forceinline__ void sparsec_conv_direct(float* __restrict__ a,
   const unsigned n = blockIdx.x / TILES, tile = blockIdx.x % TILES;
   // A record this instance was not made for, or a block past the batch, computes nothing.
   if (S.kh != KH || S.kw != KW || S.sh != 1u || S.sw != 1u || n >= batch ||
-      ((S.flags & SPARSEC_F_SUM) != 0) != SUM)
+      ((S.flags & SPARSEC_F_SUM) != 0) != SUM || sparsec_refuses<H, false>(S.flags))
     return;
   const int oy0 = (int)((tile / TILES_W) * T::TH), ox0 = (int)((tile % TILES_W) * T::TW);
   const unsigned m0 = blockIdx.y * BM;
@@ -529,11 +569,12 @@ __device__ __forceinline__ void sparsec_conv_direct(float* __restrict__ a,
     }
     __syncthreads();
   }
-  float* out = a + S.out * B + (size_t)n * S.out_per_image;
+  const size_t out = S.out * B + (size_t)n * S.out_per_image;  // in the output's elements
+  const bool hout = H && (S.flags & SPARSEC_F_BF16_OUT) != 0;
   // As in sparsec_conv: bias and ReLU without branches.
   const unsigned bmask = 0u - (S.flags / SPARSEC_F_BIAS & 1u);  // arithmetic, not a select
   const float lo = (S.flags & SPARSEC_F_RELU) ? 0.0f : -INFINITY;
-  float* at[T::TN];  // channel 0's output of each pixel; channel m is m * P further
+  size_t at[T::TN];  // channel 0's output of each pixel; channel m is m * P further
   bool ok[T::TN];
   #pragma unroll
   for (unsigned j = 0; j < T::TN; ++j) {
@@ -550,18 +591,20 @@ __device__ __forceinline__ void sparsec_conv_direct(float* __restrict__ a,
     const size_t mp = (size_t)m * P;
     #pragma unroll
     for (unsigned j = 0; j < T::TN; ++j)
-      if (ok[j]) at[j][mp] = fmaxf(acc[i][j] + b, lo);
+      if (ok[j]) sparsec_st<H>(a, hout, at[j] + mp, fmaxf(acc[i][j] + b, lo));
   }
 }
 
 // Pooling: one thread per output value (image, channel, row, column). Average pools count
-// padding in the divisor; padding never wins a max. GLOBAL pools the whole plane.
+// padding in the divisor; padding never wins a max. GLOBAL pools the whole plane. H: input
+// pieces and the output may be BF16.
+template <bool H>
 __device__ __forceinline__ void sparsec_pool(float* __restrict__ a, const float* __restrict__ w,
                                              unsigned batch, const sparsec_u64* __restrict__ d) {
   const sparsec_step S = sparsec_read_step(d);
   const unsigned Q = S.oh * S.ow, C = S.oc;
   const unsigned item = blockIdx.x * SPARSEC_THREADS + threadIdx.x;
-  if (item >= batch * (C * Q)) return;
+  if (item >= batch * (C * Q) || sparsec_refuses<H, true>(S.flags)) return;
   sparsec_input in;
   in.init(S, batch);
   const bool MAX = (S.flags & SPARSEC_F_MAX) != 0;
@@ -571,7 +614,8 @@ __device__ __forceinline__ void sparsec_pool(float* __restrict__ a, const float*
   float s = MAX ? -INFINITY : 0.0f;
   if (S.flags & SPARSEC_F_GLOBAL) {
     for (unsigned hw = 0; hw < S.ih * S.iw; ++hw) {
-      const float v = sparsec_pro(S, w, c, in.sum ? in.raw<true>(a, n, c, hw) : in.raw<false>(a, n, c, hw));
+      const float v = sparsec_pro(
+          S, w, c, in.sum ? in.raw<true, H>(a, n, c, hw) : in.raw<false, H>(a, n, c, hw));
       s = MAX ? fmaxf(s, v) : s + v;
     }
     if (!MAX) s = s / (float)(S.ih * S.iw);
@@ -583,13 +627,14 @@ __device__ __forceinline__ void sparsec_pool(float* __restrict__ a, const float*
         const int ih = h0 + r, iw = w0 + t;
         if (ih < 0 || ih >= (int)S.ih || iw < 0 || iw >= (int)S.iw) continue;
         const unsigned hw = (unsigned)(ih * (int)S.iw + iw);
-        const float v =
-            sparsec_pro(S, w, c, in.sum ? in.raw<true>(a, n, c, hw) : in.raw<false>(a, n, c, hw));
+        const float v = sparsec_pro(
+            S, w, c, in.sum ? in.raw<true, H>(a, n, c, hw) : in.raw<false, H>(a, n, c, hw));
         s = MAX ? fmaxf(s, v) : s + v;
       }
     if (!MAX) s = s / (float)(S.kh * S.kw);
   }
-  a[S.out * B + (size_t)n * S.out_per_image + i] = s;
+  sparsec_st<H>(a, H && (S.flags & SPARSEC_F_BF16_OUT) != 0,
+                S.out * B + (size_t)n * S.out_per_image + i, s);
 }
 
 // The most input channels the head stages in shared memory (the compiler and the runtime's
@@ -607,7 +652,7 @@ __device__ __forceinline__ void sparsec_linear(float* __restrict__ a,
   sparsec_input in;
   in.init(S, batch);
   const unsigned n = blockIdx.x, CIN = S.cin, OUTF = S.oc, PLANE = S.ih * S.iw;
-  if (n >= batch || CIN > SPARSEC_LINEAR_MAX_IN) return;
+  if (n >= batch || CIN > SPARSEC_LINEAR_MAX_IN || sparsec_refuses<false, false>(S.flags)) return;
   const size_t B = batch;
   for (unsigned c = threadIdx.x; c < CIN; c += SPARSEC_THREADS) {
     float s = 0.0f;
