@@ -119,6 +119,9 @@ pub struct Compiled {
     pub selection: Option<KernelSelection>,
     /// CUDA: how many convolutions got each precision (`convolutions: N tf32, M fp32`).
     pub precisions: Option<String>,
+    /// The arena per image of the written model.bin: `opt.plan`'s, or with BF16 buffers
+    /// (CUDA `--precision bf16`) the narrower plan's.
+    pub arena_bytes_per_image: u64,
 }
 
 /// Compiles a loaded graph: weights bound, optimised, planned at batch 1 (the runtime scales
@@ -139,6 +142,7 @@ pub fn compile(graph: Graph, options: &CompileOptions) -> Result<Compiled, Drive
     }
     let opt = optimize(graph, &options.weights, 1, options.verify)?;
     let mut precisions = None;
+    let mut arena_bytes_per_image = opt.plan.arena.arena_bytes;
     let (bytes, selection) = match &options.target {
         Target::Cpu(policy) | Target::CpuFor(_, policy) => {
             let (mut program, selection) = kernel_select::compile(&opt.graph, &opt.plan, policy)?;
@@ -158,6 +162,7 @@ pub fn compile(graph: Graph, options: &CompileOptions) -> Result<Compiled, Drive
             let archs: Vec<&str> = archs.iter().map(String::as_str).collect();
             let program =
                 crate::backend::cuda::generate_with(&opt.graph, &opt.plan, true, *precision)?;
+            arena_bytes_per_image = program.plan.arena.arena_bytes;
             if *precision != crate::backend::cuda::precision::Precision::Fp32 {
                 precisions = program.precision_summary();
                 if let Some(storage) = program.storage_summary(opt.plan.arena.arena_bytes) {
@@ -187,6 +192,7 @@ pub fn compile(graph: Graph, options: &CompileOptions) -> Result<Compiled, Drive
         bytes,
         selection,
         precisions,
+        arena_bytes_per_image,
     })
 }
 

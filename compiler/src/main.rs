@@ -536,6 +536,7 @@ fn run(cli: Cli) -> Result<()> {
             bytes,
             selection,
             precisions,
+            arena_bytes_per_image,
         } = driver::compile(graph, &options)?;
         let (bytes, signed_by) = match &signing_key {
             Some(key) => (
@@ -565,7 +566,7 @@ fn run(cli: Cli) -> Result<()> {
             out.display(),
             stats::group(bytes.len() as u64),
             opt.graph.node_count(),
-            stats::group(opt.plan.arena.arena_bytes),
+            stats::group(arena_bytes_per_image),
             args.max_batch
         );
         return Ok(());
