@@ -110,6 +110,11 @@ pub fn cuda_kernel_name(desc: &StepDesc, kernel: &str) -> String {
     } else {
         "fp32 implicit GEMM"
     };
+    conv_name(d, how)
+}
+
+/// `conv KHxKW[/STRIDE] HOW`.
+fn conv_name(d: &abi::ConvDesc, how: &str) -> String {
     let stride = if d.stride_h > 1 {
         format!("/{}", d.stride_h)
     } else {
@@ -129,12 +134,7 @@ pub fn kernel_name(desc: &StepDesc) -> String {
             } else {
                 "direct"
             };
-            let stride = if d.stride_h > 1 {
-                format!("/{}", d.stride_h)
-            } else {
-                String::new()
-            };
-            format!("conv {}x{}{stride} {how}", d.kernel_h, d.kernel_w)
+            conv_name(d, how)
         }
         StepDesc::Pool(d) => {
             let kind = if d.kind == abi::POOL_MAX {
