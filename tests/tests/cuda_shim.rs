@@ -720,3 +720,74 @@ macro_rules! tensor_core_suite {
 
 tensor_core_suite!(tf32, Precision::Tf32);
 tensor_core_suite!(bf16, Precision::Bf16);
+
+/// A kernel instance built without BF16 support (every instance of an FP32 program) computes
+/// nothing for a record with a BF16 output or piece: it would read halves as floats, or write
+/// floats over halves, past the buffer's bytes. The FP32 program of sparsenet-40-24 runs with
+/// every buffer relabelled BF16 in the records (half the bytes, so the table accepts them, as
+/// it would a tampered file's): every step's kernel leaves its whole output untouched.
+#[test]
+fn kernels_without_bf16_support_refuse_bf16_records() -> Result<()> {
+    let path = repo().join("examples/models/sparsenet-40-24.snet");
+    let (_, program) = compile(&path, &WeightsSource::Random(7), Precision::Fp32)?;
+    let lib = Library::build("refuse-bf16", &program.source)?;
+    let plan = &program.plan;
+    let batch = 2u32;
+    let b = u64::from(batch);
+    const SENTINEL: f32 = 12345.0;
+    let mut arena = vec![SENTINEL; (plan.arena.arena_bytes * b / 4) as usize];
+    let weights: Vec<f32> = program
+        .weights
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    let buffers: Vec<runtime::format::BufferSpec> = plan
+        .liveness
+        .buffers
+        .iter()
+        .zip(&plan.arena.offsets)
+        .map(|(b, &offset)| runtime::format::BufferSpec {
+            offset_per_image: offset,
+            bytes_per_image: b.bytes_per_image / 2,
+            element: runtime::format::Element::Bf16,
+        })
+        .collect();
+    let table = runtime::cuda::table::build(&program.steps, &buffers, &program.descs, 64)
+        .map_err(|(step, e)| anyhow::anyhow!("step {step}: {e}"))?;
+    // SAFETY: the shim defines this symbol with exactly this signature.
+    let launch: Launch = unsafe { std::mem::transmute(lib.symbol("sparsec_shim_launch")?) };
+    for (i, variants) in program.launches.iter().enumerate() {
+        for l in variants {
+            let [gx, gy, gz] = l.grid(batch).context("grid out of limits")?;
+            // SAFETY: every generated kernel has this signature.
+            let kernel: Kernel = unsafe { std::mem::transmute(lib.symbol(&l.kernel)?) };
+            // SAFETY: the arena holds the whole plan at this batch and the weights the whole
+            // section; the record addresses at most the f32 plan's bytes (its BF16 sizes are
+            // half of them), and a kernel that honours the flags touches nothing.
+            let status = unsafe {
+                launch(
+                    kernel,
+                    gx,
+                    gy,
+                    gz,
+                    l.block,
+                    arena.as_mut_ptr(),
+                    weights.as_ptr(),
+                    batch,
+                    table.words[table.at[i]..].as_ptr(),
+                )
+            };
+            ensure!(status == 0, "step {i}: shim status {status}");
+        }
+    }
+    let written = arena
+        .iter()
+        .filter(|&&v| v.to_bits() != SENTINEL.to_bits())
+        .count();
+    ensure!(
+        written == 0,
+        "{written} arena values written by kernels given BF16 records"
+    );
+    ensure!(table.words.len() > program.steps.len(), "an empty table");
+    Ok(())
+}
