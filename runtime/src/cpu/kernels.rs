@@ -1378,227 +1378,95 @@ fn linear_body(a: &mut LinearArgs<'_>) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Portable entry points.
+// Entry points: portable, AVX2 + FMA (x86-64) and NEON (aarch64). A SIMD one checks the CPU
+// itself (a cached atomic load) and falls back to the portable kernel, so calling one directly
+// on any CPU of its architecture is sound.
 // ---------------------------------------------------------------------------------------------
 
-/// Portable convolution ([`abi::ConvKernel`]).
-///
-/// # Safety
-/// The kernel contract (module doc).
-pub unsafe extern "C" fn conv2d_portable(
-    desc: *const ConvDesc,
-    pieces: *const Piece,
-    out: *mut f32,
-    weights: *const u8,
-    scratch: *mut u8,
-) -> i32 {
-    // SAFETY: the kernel contract, forwarded.
-    let Some(mut a) = (unsafe { conv_args(desc, pieces, out, weights, scratch) }) else {
-        return abi::STATUS_BAD_DESCRIPTOR;
+/// One `extern "C"` kernel: turns the raw arguments into checked slices with `$args` (a bad
+/// descriptor is `STATUS_BAD_DESCRIPTOR`), then runs `$simd` where `$isa::available()`, else
+/// `$portable`; `$a` names the arguments in both.
+macro_rules! entry_point {
+    ($(#[$attr:meta])* $name:ident($desc:ty) = $args:ident, |$a:ident| $portable:expr
+     $(, $isa:ident => $simd:expr)?) => {
+        $(#[$attr])*
+        ///
+        /// # Safety
+        /// The kernel contract (module doc).
+        pub unsafe extern "C" fn $name(
+            desc: *const $desc,
+            pieces: *const Piece,
+            out: *mut f32,
+            weights: *const u8,
+            scratch: *mut u8,
+        ) -> i32 {
+            // SAFETY: the kernel contract, forwarded.
+            let Some(mut $a) = (unsafe { $args(desc, pieces, out, weights, scratch) }) else {
+                return abi::STATUS_BAD_DESCRIPTOR;
+            };
+            $(
+                if $isa::available() {
+                    // SAFETY: the CPU has the instruction set (checked just above).
+                    unsafe { $simd };
+                    return abi::STATUS_OK;
+                }
+            )?
+            $portable;
+            abi::STATUS_OK
+        }
     };
-    conv_portable_body(&mut a, 0, 1);
-    abi::STATUS_OK
 }
 
-/// Portable pooling ([`abi::PoolKernel`]).
-///
-/// # Safety
-/// The kernel contract (module doc).
-pub unsafe extern "C" fn pool_portable(
-    desc: *const PoolDesc,
-    pieces: *const Piece,
-    out: *mut f32,
-    weights: *const u8,
-    scratch: *mut u8,
-) -> i32 {
-    // SAFETY: the kernel contract, forwarded.
-    let Some(mut a) = (unsafe { pool_args(desc, pieces, out, weights, scratch) }) else {
-        return abi::STATUS_BAD_DESCRIPTOR;
-    };
-    pool_body(&mut a);
-    abi::STATUS_OK
-}
+entry_point!(
+    /// Portable convolution ([`abi::ConvKernel`]).
+    conv2d_portable(ConvDesc) = conv_args, |a| conv_portable_body(&mut a, 0, 1)
+);
+entry_point!(
+    /// Portable pooling ([`abi::PoolKernel`]).
+    pool_portable(PoolDesc) = pool_args, |a| pool_body(&mut a)
+);
+entry_point!(
+    /// Portable linear layer ([`abi::LinearKernel`]).
+    linear_portable(LinearDesc) = linear_args, |a| linear_body(&mut a)
+);
 
-/// Portable linear layer ([`abi::LinearKernel`]).
-///
-/// # Safety
-/// The kernel contract (module doc).
-pub unsafe extern "C" fn linear_portable(
-    desc: *const LinearDesc,
-    pieces: *const Piece,
-    out: *mut f32,
-    weights: *const u8,
-    scratch: *mut u8,
-) -> i32 {
-    // SAFETY: the kernel contract, forwarded.
-    let Some(mut a) = (unsafe { linear_args(desc, pieces, out, weights, scratch) }) else {
-        return abi::STATUS_BAD_DESCRIPTOR;
-    };
-    linear_body(&mut a);
-    abi::STATUS_OK
-}
+entry_point!(
+    /// AVX2+FMA convolution ([`abi::ConvKernel`]); the portable one on a CPU without them.
+    #[cfg(target_arch = "x86_64")]
+    conv2d_avx2(ConvDesc) = conv_args, |a| conv_portable_body(&mut a, 0, 1),
+    avx2 => avx2::conv(&mut a, 0, 1)
+);
+entry_point!(
+    /// Pooling compiled with AVX2+FMA ([`abi::PoolKernel`]); the portable one without them.
+    #[cfg(target_arch = "x86_64")]
+    pool_avx2(PoolDesc) = pool_args, |a| pool_body(&mut a), avx2 => avx2::pool(&mut a)
+);
+entry_point!(
+    /// Linear layer compiled with AVX2+FMA ([`abi::LinearKernel`]); the portable one without
+    /// them.
+    #[cfg(target_arch = "x86_64")]
+    linear_avx2(LinearDesc) = linear_args, |a| linear_body(&mut a), avx2 => avx2::linear(&mut a)
+);
 
-// ---------------------------------------------------------------------------------------------
-// AVX2 + FMA entry points. Each checks the CPU itself (a cached atomic load) and falls back to
-// the portable kernel, so calling one directly on any x86-64 CPU is sound.
-// ---------------------------------------------------------------------------------------------
-
-/// AVX2+FMA convolution ([`abi::ConvKernel`]); the portable one on a CPU without them.
-///
-/// # Safety
-/// The kernel contract (module doc).
-#[cfg(target_arch = "x86_64")]
-pub unsafe extern "C" fn conv2d_avx2(
-    desc: *const ConvDesc,
-    pieces: *const Piece,
-    out: *mut f32,
-    weights: *const u8,
-    scratch: *mut u8,
-) -> i32 {
-    // SAFETY: the kernel contract, forwarded.
-    let Some(mut a) = (unsafe { conv_args(desc, pieces, out, weights, scratch) }) else {
-        return abi::STATUS_BAD_DESCRIPTOR;
-    };
-    if avx2::available() {
-        // SAFETY: the CPU has AVX2 and FMA (checked just above).
-        unsafe { avx2::conv(&mut a, 0, 1) };
-    } else {
-        conv_portable_body(&mut a, 0, 1);
-    }
-    abi::STATUS_OK
-}
-
-/// Pooling compiled with AVX2+FMA ([`abi::PoolKernel`]); the portable one without them.
-///
-/// # Safety
-/// The kernel contract (module doc).
-#[cfg(target_arch = "x86_64")]
-pub unsafe extern "C" fn pool_avx2(
-    desc: *const PoolDesc,
-    pieces: *const Piece,
-    out: *mut f32,
-    weights: *const u8,
-    scratch: *mut u8,
-) -> i32 {
-    // SAFETY: the kernel contract, forwarded.
-    let Some(mut a) = (unsafe { pool_args(desc, pieces, out, weights, scratch) }) else {
-        return abi::STATUS_BAD_DESCRIPTOR;
-    };
-    if avx2::available() {
-        // SAFETY: the CPU has AVX2 and FMA (checked just above).
-        unsafe { avx2::pool(&mut a) };
-    } else {
-        pool_body(&mut a);
-    }
-    abi::STATUS_OK
-}
-
-/// Linear layer compiled with AVX2+FMA ([`abi::LinearKernel`]); the portable one without them.
-///
-/// # Safety
-/// The kernel contract (module doc).
-#[cfg(target_arch = "x86_64")]
-pub unsafe extern "C" fn linear_avx2(
-    desc: *const LinearDesc,
-    pieces: *const Piece,
-    out: *mut f32,
-    weights: *const u8,
-    scratch: *mut u8,
-) -> i32 {
-    // SAFETY: the kernel contract, forwarded.
-    let Some(mut a) = (unsafe { linear_args(desc, pieces, out, weights, scratch) }) else {
-        return abi::STATUS_BAD_DESCRIPTOR;
-    };
-    if avx2::available() {
-        // SAFETY: the CPU has AVX2 and FMA (checked just above).
-        unsafe { avx2::linear(&mut a) };
-    } else {
-        linear_body(&mut a);
-    }
-    abi::STATUS_OK
-}
-
-// ---------------------------------------------------------------------------------------------
-// NEON entry points (aarch64). Each checks the CPU itself and falls back to the portable kernel.
-// ---------------------------------------------------------------------------------------------
-
-/// NEON convolution ([`abi::ConvKernel`]); the portable one on a CPU without NEON (or with
-/// `SPARSEC_KERNELS=portable`).
-///
-/// # Safety
-/// The kernel contract (module doc).
-#[cfg(target_arch = "aarch64")]
-pub unsafe extern "C" fn conv2d_neon(
-    desc: *const ConvDesc,
-    pieces: *const Piece,
-    out: *mut f32,
-    weights: *const u8,
-    scratch: *mut u8,
-) -> i32 {
-    // SAFETY: the kernel contract, forwarded.
-    let Some(mut a) = (unsafe { conv_args(desc, pieces, out, weights, scratch) }) else {
-        return abi::STATUS_BAD_DESCRIPTOR;
-    };
-    if neon::available() {
-        // SAFETY: the CPU has NEON (checked just above).
-        unsafe { neon::conv(&mut a, 0, 1) };
-    } else {
-        conv_portable_body(&mut a, 0, 1);
-    }
-    abi::STATUS_OK
-}
-
-/// NEON pooling ([`abi::PoolKernel`]); the portable one on a CPU without NEON (or with
-/// `SPARSEC_KERNELS=portable`).
-///
-/// # Safety
-/// The kernel contract (module doc).
-#[cfg(target_arch = "aarch64")]
-pub unsafe extern "C" fn pool_neon(
-    desc: *const PoolDesc,
-    pieces: *const Piece,
-    out: *mut f32,
-    weights: *const u8,
-    scratch: *mut u8,
-) -> i32 {
-    // SAFETY: the kernel contract, forwarded.
-    let Some(mut a) = (unsafe { pool_args(desc, pieces, out, weights, scratch) }) else {
-        return abi::STATUS_BAD_DESCRIPTOR;
-    };
-    if neon::available() {
-        // SAFETY: the CPU has NEON (checked just above).
-        unsafe { neon::pool(&mut a) };
-    } else {
-        pool_body(&mut a);
-    }
-    abi::STATUS_OK
-}
-
-/// NEON linear layer, the head's global average and classifier ([`abi::LinearKernel`]); the
-/// portable one on a CPU without NEON (or with `SPARSEC_KERNELS=portable`).
-///
-/// # Safety
-/// The kernel contract (module doc).
-#[cfg(target_arch = "aarch64")]
-pub unsafe extern "C" fn linear_neon(
-    desc: *const LinearDesc,
-    pieces: *const Piece,
-    out: *mut f32,
-    weights: *const u8,
-    scratch: *mut u8,
-) -> i32 {
-    // SAFETY: the kernel contract, forwarded.
-    let Some(mut a) = (unsafe { linear_args(desc, pieces, out, weights, scratch) }) else {
-        return abi::STATUS_BAD_DESCRIPTOR;
-    };
-    if neon::available() {
-        // SAFETY: the CPU has NEON (checked just above).
-        unsafe { neon::linear(&mut a) };
-    } else {
-        linear_body(&mut a);
-    }
-    abi::STATUS_OK
-}
+entry_point!(
+    /// NEON convolution ([`abi::ConvKernel`]); the portable one on a CPU without NEON (or with
+    /// `SPARSEC_KERNELS=portable`).
+    #[cfg(target_arch = "aarch64")]
+    conv2d_neon(ConvDesc) = conv_args, |a| conv_portable_body(&mut a, 0, 1),
+    neon => neon::conv(&mut a, 0, 1)
+);
+entry_point!(
+    /// NEON pooling ([`abi::PoolKernel`]); the portable one on a CPU without NEON (or with
+    /// `SPARSEC_KERNELS=portable`).
+    #[cfg(target_arch = "aarch64")]
+    pool_neon(PoolDesc) = pool_args, |a| pool_body(&mut a), neon => neon::pool(&mut a)
+);
+entry_point!(
+    /// NEON linear layer, the head's global average and classifier ([`abi::LinearKernel`]);
+    /// the portable one on a CPU without NEON (or with `SPARSEC_KERNELS=portable`).
+    #[cfg(target_arch = "aarch64")]
+    linear_neon(LinearDesc) = linear_args, |a| linear_body(&mut a), neon => neon::linear(&mut a)
+);
 
 // ---------------------------------------------------------------------------------------------
 // Team entry points: the context is a `Team` (the session's threads). A convolution's output is
