@@ -1476,6 +1476,9 @@ entry_point!(
 mod team;
 pub use team::kernel_table_team;
 
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+#[macro_use]
+mod simd_conv;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "aarch64")]
