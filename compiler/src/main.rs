@@ -583,12 +583,18 @@ fn run(cli: Cli) -> Result<()> {
         {
             eprintln!("{summary}");
         }
+        if let Some(storage) = program.storage_summary(opt.plan.arena.arena_bytes) {
+            eprintln!("{storage}");
+        }
         return out(&program.source);
     }
     let raw = graph.clone();
     // With weights, `--emit plan` also shows each convolution's CPU kernel as `-o` would
     // choose it (the choice needs the weights and a plan made at batch 1).
-    let kernels = if args.emit == Some(Emit::Plan) && !matches!(weights, WeightsSource::None) {
+    let kernels = if args.emit == Some(Emit::Plan)
+        && args.target != TargetKind::Cuda
+        && !matches!(weights, WeightsSource::None)
+    {
         let opt = driver::optimize(graph.clone(), &weights, 1, cfg!(debug_assertions))?;
         let (_, selection) =
             sparsec::kernel_select::compile(&opt.graph, &opt.plan, &kernel_policy(&args)?)
@@ -601,6 +607,17 @@ fn run(cli: Cli) -> Result<()> {
     print_timings(args.timings, &opt.timings);
     match args.emit {
         Some(Emit::OptIr) => out(&ir::print::print(&opt.graph))?,
+        Some(Emit::Plan) if args.target == TargetKind::Cuda => {
+            // The CUDA backend's plan: with `--precision bf16` some buffers are BF16 and the
+            // arena is placed again (`backend/cuda/storage.rs`); otherwise the same plan.
+            let program = sparsec::backend::cuda::generate_with(
+                &opt.graph,
+                &opt.plan,
+                false,
+                precision(&args)?,
+            )?;
+            out(&plan::memory::print(&opt.graph, &program.plan))?;
+        }
         Some(Emit::Plan) => {
             let plan = plan::memory::print(&opt.graph, &opt.plan);
             out(&format!("{plan}{}", kernels.unwrap_or_default()))?;

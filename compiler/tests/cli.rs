@@ -720,3 +720,54 @@ fn precision_is_reported_per_layer() {
     let err = fails(&[model, "--emit", "cuda", "--precision", "fp16"], 2);
     assert!(err.contains("fp32") && err.contains("bf16"), "{err}");
 }
+
+/// `--precision bf16` on CUDA: `--emit plan --target cuda` shows the buffers the backend stores
+/// in BF16 and the arena placed again (`backend/cuda/storage.rs`), and `--emit cuda` reports
+/// them; at FP32 the CUDA plan is the CPU's, every buffer f32.
+#[test]
+fn bf16_buffers_show_in_the_cuda_plan() {
+    let model = "examples/models/densenet-bc-100-12.snet";
+    let plan = |extra: &[&str]| {
+        let mut args = vec![model, "--emit", "plan"];
+        args.extend_from_slice(extra);
+        let o = sparsec(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        stdout(&o)
+    };
+    let arena = |text: &str| -> u64 {
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("arena:"))
+            .expect("an arena line");
+        line.split_whitespace()
+            .nth(1)
+            .expect("a size")
+            .replace(',', "")
+            .parse()
+            .expect("a number")
+    };
+    let bf16 = plan(&["--target", "cuda", "--precision", "bf16"]);
+    let fp32 = plan(&["--target", "cuda"]);
+    let cpu = plan(&[]);
+    assert_eq!(fp32, cpu);
+    let narrowed = bf16.lines().filter(|l| l.contains("] bf16 ")).count();
+    assert_eq!(narrowed, 35, "{bf16}");
+    assert!(!fp32.contains(" bf16 "));
+    assert!(
+        arena(&bf16) < arena(&fp32),
+        "{} vs {}",
+        arena(&bf16),
+        arena(&fp32)
+    );
+    let o = sparsec(&[model, "--emit", "cuda", "--precision", "bf16"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("activations: 35 of 103 buffers bf16"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        stdout(&o).contains(", bf16 output\n"),
+        "no step writes a bf16 buffer"
+    );
+}
