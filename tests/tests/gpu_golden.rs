@@ -5,12 +5,21 @@
 //! Each golden row run alone (batch 1) and inside batches of 7 and 64 agrees with the batched
 //! result within 1e-5 relative (the convolution tiles, and so the order of the sums, depend on
 //! the batch size); replaying a graph again gives the same bits.
+//!
+//! Tensor cores (`--precision tf32|bf16`, [`tensor_cores`]): each golden model compiled at the
+//! precision runs on the GPU against the reference interpreter on random weights, within the
+//! shim suite's bound of eight operand roundings (`tests/tests/cuda_shim.rs`, whose emulation
+//! measured about a tenth of it), and against PyTorch's float64 outputs with the golden
+//! weights within the shim suite's golden bounds (0.1, 0.25); each error is printed beside
+//! what the emulation measured (docs/cuda.md "Precisions"), which is how the hardware's
+//! accumulation is compared with the emulation's.
 #![cfg(feature = "gpu-tests")]
 
 use anyhow::{Context, Result, bail};
 use runtime::Model;
 use runtime::format::Backend;
-use sparsec::driver::{self, WeightsSource};
+use sparsec::backend::cuda::precision::Precision;
+use sparsec::driver::{self, CompileOptions, Target, WeightsSource};
 use sparsec::weights::load_tensors;
 use std::path::PathBuf;
 
@@ -97,4 +106,92 @@ fn densenet_bc_100_12() -> Result<()> {
 #[test]
 fn sparsenet_bc_1000_12() -> Result<()> {
     check("sparsenet-bc-1000-12")
+}
+
+/// A golden model compiled at `precision` with `weights`, loaded on the GPU.
+fn compile_at(
+    name: &str,
+    weights: WeightsSource,
+    precision: Precision,
+) -> Result<(ir::Graph, Model)> {
+    let graph = driver::load(&repo().join(format!("examples/models/{name}.snet")))?;
+    let options = CompileOptions {
+        weights,
+        target: Target::Cuda {
+            archs: sparsec::backend::cuda::nvrtc::CUBIN_ARCHS
+                .iter()
+                .map(|a| a.to_string())
+                .collect(),
+            ptx: true,
+            cache: false,
+            precision,
+        },
+        max_batch: 64,
+        verify: true,
+    };
+    let c = driver::compile(graph, &options)?;
+    // Compiled just above, in this process: its kernels are ours to trust.
+    let trusting = runtime::LoadOptions {
+        allow_unsigned_code: true,
+        ..Default::default()
+    };
+    Ok((c.opt.graph, Model::from_bytes_with(&c.bytes, &trusting)?))
+}
+
+/// [`compile_at`] and run: against the interpreter (random weights, batch 2) within eight
+/// operand roundings, and against the golden outputs within `golden_bound`.
+fn check_at(name: &str, precision: Precision, golden_bound: f64) -> Result<()> {
+    let (graph, model) = compile_at(name, WeightsSource::Random(7), precision)?;
+    let (x, want) = sparsec_tests::reference_run(&graph, 2, 11)?;
+    let got = model.session().run(&x, 2)?.to_vec();
+    let error = ir::interp::relative_error(&got, &want);
+    let bound = 8.0 * precision.unit_roundoff();
+    eprintln!(
+        "{name} at {precision}: GPU vs interpreter relative error {error:.3e} (bound {bound:.1e})"
+    );
+    if error.is_nan() || error > bound {
+        bail!("{name} at {precision}: relative error {error:.3e} above {bound:e}");
+    }
+    let weights =
+        WeightsSource::Safetensors(repo().join(format!("../shared/golden/{name}.safetensors")));
+    let (_, model) = compile_at(name, weights, precision)?;
+    let path = repo().join(format!("../shared/golden/{name}.io.safetensors"));
+    let io = load_tensors(&std::fs::read(&path).with_context(|| path.display().to_string())?)?;
+    let get = |n: &str| {
+        io.iter()
+            .find(|t| t.0 == n)
+            .map(|t| t.2.clone())
+            .context("io tensor")
+    };
+    let (input, want) = (get("input")?, get("output")?);
+    let got = model.session().run(&input, 2)?.to_vec();
+    let error = ir::interp::relative_error(&got, &want);
+    eprintln!("{name} at {precision}: GPU vs PyTorch (golden) relative error {error:.3e}");
+    if error.is_nan() || error > golden_bound {
+        bail!("{name} at {precision}: golden relative error {error:.3e} above {golden_bound:e}");
+    }
+    Ok(())
+}
+
+/// The golden models at TF32 and BF16 on tensor cores (BF16 with its BF16 buffers).
+mod tensor_cores {
+    use super::*;
+
+    macro_rules! precision_tests {
+        ($($name:ident: $model:literal),* $(,)?) => {
+            $(
+                #[test]
+                fn $name() -> Result<()> {
+                    check_at($model, Precision::Tf32, 0.1)?;
+                    check_at($model, Precision::Bf16, 0.25)
+                }
+            )*
+        };
+    }
+
+    precision_tests!(
+        sparsenet_40_24: "sparsenet-40-24",
+        sparsenet_bc_100_24: "sparsenet-bc-100-24",
+        densenet_bc_100_12: "densenet-bc-100-12",
+    );
 }
