@@ -34,15 +34,19 @@ __device__ __forceinline__ float sparsec_round_bf16(float x) {
   if ((u & 0x7fffffffu) > 0x7f800000u) return sparsec_u2f((u | 0x00400000u) & 0xffff0000u);
   return sparsec_u2f((u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u);
 }
-template <unsigned PREC>
-__device__ __forceinline__ float sparsec_round(float x) {
-  return PREC == SPARSEC_TF32 ? sparsec_round_tf32(x) : sparsec_round_bf16(x);
-}
 
-// Two BF16 values (FP32 values already rounded to BF16) as one 32-bit mma operand register:
-// the lower-indexed element in the low half.
-__device__ __forceinline__ unsigned sparsec_pack_bf16(float lo, float hi) {
-  return (sparsec_f2u(lo) >> 16) | (sparsec_f2u(hi) & 0xffff0000u);
+// A staged operand value, rounded to the precision, into a block's shared tile of 32-bit
+// words with `ld` words a row: TF32 one value a word, row k; BF16 two values a word, the
+// k-pair (2r, 2r + 1) of a column in word [r][column], the even k in the low half: how an mma
+// operand register holds two BF16 values, so each fragment register is one 32-bit load.
+template <unsigned PREC>
+__device__ __forceinline__ void sparsec_mma_stage(unsigned* s, unsigned ld, unsigned k,
+                                                  unsigned col, float v) {
+  if (PREC == SPARSEC_BF16)
+    reinterpret_cast<unsigned short*>(s)[2u * ((k / 2u) * ld + col) + (k & 1u)] =
+        (unsigned short)(sparsec_f2u(sparsec_round_bf16(v)) >> 16);
+  else
+    s[k * ld + col] = sparsec_f2u(sparsec_round_tf32(v));
 }
 
 #ifndef SPARSEC_SHIM
@@ -107,8 +111,10 @@ __device__ __forceinline__ void sparsec_conv_mma(float* __restrict__ a,
   constexpr unsigned LDA = BM + 8, LDB = BN + 8;
   constexpr unsigned XN = BK * BN / SPARSEC_THREADS, RSTEP = SPARSEC_THREADS / BN;
   constexpr unsigned WNUM = (BK * BM + SPARSEC_THREADS - 1) / SPARSEC_THREADS;
-  __shared__ float ws[BK * LDA];
-  __shared__ float xs[BK * LDB];
+  // Rows of 32-bit words per staged slice (sparsec_mma_stage): BF16 packs two k a word.
+  constexpr unsigned KROWS = PREC == SPARSEC_BF16 ? BK / 2u : BK;
+  __shared__ unsigned ws[KROWS * LDA];
+  __shared__ unsigned xs[KROWS * LDB];
   const sparsec_step S = sparsec_read_step(d);
   // A record this instance was not made for computes nothing (uniform: no barrier diverges).
   if (S.kh != KH || S.kw != KW || ((S.flags & SPARSEC_F_SUM) != 0) != SUM ||
@@ -145,7 +151,7 @@ __device__ __forceinline__ void sparsec_conv_mma(float* __restrict__ a,
       if (e < BK * BM) {
         const unsigned k = k0 + e / BM, m = m0 + e % BM;
         const float v = (k < K && m < OC) ? w[S.weight + (size_t)k * OC + m] : 0.0f;
-        ws[(e / BM) * LDA + e % BM] = sparsec_round<PREC>(v);
+        sparsec_mma_stage<PREC>(ws, LDA, e / BM, e % BM, v);
       }
     }
     // Rows tid / BN + i * RSTEP: a thread's channels never decrease (the piece cursor's rule).
@@ -169,47 +175,33 @@ __device__ __forceinline__ void sparsec_conv_mma(float* __restrict__ a,
           v = sparsec_pro(S, w, c, raw);
         }
       }
-      xs[row * LDB + col] = sparsec_round<PREC>(v);
+      sparsec_mma_stage<PREC>(xs, LDB, row, col, v);
     }
     __syncthreads();
     #pragma unroll
     for (unsigned kk = 0; kk < BK; kk += KSTEP) {
       unsigned af[T::MT][4], bf[T::NT][2];
-      if (PREC == SPARSEC_TF32) {
-        // A (16 x 8): a0 = A[g][t], a1 = A[g + 8][t], a2 = A[g][t + 4], a3 = A[g + 8][t + 4];
-        // B (8 x 8): b0 = B[t][g], b1 = B[t + 4][g].
-        #pragma unroll
-        for (unsigned i = 0; i < T::MT; ++i) {
-          const float* p = ws + (kk + t) * LDA + wm0 + i * 16u + g;
-          af[i][0] = sparsec_f2u(p[0]);
-          af[i][1] = sparsec_f2u(p[8]);
-          af[i][2] = sparsec_f2u(p[4 * LDA]);
-          af[i][3] = sparsec_f2u(p[4 * LDA + 8]);
-        }
-        #pragma unroll
-        for (unsigned j = 0; j < T::NT; ++j) {
-          const float* p = xs + (kk + t) * LDB + wn0 + j * 8u + g;
-          bf[j][0] = sparsec_f2u(p[0]);
-          bf[j][1] = sparsec_f2u(p[4 * LDB]);
-        }
-      } else {
-        // A (16 x 16), two values per register: {A[g][2t], A[g][2t + 1]}, the same for row
-        // g + 8, then both again for columns 2t + 8 and 2t + 9; B (16 x 8): {B[2t][g],
-        // B[2t + 1][g]}, {B[2t + 8][g], B[2t + 9][g]}.
-        #pragma unroll
-        for (unsigned i = 0; i < T::MT; ++i) {
-          const float* p = ws + (kk + 2u * t) * LDA + wm0 + i * 16u + g;
-          af[i][0] = sparsec_pack_bf16(p[0], p[LDA]);
-          af[i][1] = sparsec_pack_bf16(p[8], p[LDA + 8]);
-          af[i][2] = sparsec_pack_bf16(p[8 * LDA], p[9 * LDA]);
-          af[i][3] = sparsec_pack_bf16(p[8 * LDA + 8], p[9 * LDA + 8]);
-        }
-        #pragma unroll
-        for (unsigned j = 0; j < T::NT; ++j) {
-          const float* p = xs + (kk + 2u * t) * LDB + wn0 + j * 8u + g;
-          bf[j][0] = sparsec_pack_bf16(p[0], p[LDB]);
-          bf[j][1] = sparsec_pack_bf16(p[8 * LDB], p[9 * LDB]);
-        }
+      // The fragments, one 32-bit word a register (sparsec_mma_stage's layout), row r of the
+      // shared tiles the k-step's first (TF32: k; BF16: the k-pair 2r, 2r + 1). TF32: A (16 x
+      // 8) a0 = A[g][t], a1 = A[g + 8][t], a2 = A[g][t + 4], a3 = A[g + 8][t + 4]; B (8 x 8)
+      // b0 = B[t][g], b1 = B[t + 4][g]. BF16, two values a register: A (16 x 16) {A[g][2t],
+      // A[g][2t + 1]}, the same for row g + 8, then both for columns 2t + 8 and 2t + 9;
+      // B (16 x 8) {B[2t][g], B[2t + 1][g]}, {B[2t + 8][g], B[2t + 9][g]}. The same word
+      // offsets in both: t (and t + 4) rows down, g (and g + 8) columns across.
+      const unsigned r = PREC == SPARSEC_BF16 ? kk / 2u : kk;
+      #pragma unroll
+      for (unsigned i = 0; i < T::MT; ++i) {
+        const unsigned* p = ws + (r + t) * LDA + wm0 + i * 16u + g;
+        af[i][0] = p[0];
+        af[i][1] = p[8];
+        af[i][2] = p[4 * LDA];
+        af[i][3] = p[4 * LDA + 8];
+      }
+      #pragma unroll
+      for (unsigned j = 0; j < T::NT; ++j) {
+        const unsigned* p = xs + (r + t) * LDB + wn0 + j * 8u + g;
+        bf[j][0] = p[0];
+        bf[j][1] = p[4 * LDB];
       }
       sparsec_warp_mma<PREC, T::MT, T::NT>(acc, af, bf);
     }

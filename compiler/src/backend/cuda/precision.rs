@@ -132,8 +132,11 @@ impl MmaTile {
         self.nw * self.nt * 8
     }
 
-    fn shared_bytes(&self) -> u32 {
-        self.bk * (self.bm() + 8 + self.bn() + 8) * 4
+    /// The staged slice in shared memory at `p`: a 32-bit word per value at TF32, per pair of
+    /// values at BF16 (`sparsec_mma_stage`).
+    fn shared_bytes(&self, p: Precision) -> u32 {
+        let per_word = if p == Precision::Bf16 { 2 } else { 1 };
+        self.bk / per_word * (self.bm() + 8 + self.bn() + 8) * 4
     }
 
     /// The C++ spelling of the tile type.
@@ -156,19 +159,18 @@ impl MmaTile {
     /// Estimated cycles of the whole convolution at `batch` in precision `p`; `None` when the
     /// tile cannot run. Per slice a warp stages its share (no register prefetch: the loads
     /// are waited for, hidden only by the other resident blocks), then per k-step loads its
-    /// fragments from shared memory (one wavefront per register; BF16 reads two FP32 words
-    /// per register) and issues MT x NT products.
+    /// fragments from shared memory (one wavefront per register, BF16 pairs packed in one
+    /// word) and issues MT x NT products.
     pub fn cycles(&self, shape: &ConvShape, batch: u32, p: Precision) -> Option<f64> {
-        let shared = self.shared_bytes();
+        let shared = self.shared_bytes(p);
         let regs = self.mt * self.nt * 4 + self.mt * 4 + self.nt * 2 + 40;
         if shared > MAX_SHARED || regs > 200 || p == Precision::Fp32 {
             return None;
         }
         let items = u64::from(batch) * u64::from(shape.pixels);
         let blocks = items.div_ceil(u64::from(self.bn())) * u64::from(shape.oc.div_ceil(self.bm()));
-        let words = if p == Precision::Bf16 { 2.0 } else { 1.0 };
         let (mt, nt) = (f64::from(self.mt), f64::from(self.nt));
-        let per_step = (mt * nt * MMA_CYCLES).max(words * (mt * 4.0 + nt * 2.0));
+        let per_step = (mt * nt * MMA_CYCLES).max(mt * 4.0 + nt * 2.0);
         let staged_x = f64::from(self.bk * self.bn() / THREADS);
         let staged_w = f64::from((self.bk * self.bm()).div_ceil(THREADS));
         let x_cost = if shape.im2col { 28.0 } else { 14.0 };
@@ -396,7 +398,7 @@ mod tests {
                 for (t, _) in variants(&s, p) {
                     assert_eq!(t.mw * t.nw, 8, "{t:?}");
                     assert_eq!(THREADS % t.bn(), 0, "{t:?}");
-                    assert!(t.shared_bytes() <= MAX_SHARED, "{t:?}");
+                    assert!(t.shared_bytes(p) <= MAX_SHARED, "{t:?}");
                     assert_eq!(t.bk % p.kstep(), 0, "{t:?}");
                 }
             }
