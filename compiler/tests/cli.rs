@@ -704,7 +704,7 @@ fn precision_is_reported_per_layer() {
     let o = sparsec(&[model, "--emit", "cuda", "--precision", "tf32"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
-        stderr(&o).contains("convolutions: 50 tf32, 49 fp32"),
+        stderr(&o).contains("convolutions: 82 tf32, 17 fp32"),
         "{}",
         stderr(&o)
     );

@@ -142,68 +142,93 @@ __device__ __forceinline__ void sparsec_conv_mma(float* __restrict__ a,
     for (unsigned j = 0; j < T::NT; ++j)
       #pragma unroll
       for (unsigned r = 0; r < 4; ++r) acc[i][j][r] = 0.0f;
+  // The next slice's raw values in registers (weights, and inputs before the prologue) and
+  // which inputs are real (inside K, the batch and the image; the rest are zeros after the
+  // prologue): iteration s stores slice s - 1 to shared memory (prologue and rounding
+  // applied), loads slice s into registers, then multiplies slice s - 1 while those loads are
+  // in flight, as sparsec_conv does.
+  float wr[WNUM], xr[XN];
+  unsigned long long valid = 0;
+  static_assert(XN <= 64, "one validity bit per staged input");
   const unsigned SLICES = (K + BK - 1) / BK;
-  for (unsigned s = 0; s < SLICES; ++s) {
-    const unsigned k0 = s * BK;
-    #pragma unroll
-    for (unsigned i = 0; i < WNUM; ++i) {
-      const unsigned e = tid + i * SPARSEC_THREADS;
-      if (e < BK * BM) {
-        const unsigned k = k0 + e / BM, m = m0 + e % BM;
-        const float v = (k < K && m < OC) ? w[S.weight + (size_t)k * OC + m] : 0.0f;
-        sparsec_mma_stage<PREC>(ws, LDA, e / BM, e % BM, v);
+  #pragma unroll 1
+  for (unsigned s = 0; s <= SLICES; ++s) {
+    if (s > 0) {
+      const unsigned k0 = (s - 1) * BK;
+      #pragma unroll
+      for (unsigned i = 0; i < WNUM; ++i) {
+        const unsigned e = tid + i * SPARSEC_THREADS;
+        if (e < BK * BM) sparsec_mma_stage<PREC>(ws, LDA, e / BM, e % BM, wr[i]);
       }
-    }
-    // Rows tid / BN + i * RSTEP: a thread's channels never decrease (the piece cursor's rule).
-    #pragma unroll
-    for (unsigned i = 0; i < XN; ++i) {
-      const unsigned row = tid / BN + i * RSTEP, k = k0 + row;
-      float v = 0.0f;
-      if (k < K && live) {
-        const unsigned c = POINTWISE ? k : k / TAPS, tap = POINTWISE ? 0u : k % TAPS;
-        const int ih = y0 + (int)(tap / KW), iw = x0 + (int)(tap % KW);
-        if (POINTWISE || (ih >= 0 && ih < (int)S.ih && iw >= 0 && iw < (int)S.iw)) {
-          const unsigned hw = POINTWISE ? pos : (unsigned)(ih * (int)S.iw + iw);
-          float raw;
-          if (SUM) {
-            raw = in.raw<true, H>(a, img, c, hw);
-          } else {
-            size_t base, stride;
-            in.at(c, base, stride);
-            raw = sparsec_ld<H>(a, in.half, base + (size_t)img * stride + hw);
-          }
-          v = sparsec_pro(S, w, c, raw);
-        }
+      #pragma unroll
+      for (unsigned i = 0; i < XN; ++i) {
+        const unsigned row = tid / BN + i * RSTEP, k = k0 + row;
+        const float v = (valid >> i & 1ull) ? sparsec_pro(S, w, POINTWISE ? k : k / TAPS, xr[i])
+                                            : 0.0f;
+        sparsec_mma_stage<PREC>(xs, LDB, row, col, v);
       }
-      sparsec_mma_stage<PREC>(xs, LDB, row, col, v);
     }
     __syncthreads();
-    #pragma unroll
-    for (unsigned kk = 0; kk < BK; kk += KSTEP) {
-      unsigned af[T::MT][4], bf[T::NT][2];
-      // The fragments, one 32-bit word a register (sparsec_mma_stage's layout), row r of the
-      // shared tiles the k-step's first (TF32: k; BF16: the k-pair 2r, 2r + 1). TF32: A (16 x
-      // 8) a0 = A[g][t], a1 = A[g + 8][t], a2 = A[g][t + 4], a3 = A[g + 8][t + 4]; B (8 x 8)
-      // b0 = B[t][g], b1 = B[t + 4][g]. BF16, two values a register: A (16 x 16) {A[g][2t],
-      // A[g][2t + 1]}, the same for row g + 8, then both for columns 2t + 8 and 2t + 9;
-      // B (16 x 8) {B[2t][g], B[2t + 1][g]}, {B[2t + 8][g], B[2t + 9][g]}. The same word
-      // offsets in both: t (and t + 4) rows down, g (and g + 8) columns across.
-      const unsigned r = PREC == SPARSEC_BF16 ? kk / 2u : kk;
+    if (s < SLICES) {
+      const unsigned k0 = s * BK;
+      valid = 0;
       #pragma unroll
-      for (unsigned i = 0; i < T::MT; ++i) {
-        const unsigned* p = ws + (r + t) * LDA + wm0 + i * 16u + g;
-        af[i][0] = p[0];
-        af[i][1] = p[8];
-        af[i][2] = p[4 * LDA];
-        af[i][3] = p[4 * LDA + 8];
+      for (unsigned i = 0; i < WNUM; ++i) {
+        const unsigned e = tid + i * SPARSEC_THREADS, k = k0 + e / BM, m = m0 + e % BM;
+        wr[i] = (e < BK * BM && k < K && m < OC) ? w[S.weight + (size_t)k * OC + m] : 0.0f;
       }
+      // Rows tid / BN + i * RSTEP: a thread's channels never decrease (the piece cursor's
+      // rule), slice after slice.
       #pragma unroll
-      for (unsigned j = 0; j < T::NT; ++j) {
-        const unsigned* p = xs + (r + t) * LDB + wn0 + j * 8u + g;
-        bf[j][0] = p[0];
-        bf[j][1] = p[4 * LDB];
+      for (unsigned i = 0; i < XN; ++i) {
+        const unsigned row = tid / BN + i * RSTEP, k = k0 + row;
+        float raw = 0.0f;
+        if (k < K && live) {
+          const unsigned c = POINTWISE ? k : k / TAPS, tap = POINTWISE ? 0u : k % TAPS;
+          const int ih = y0 + (int)(tap / KW), iw = x0 + (int)(tap % KW);
+          if (POINTWISE || (ih >= 0 && ih < (int)S.ih && iw >= 0 && iw < (int)S.iw)) {
+            const unsigned hw = POINTWISE ? pos : (unsigned)(ih * (int)S.iw + iw);
+            if (SUM) {
+              raw = in.raw<true, H>(a, img, c, hw);
+            } else {
+              size_t base, stride;
+              in.at(c, base, stride);
+              raw = sparsec_ld<H>(a, in.half, base + (size_t)img * stride + hw);
+            }
+            valid |= 1ull << i;
+          }
+        }
+        xr[i] = raw;
       }
-      sparsec_warp_mma<PREC, T::MT, T::NT>(acc, af, bf);
+    }
+    if (s > 0) {
+      #pragma unroll
+      for (unsigned kk = 0; kk < BK; kk += KSTEP) {
+        unsigned af[T::MT][4], bf[T::NT][2];
+        // The fragments, one 32-bit word a register (sparsec_mma_stage's layout), row r of the
+        // shared tiles the k-step's first (TF32: k; BF16: the k-pair 2r, 2r + 1). TF32: A (16 x
+        // 8) a0 = A[g][t], a1 = A[g + 8][t], a2 = A[g][t + 4], a3 = A[g + 8][t + 4]; B (8 x 8)
+        // b0 = B[t][g], b1 = B[t + 4][g]. BF16, two values a register: A (16 x 16) {A[g][2t],
+        // A[g][2t + 1]}, the same for row g + 8, then both for columns 2t + 8 and 2t + 9;
+        // B (16 x 8) {B[2t][g], B[2t + 1][g]}, {B[2t + 8][g], B[2t + 9][g]}. The same word
+        // offsets in both: t (and t + 4) rows down, g (and g + 8) columns across.
+        const unsigned r = PREC == SPARSEC_BF16 ? kk / 2u : kk;
+        #pragma unroll
+        for (unsigned i = 0; i < T::MT; ++i) {
+          const unsigned* p = ws + (r + t) * LDA + wm0 + i * 16u + g;
+          af[i][0] = p[0];
+          af[i][1] = p[8];
+          af[i][2] = p[4 * LDA];
+          af[i][3] = p[4 * LDA + 8];
+        }
+        #pragma unroll
+        for (unsigned j = 0; j < T::NT; ++j) {
+          const unsigned* p = xs + (r + t) * LDB + wn0 + j * 8u + g;
+          bf[j][0] = p[0];
+          bf[j][1] = p[4 * LDB];
+        }
+        sparsec_warp_mma<PREC, T::MT, T::NT>(acc, af, bf);
+      }
     }
     __syncthreads();
   }

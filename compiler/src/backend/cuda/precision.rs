@@ -157,13 +157,16 @@ impl MmaTile {
     }
 
     /// Estimated cycles of the whole convolution at `batch` in precision `p`; `None` when the
-    /// tile cannot run. Per slice a warp stages its share (no register prefetch: the loads
-    /// are waited for, hidden only by the other resident blocks), then per k-step loads its
-    /// fragments from shared memory (one wavefront per register, BF16 pairs packed in one
-    /// word) and issues MT x NT products.
+    /// tile cannot run. Per slice a warp stores its share of the slice loaded into registers
+    /// during the previous one (the next slice's loads are in flight while this one is
+    /// multiplied, as in `tile.rs`'s kernels), then per k-step loads its fragments from shared
+    /// memory (one wavefront per register, BF16 pairs packed in one word) and issues MT x NT
+    /// products.
     pub fn cycles(&self, shape: &ConvShape, batch: u32, p: Precision) -> Option<f64> {
         let shared = self.shared_bytes(p);
-        let regs = self.mt * self.nt * 4 + self.mt * 4 + self.nt * 2 + 40;
+        // Accumulators, fragments, the prefetched slice (weights and inputs), addressing.
+        let prefetched = (self.bk * self.bm()).div_ceil(THREADS) + self.bk * self.bn() / THREADS;
+        let regs = self.mt * self.nt * 4 + self.mt * 4 + self.nt * 2 + prefetched + 40;
         if shared > MAX_SHARED || regs > 200 || p == Precision::Fp32 {
             return None;
         }
@@ -183,7 +186,7 @@ impl MmaTile {
         let waves = blocks.div_ceil(SMS * u64::from(per_sm));
         let resident = blocks.min(SMS * u64::from(per_sm)).div_ceil(SMS) as f64;
         let warps = f64::from(THREADS / 32);
-        let slice = (resident * warps * work).max(LATENCY) + LATENCY / resident + 2.0 * BARRIER;
+        let slice = (resident * warps * work).max(LATENCY) + 2.0 * BARRIER;
         let epilogue = mt * nt * 8.0 + LATENCY / 2.0;
         Some(waves as f64 * (slices * slice + epilogue))
     }

@@ -62,14 +62,16 @@ __device__ __forceinline__ void sparsec_st(float* __restrict__ a, bool half, siz
 // a record's flags: without it, a record with a BF16 side is refused.
 template <bool H, bool IN>
 __device__ __forceinline__ bool sparsec_refuses(unsigned flags) {
-  return (flags & (H ? (IN ? 0u : SPARSEC_F_BF16_IN) : SPARSEC_F_BF16_IN | SPARSEC_F_BF16_OUT)) != 0;
+  const unsigned both = SPARSEC_F_BF16_IN | SPARSEC_F_BF16_OUT;
+  return (flags & (H ? (IN ? 0u : SPARSEC_F_BF16_IN) : both)) != 0;
 }
 
 // A step's descriptor, read once into registers.
 struct sparsec_step {
   unsigned cin, ih, iw, oc, oh, ow, kh, kw, sh, sw, ph, pw, flags, npieces;
   sparsec_u64 weight, bias, scale, shift, out, out_per_image;
-  const sparsec_u64* pieces;  // per piece: channel end (cumulative; bit 32: BF16), offset, per image
+  // Per piece: channel end (cumulative; bit 32: BF16), offset, per image.
+  const sparsec_u64* pieces;
 };
 
 __device__ __forceinline__ sparsec_step sparsec_read_step(const sparsec_u64* __restrict__ d) {
