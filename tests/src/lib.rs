@@ -5,8 +5,9 @@
 
 pub mod fuzz_entry;
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use ir::interp::{self, Tensor};
+use std::path::PathBuf;
 
 /// Deterministic uniform floats in [-1, 1) (splitmix64), non-zero with probability ~1.
 pub use ir::interp::random_input;
@@ -61,4 +62,20 @@ pub fn reference_run(graph: &ir::Graph, batch: usize, seed: u64) -> Result<(Vec<
         graph.name
     );
     Ok((x, want))
+}
+
+/// A golden model's input and PyTorch's float64 output on it (`../shared/golden/NAME.io.safetensors`
+/// beside the clone; batch 2).
+pub fn golden_io(name: &str) -> Result<(Vec<f32>, Vec<f32>)> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("../../shared/golden/{name}.io.safetensors"));
+    let bytes = std::fs::read(&path).with_context(|| path.display().to_string())?;
+    let io = sparsec::weights::load_tensors(&bytes)?;
+    let get = |n: &str| {
+        io.iter()
+            .find(|t| t.0 == n)
+            .map(|t| t.2.clone())
+            .with_context(|| format!("{}: no tensor `{n}`", path.display()))
+    };
+    Ok((get("input")?, get("output")?))
 }

@@ -28,7 +28,6 @@ use ir::interp;
 use sparsec::backend::cuda::precision::Precision;
 use sparsec::backend::cuda::{self, CudaProgram, SHIM_HEADER};
 use sparsec::driver::{self, Optimized, WeightsSource};
-use sparsec::weights::load_tensors;
 use sparsec_tests::{damp_summed_branches, reference_run};
 use std::ffi::{CString, c_void};
 use std::path::{Path, PathBuf};
@@ -140,6 +139,67 @@ impl Drop for Library {
     }
 }
 
+/// The weights section as floats.
+fn weights_f32(program: &CudaProgram) -> Vec<f32> {
+    program
+        .weights
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// The plan's buffers as model.bin's manifest gives them.
+fn buffer_specs(plan: &sparsec::plan::memory::MemoryPlan) -> Vec<runtime::format::BufferSpec> {
+    plan.liveness
+        .buffers
+        .iter()
+        .zip(&plan.arena.offsets)
+        .map(|(b, &offset)| runtime::format::BufferSpec {
+            offset_per_image: offset,
+            bytes_per_image: b.bytes_per_image,
+            element: b.element,
+        })
+        .collect()
+}
+
+impl Library {
+    /// Runs launch `l` of a step at `batch` over `arena` with the step's `record`, as the GPU
+    /// executor does; the shim's status (0: every block ran, -1: a barrier diverged).
+    ///
+    /// # Safety
+    /// `arena` must hold what `record` addresses at this batch, and `weights` the whole weights
+    /// section (a record from `table::build` over the program's plan does).
+    unsafe fn launch(
+        &self,
+        l: &runtime::format::CudaLaunch,
+        batch: u32,
+        arena: &mut [f32],
+        weights: &[f32],
+        record: &[u64],
+    ) -> Result<i32> {
+        // SAFETY: the shim defines this symbol with exactly this signature.
+        let launch: Launch = unsafe { std::mem::transmute(self.symbol("sparsec_shim_launch")?) };
+        let [gx, gy, gz] = l.grid(batch).context("grid out of limits")?;
+        // SAFETY: every generated kernel is
+        // `extern "C" void(float*, const float*, unsigned, const unsigned long long*)`.
+        let kernel: Kernel = unsafe { std::mem::transmute(self.symbol(&l.kernel)?) };
+        // SAFETY: the caller's contract: the record addresses only `arena` and `weights`.
+        Ok(unsafe {
+            launch(
+                kernel,
+                gx,
+                gy,
+                gz,
+                l.block,
+                arena.as_mut_ptr(),
+                weights.as_ptr(),
+                batch,
+                record.as_ptr(),
+            )
+        })
+    }
+}
+
 /// Which of a step's launch variants runs.
 #[derive(Clone, Copy, Debug)]
 enum Pick {
@@ -164,11 +224,7 @@ fn run(
     let plan = &program.plan;
     let b = u64::from(batch);
     let mut arena = vec![0.0f32; (plan.arena.arena_bytes * b / 4) as usize];
-    let weights: Vec<f32> = program
-        .weights
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
+    let weights = weights_f32(program);
     let g = &opt.graph;
     let buffer_of = |node| {
         let id = plan.liveness.buffer(node).context("no buffer")?;
@@ -181,20 +237,8 @@ fn run(
     let (at, len) = buffer_of(g.inputs()[0])?;
     ensure!(len == input.len(), "input length {} vs {len}", input.len());
     arena[at..at + len].copy_from_slice(input);
-    // SAFETY: the shim defines this symbol with exactly this signature.
-    let launch: Launch = unsafe { std::mem::transmute(lib.symbol("sparsec_shim_launch")?) };
     // The step records, exactly as the GPU executor builds them from the validated file.
-    let buffers: Vec<runtime::format::BufferSpec> = plan
-        .liveness
-        .buffers
-        .iter()
-        .zip(&plan.arena.offsets)
-        .map(|(b, &offset)| runtime::format::BufferSpec {
-            offset_per_image: offset,
-            bytes_per_image: b.bytes_per_image,
-            element: b.element,
-        })
-        .collect();
+    let buffers = buffer_specs(plan);
     let table =
         runtime::cuda::table::build(&program.steps, &buffers, &program.descs, batch.max(64))
             .map_err(|(step, e)| anyhow::anyhow!("step {step}: {e}"))?;
@@ -212,26 +256,10 @@ fn run(
         let l = v
             .and_then(|v| variants.get(v))
             .context("a step without launches")?;
-        let [gx, gy, gz] = l.grid(batch).context("grid out of limits")?;
-        // SAFETY: every generated kernel is
-        // `extern "C" void(float*, const float*, unsigned, const unsigned long long*)`.
-        let kernel: Kernel = unsafe { std::mem::transmute(lib.symbol(&l.kernel)?) };
+        let record = &table.words[table.at[i]..];
         // SAFETY: the arena holds `arena_bytes_per_image * batch` bytes and the weights the
-        // whole section; the step's record (checked by `table::build`, which `?` above
-        // required to succeed) addresses only those for this batch.
-        let status = unsafe {
-            launch(
-                kernel,
-                gx,
-                gy,
-                gz,
-                l.block,
-                arena.as_mut_ptr(),
-                weights.as_ptr(),
-                batch,
-                table.words[table.at[i]..].as_ptr(),
-            )
-        };
+        // whole section; the record (`table::build` succeeded above) addresses only those.
+        let status = unsafe { lib.launch(l, batch, &mut arena, &weights, record)? };
         if status != 0 {
             bail!(
                 "step {i} ({}): shim status {status}",
@@ -361,15 +389,7 @@ fn check_file(
         golden_program.source == program.source,
         "{name}: the source depends on the weights"
     );
-    let path = repo().join(format!("../shared/golden/{name}.io.safetensors"));
-    let io = load_tensors(&std::fs::read(&path).with_context(|| path.display().to_string())?)?;
-    let get = |n: &str| {
-        io.iter()
-            .find(|t| t.0 == n)
-            .map(|t| t.2.clone())
-            .context("io tensor")
-    };
-    let (input, want) = (get("input")?, get("output")?);
+    let (input, want) = sparsec_tests::golden_io(name)?;
     let got = run(&lib, &opt, &golden_program, &input, 2, Pick::AsRuntime)?;
     let error = interp::relative_error(&got, &want);
     eprintln!("{name} at {precision}: shim vs PyTorch (golden) relative error {error:.3e}");
@@ -733,50 +753,25 @@ fn kernels_without_bf16_support_refuse_bf16_records() -> Result<()> {
     let lib = Library::build("refuse-bf16", &program.source)?;
     let plan = &program.plan;
     let batch = 2u32;
-    let b = u64::from(batch);
     const SENTINEL: f32 = 12345.0;
-    let mut arena = vec![SENTINEL; (plan.arena.arena_bytes * b / 4) as usize];
-    let weights: Vec<f32> = program
-        .weights
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
-    let buffers: Vec<runtime::format::BufferSpec> = plan
-        .liveness
-        .buffers
-        .iter()
-        .zip(&plan.arena.offsets)
-        .map(|(b, &offset)| runtime::format::BufferSpec {
-            offset_per_image: offset,
+    let mut arena = vec![SENTINEL; (plan.arena.arena_bytes * u64::from(batch) / 4) as usize];
+    let weights = weights_f32(&program);
+    let buffers: Vec<_> = buffer_specs(plan)
+        .into_iter()
+        .map(|b| runtime::format::BufferSpec {
             bytes_per_image: b.bytes_per_image / 2,
             element: runtime::format::Element::Bf16,
+            ..b
         })
         .collect();
     let table = runtime::cuda::table::build(&program.steps, &buffers, &program.descs, 64)
         .map_err(|(step, e)| anyhow::anyhow!("step {step}: {e}"))?;
-    // SAFETY: the shim defines this symbol with exactly this signature.
-    let launch: Launch = unsafe { std::mem::transmute(lib.symbol("sparsec_shim_launch")?) };
     for (i, variants) in program.launches.iter().enumerate() {
         for l in variants {
-            let [gx, gy, gz] = l.grid(batch).context("grid out of limits")?;
-            // SAFETY: every generated kernel has this signature.
-            let kernel: Kernel = unsafe { std::mem::transmute(lib.symbol(&l.kernel)?) };
-            // SAFETY: the arena holds the whole plan at this batch and the weights the whole
-            // section; the record addresses at most the f32 plan's bytes (its BF16 sizes are
-            // half of them), and a kernel that honours the flags touches nothing.
-            let status = unsafe {
-                launch(
-                    kernel,
-                    gx,
-                    gy,
-                    gz,
-                    l.block,
-                    arena.as_mut_ptr(),
-                    weights.as_ptr(),
-                    batch,
-                    table.words[table.at[i]..].as_ptr(),
-                )
-            };
+            let record = &table.words[table.at[i]..];
+            // SAFETY: the arena holds the f32 plan at this batch, the weights the whole
+            // section; the record addresses at most half of each buffer's f32 bytes.
+            let status = unsafe { lib.launch(l, batch, &mut arena, &weights, record)? };
             ensure!(status == 0, "step {i}: shim status {status}");
         }
     }

@@ -13,7 +13,6 @@ use runtime::format::ModelFile;
 use runtime::{LoadError, LoadOptions, Model};
 use sparsec::driver::{self, CompileOptions, CpuArch, Target, WeightsSource};
 use sparsec::kernel_select::KernelPolicy;
-use sparsec::weights::load_tensors;
 use std::path::PathBuf;
 
 const MODELS: [&str; 4] = [
@@ -29,18 +28,6 @@ fn repo() -> PathBuf {
 
 fn out_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("aarch64-golden")
-}
-
-fn golden_io(name: &str) -> Result<(Vec<f32>, Vec<f32>)> {
-    let path = repo().join(format!("../shared/golden/{name}.io.safetensors"));
-    let io = load_tensors(&std::fs::read(&path).with_context(|| path.display().to_string())?)?;
-    let get = |n: &str| {
-        io.iter()
-            .find(|t| t.0 == n)
-            .map(|t| t.2.clone())
-            .context("io tensor")
-    };
-    Ok((get("input")?, get("output")?))
 }
 
 fn raw(v: &[f32]) -> Vec<u8> {
@@ -109,7 +96,7 @@ fn golden_models_cross_compile_for_aarch64() -> Result<()> {
                 ),
             }
         }
-        let (input, output) = golden_io(name)?;
+        let (input, output) = sparsec_tests::golden_io(name)?;
         std::fs::write(dir.join(format!("{name}.bin")), &bytes)?;
         std::fs::write(dir.join(format!("{name}.input.f32")), raw(&input))?;
         std::fs::write(dir.join(format!("{name}.expected.f32")), raw(&output))?;

@@ -12,7 +12,6 @@ use sparsec::driver::{self, WeightsSource};
 use sparsec::driver::{CompileOptions, Target};
 use sparsec::kernel_select::KernelPolicy;
 use sparsec::kernel_select::KernelSelection;
-use sparsec::weights::load_tensors;
 use std::path::PathBuf;
 
 /// Every explicit kernel choice, however lossy, must stay within this.
@@ -43,22 +42,10 @@ fn compile(name: &str, max_batch: u32, policy: KernelPolicy) -> Result<Vec<u8>> 
     Ok(bytes)
 }
 
-fn golden_io(name: &str) -> Result<(Vec<f32>, Vec<f32>)> {
-    let path = repo().join(format!("../shared/golden/{name}.io.safetensors"));
-    let io = load_tensors(&std::fs::read(&path).with_context(|| path.display().to_string())?)?;
-    let get = |n: &str| {
-        io.iter()
-            .find(|t| t.0 == n)
-            .map(|t| t.2.clone())
-            .context("io tensor")
-    };
-    Ok((get("input")?, get("output")?))
-}
-
 fn check(name: &str) -> Result<()> {
     let bytes = compile(name, 64, KernelPolicy::default())?;
     let model = Model::from_bytes(&bytes)?;
-    let (input, want) = golden_io(name)?;
+    let (input, want) = sparsec_tests::golden_io(name)?;
     let mut session = model.session();
     let got = session.run(&input, 2)?.to_vec();
     let error = ir::interp::relative_error(&got, &want);
@@ -124,7 +111,7 @@ fn sparsenet_bc_1000_12() -> Result<()> {
 #[test]
 fn winograd_choices_trade_rounding() -> Result<()> {
     let name = "sparsenet-bc-100-24";
-    let (input, want) = golden_io(name)?;
+    let (input, want) = sparsec_tests::golden_io(name)?;
     let mut errors = Vec::new();
     for winograd in [Winograd::F4x4, Winograd::F2x2, Winograd::Off] {
         let model = Model::from_bytes(&compile(name, 2, KernelPolicy::Fixed(winograd))?)?;

@@ -15,12 +15,11 @@
 //! accumulation is compared with the emulation's.
 #![cfg(feature = "gpu-tests")]
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use runtime::Model;
 use runtime::format::Backend;
 use sparsec::backend::cuda::precision::Precision;
 use sparsec::driver::{self, CompileOptions, Target, WeightsSource};
-use sparsec::weights::load_tensors;
 use std::path::PathBuf;
 
 const TOLERANCE: f64 = 2e-4;
@@ -41,15 +40,7 @@ fn check(name: &str) -> Result<()> {
     };
     let model = Model::from_bytes_with(&bytes, &trusting)?;
     assert_eq!(model.backend(), Backend::Cuda);
-    let path = repo().join(format!("../shared/golden/{name}.io.safetensors"));
-    let io = load_tensors(&std::fs::read(&path).with_context(|| path.display().to_string())?)?;
-    let get = |n: &str| {
-        io.iter()
-            .find(|t| t.0 == n)
-            .map(|t| t.2.clone())
-            .context("io tensor")
-    };
-    let (input, want) = (get("input")?, get("output")?);
+    let (input, want) = sparsec_tests::golden_io(name)?;
     let mut session = model.session();
     let got = session.run(&input, 2)?.to_vec();
     let error = ir::interp::relative_error(&got, &want);
@@ -155,15 +146,7 @@ fn check_at(name: &str, precision: Precision, golden_bound: f64) -> Result<()> {
     let weights =
         WeightsSource::Safetensors(repo().join(format!("../shared/golden/{name}.safetensors")));
     let (_, model) = compile_at(name, weights, precision)?;
-    let path = repo().join(format!("../shared/golden/{name}.io.safetensors"));
-    let io = load_tensors(&std::fs::read(&path).with_context(|| path.display().to_string())?)?;
-    let get = |n: &str| {
-        io.iter()
-            .find(|t| t.0 == n)
-            .map(|t| t.2.clone())
-            .context("io tensor")
-    };
-    let (input, want) = (get("input")?, get("output")?);
+    let (input, want) = sparsec_tests::golden_io(name)?;
     let got = model.session().run(&input, 2)?.to_vec();
     let error = ir::interp::relative_error(&got, &want);
     eprintln!("{name} at {precision}: GPU vs PyTorch (golden) relative error {error:.3e}");
